@@ -1,0 +1,67 @@
+"""The ``laurel`` command line: thin commands that parse arguments and call one function each.
+
+Heavy modules (TensorFlow, Qt, the servers) are imported inside the commands, never at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from dicom_node.config import ConfigError, NodeConfig
+
+app = typer.Typer(
+    name="laurel",
+    help="Laurel: AI muscle segmentation of MR studies routed from the PACS, reviewed by a person, "
+    "learning continuously and federated across hospitals.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = typer.Option(Path("config/node.yaml"), "--config", "-c", help="node configuration (YAML)")
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Log to stderr with timestamps; never patient data (callers log internal ids)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Load the node configuration or exit non-zero with the validation message."""
+    try:
+        return NodeConfig.load(path)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from exc
+
+
+def _register() -> None:
+    """Attach the command groups of the other packages (their modules import nothing heavy)."""
+    from dicom_node import node_commands
+    from federation.cli import app as federation_app
+    from models.cli import model_app, phantom
+    from review_station.cli import review
+
+    node_commands.register(app)
+    app.add_typer(model_app, name="model", help="segmentation models: list, show, train, pin, rollback")
+    app.add_typer(federation_app, name="federation", help="the federation server and its sites")
+    app.command("phantom", help="write a SYNTHETIC MR phantom series with ground-truth labels")(phantom)
+    app.command("review", help="open the review station")(review)
+    try:
+        from dicom_node.demo import demo
+    except ImportError:  # pragma: no cover - the demo lands with its issue
+        return
+    app.command("demo", help="the whole loop on embedded defaults")(demo)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _register()
+    app()

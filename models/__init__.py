@@ -1,0 +1,1 @@
+"""Laurel's segmentation models: dill-packaged model objects, Keras networks, learning, merging, phantom."""

@@ -1,0 +1,1 @@
+"""Synthetic MR phantom of the lower leg and thigh (SYNTHETIC data, no patient)."""

@@ -1,0 +1,1 @@
+"""Shipped model packages (leg, thigh) and their definitions."""

@@ -1,0 +1,1 @@
+"""Laurel's review station: a PyQt5 app where an operator corrects and approves AI drafts."""
