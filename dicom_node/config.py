@@ -85,7 +85,7 @@ class Peer(_Strict):
 
 
 class RoutingRule(_Strict):
-    """First match wins: the called AE title and/or regular expressions on DICOM attributes choose the model."""
+    """First match wins: the called AE title and/or regexes on DICOM attributes choose the model."""
 
     model: str
     called_ae: str | None = None
