@@ -44,12 +44,13 @@ def load_config(path: Path) -> NodeConfig:
 
 def _register() -> None:
     """Attach the command groups of the other packages (their modules import nothing heavy)."""
-    from dicom_node import node_commands
+    from dicom_node import node_commands, review_commands
     from federation.cli import app as federation_app
     from models.cli import model_app, phantom
     from review_station.cli import review
 
     node_commands.register(app)
+    review_commands.register(app)
     app.add_typer(model_app, name="model", help="segmentation models: list, show, train, pin, rollback")
     app.add_typer(federation_app, name="federation", help="the federation server and its sites")
     app.command("phantom", help="write a SYNTHETIC MR phantom series with ground-truth labels")(phantom)

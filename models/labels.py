@@ -45,57 +45,68 @@ class Label:
         return f"{self.muscle.name} ({self.side})"
 
 
-# SNOMED CT codes: body structure concepts "Structure of ... muscle" (verified, see docs/conformance.md).
+# SNOMED CT codes: body structure concepts "Structure of ... muscle" where a public source gave one;
+# the generic "Skeletal muscle" concept elsewhere (see docs/conformance.md, "Known limitations").
+# Sources (public material; this sandbox cannot reach a SNOMED CT browser):
+#  1403006 "Structure of vastus lateralis muscle": FHIR R4 ValueSet approach-site-codes (SNOMED CT body
+#      structures, display "Vastus lateralis muscle") and a FHIR IG profile of intramuscular injection sites.
+#  3478008 "Structure of vastus medialis muscle", 2577006 "Structure of gracilis muscle": the same FHIR R4
+#      ValueSet expansion.
+#  72226001 "Rectus femoris structure": one source only (an EHR's SNOMED CT site table); to verify.
+#  127954009 "Skeletal muscle" (G): pydicom's DICOM PS3.16 SCT dictionary, TotalSegmentator's SNOMED mapping.
+#      A generic but correct placeholder wherever no code for the specific muscle (for the gastrocnemius
+#      heads: neither for the head nor for the parent muscle) was found in a source. The SEG still names
+#      the muscle (SegmentLabel, TrackingID); replace with the "Structure of ... muscle" code once verified.
 LEG_MUSCLES: tuple[Muscle, ...] = (
-    Muscle("soleus", "Soleus", "TODO", "Soleus muscle", (230, 25, 75)),
+    Muscle("soleus", "Soleus", "127954009", "Skeletal muscle", (230, 25, 75)),
     Muscle(
         "gastrocnemius_medialis",
         "Gastrocnemius medialis",
-        "TODO",
-        "Medial head of gastrocnemius muscle",
+        "127954009",  # generic (G): no code found for the medial head nor for gastrocnemius itself
+        "Skeletal muscle",
         (60, 180, 75),
     ),
     Muscle(
         "gastrocnemius_lateralis",
         "Gastrocnemius lateralis",
-        "TODO",
-        "Lateral head of gastrocnemius muscle",
+        "127954009",  # generic (G): no code found for the lateral head nor for gastrocnemius itself
+        "Skeletal muscle",
         (255, 225, 25),
     ),
-    Muscle("tibialis_anterior", "Tibialis anterior", "TODO", "Tibialis anterior muscle", (0, 130, 200)),
+    Muscle("tibialis_anterior", "Tibialis anterior", "127954009", "Skeletal muscle", (0, 130, 200)),
     Muscle(
         "extensor_digitorum_longus",
         "Extensor digitorum longus",
-        "TODO",
-        "Extensor digitorum longus muscle",
+        "127954009",  # generic (G)
+        "Skeletal muscle",
         (245, 130, 48),
     ),
-    Muscle("peroneus", "Peroneus (fibularis)", "TODO", "Peroneus muscle", (145, 30, 180)),
+    Muscle("peroneus", "Peroneus (fibularis)", "127954009", "Skeletal muscle", (145, 30, 180)),
 )
 
 THIGH_MUSCLES: tuple[Muscle, ...] = (
-    Muscle("vastus_lateralis", "Vastus lateralis", "TODO", "Vastus lateralis muscle", (230, 25, 75)),
-    Muscle("vastus_medialis", "Vastus medialis", "TODO", "Vastus medialis muscle", (60, 180, 75)),
-    Muscle("vastus_intermedius", "Vastus intermedius", "TODO", "Vastus intermedius muscle", (255, 225, 25)),
-    Muscle("rectus_femoris", "Rectus femoris", "TODO", "Rectus femoris muscle", (0, 130, 200)),
-    Muscle("sartorius", "Sartorius", "TODO", "Sartorius muscle", (245, 130, 48)),
-    Muscle("gracilis", "Gracilis", "TODO", "Gracilis muscle", (145, 30, 180)),
-    Muscle("adductor_magnus", "Adductor magnus", "TODO", "Adductor magnus muscle", (70, 240, 240)),
-    Muscle("adductor_longus", "Adductor longus", "TODO", "Adductor longus muscle", (240, 50, 230)),
-    Muscle("semimembranosus", "Semimembranosus", "TODO", "Semimembranosus muscle", (210, 245, 60)),
-    Muscle("semitendinosus", "Semitendinosus", "TODO", "Semitendinosus muscle", (250, 190, 212)),
+    Muscle("vastus_lateralis", "Vastus lateralis", "1403006", "Vastus lateralis muscle", (230, 25, 75)),
+    Muscle("vastus_medialis", "Vastus medialis", "3478008", "Vastus medialis muscle", (60, 180, 75)),
+    Muscle("vastus_intermedius", "Vastus intermedius", "127954009", "Skeletal muscle", (255, 225, 25)),
+    Muscle("rectus_femoris", "Rectus femoris", "72226001", "Rectus femoris muscle", (0, 130, 200)),
+    Muscle("sartorius", "Sartorius", "127954009", "Skeletal muscle", (245, 130, 48)),
+    Muscle("gracilis", "Gracilis", "2577006", "Gracilis muscle", (145, 30, 180)),
+    Muscle("adductor_magnus", "Adductor magnus", "127954009", "Skeletal muscle", (70, 240, 240)),
+    Muscle("adductor_longus", "Adductor longus", "127954009", "Skeletal muscle", (240, 50, 230)),
+    Muscle("semimembranosus", "Semimembranosus", "127954009", "Skeletal muscle", (210, 245, 60)),
+    Muscle("semitendinosus", "Semitendinosus", "127954009", "Skeletal muscle", (250, 190, 212)),
     Muscle(
         "biceps_femoris_long",
         "Biceps femoris long head",
-        "TODO",
-        "Long head of biceps femoris muscle",
+        "127954009",  # generic (G)
+        "Skeletal muscle",
         (0, 128, 128),
     ),
     Muscle(
         "biceps_femoris_short",
         "Biceps femoris short head",
-        "TODO",
-        "Short head of biceps femoris muscle",
+        "127954009",  # generic (G)
+        "Skeletal muscle",
         (220, 190, 255),
     ),
 )

@@ -2,10 +2,86 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import typer
 
 
-def phantom() -> None:
-    """Write a synthetic phantom series (being built)."""
-    typer.echo("the phantom generator is being built", err=True)
-    raise typer.Exit(code=1)
+def parse_fat_infiltration(text: str) -> dict[str, float]:
+    """``soleus=0.6,gastrocnemius_medialis=0.3`` → ``{"soleus": 0.6, ...}`` (clear error otherwise)."""
+    out: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected MUSCLE=SEVERITY, got {item!r} (e.g. soleus=0.6)")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"severity of {name.strip()!r} is not a number: {value!r}") from None
+    return out
+
+
+def phantom(
+    region: str = typer.Option(..., "--region", help="leg or thigh"),
+    contrast: str = typer.Option(
+        ..., "--contrast", help="pd, t1 or t2fs; a comma-separated list writes one study with several series"
+    ),
+    seed: int = typer.Option(..., "--seed", min=0, help="subject number; the same seed gives the same bytes"),
+    out: Path = typer.Option(..., "--out", help="output folder: OUT/series/*.dcm and OUT/labels.npz"),
+    limbs: str = typer.Option("both", "--limbs", help="both, left or right"),
+    fat_infiltration: str = typer.Option(
+        "", "--fat-infiltration", help="fatty replacement, e.g. soleus=0.6,gastrocnemius_medialis=0.3"
+    ),
+    slices: int | None = typer.Option(None, "--slices", help="number of slices (default: 20-40 by seed)"),
+    matrix: int | None = typer.Option(None, "--matrix", help="rows = columns (default: 256-432 by seed)"),
+    thickness: float | None = typer.Option(None, "--thickness", help="slice thickness in mm (default 5-8)"),
+    spacing: float | None = typer.Option(None, "--spacing", help="pixel spacing in mm (default ~1.04)"),
+    snr: float = typer.Option(30.0, "--snr", help="signal-to-noise ratio of muscle"),
+    enhanced: bool = typer.Option(False, "--enhanced", help="one Enhanced MR Image (multi-frame) per series"),
+) -> None:
+    """Write a SYNTHETIC phantom series (DICOM MR) and its ground-truth labels."""
+    from models.phantom import PhantomSpec, generate, write_labels, write_series
+    from models.phantom.dicom_io import StudyInfo, series_description
+
+    contrasts = [c.strip() for c in contrast.split(",") if c.strip()]
+    try:
+        fat = parse_fat_infiltration(fat_infiltration)
+        specs = [
+            PhantomSpec(
+                region=region,  # type: ignore[arg-type]
+                contrast=c,  # type: ignore[arg-type]
+                seed=seed,
+                limbs=limbs,  # type: ignore[arg-type]
+                n_slices=slices,
+                matrix=matrix,
+                slice_thickness=thickness,
+                pixel_spacing=spacing,
+                snr=snr,
+                fat_infiltration=fat,
+            )
+            for c in contrasts
+        ]
+        if not specs:
+            raise ValueError("give at least one contrast (pd, t1 or t2fs)")
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from exc
+
+    study = StudyInfo.for_subject(region, seed)
+    series_dir = out / "series"
+    labels: Path | None = None
+    for number, spec in enumerate(specs, start=1):
+        start = time.perf_counter()
+        ph = generate(spec)
+        paths = write_series(ph, series_dir, study=study, series_number=number, enhanced=enhanced)
+        took = time.perf_counter() - start
+        nz, ny, nx = ph.shape
+        typer.echo(
+            f"series {number}: {series_description(ph)!r}, {len(paths)} file(s), {nz} slices of {ny}x{nx}, "
+            f"spacing {ph.spacing[1]:.4f} x {ph.spacing[2]:.4f} x {ph.spacing[0]:.1f} mm, {took:.2f} s"
+        )
+        if labels is None:
+            labels = write_labels(ph, out / "labels.npz")
+    typer.echo(f"wrote {series_dir}/ (StudyInstanceUID {study.StudyInstanceUID})")
+    typer.echo(f"wrote {labels} (ground truth, {len(ph.label_names)} labels) - SYNTHETIC data, not a patient")

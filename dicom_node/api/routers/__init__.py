@@ -1,1 +1,1 @@
-"""Laurel."""
+"""Routers of the node API, one per resource."""

@@ -1,0 +1,107 @@
+"""``/jobs``, ``/dead-letters``, ``/models``, ``/audit``: what the node is doing and which model it uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from dicom_node import jobs
+from dicom_node.api.deps import DbSession, Operator, Services
+from dicom_node.api.schemas import VersionRequest
+from dicom_node.db import Job, JobState
+from dicom_node.review import NotFound, ReviewConflict
+from dicom_node.review_tables import AuditEvent
+
+router = APIRouter()
+
+
+@router.get("/jobs", tags=["jobs"])
+def list_jobs(
+    session: DbSession,
+    _operator: Operator,
+    state: JobState | None = Query(None),
+    kind: str | None = Query(None),
+    limit: int = Query(200, ge=1, le=2000),
+) -> dict[str, Any]:
+    """Jobs, newest first."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if state is not None:
+        query = query.where(Job.state == state)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    return {"jobs": [j.as_dict() for j in session.scalars(query)]}
+
+
+@router.get("/dead-letters", tags=["jobs"])
+def dead_letters(session: DbSession, _operator: Operator) -> dict[str, Any]:
+    """Jobs that ran out of attempts and wait for a person."""
+    return {"jobs": [j.as_dict() for j in jobs.dead_letters(session)]}
+
+
+@router.post("/dead-letters/{job_id}/requeue", tags=["jobs"])
+def requeue(job_id: int, session: DbSession, operator: Operator) -> dict[str, Any]:
+    """Put a dead job back in the queue with fresh attempts."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist")
+    if job.state != JobState.DEAD:
+        raise ReviewConflict(f"job {job_id} is {job.state}; only DEAD jobs can be requeued")
+    jobs.requeue(session, job_id)
+    session.add(AuditEvent(operator=operator, action="requeue", detail={"job_id": job_id}))
+    return {"job": job.as_dict()}
+
+
+@router.get("/models", tags=["models"])
+def list_models(services: Services, _operator: Operator) -> dict[str, Any]:
+    """Every model the node has, with its active revision."""
+    names = sorted({*services.registry.names(), *(r.model for r in services.config.routing)})
+    return {"models": [services.registry.state(n) for n in names]}
+
+
+@router.get("/models/{name}", tags=["models"])
+def model(name: str, services: Services, _operator: Operator) -> dict[str, Any]:
+    """A model's revisions, the active one and whether it is pinned."""
+    return services.registry.state(name)
+
+
+@router.post("/models/{name}/pin", tags=["models"])
+def pin(
+    name: str, body: VersionRequest, services: Services, session: DbSession, operator: Operator
+) -> dict[str, Any]:
+    """Pin the active (or the given) revision: learning and sync no longer replace it."""
+    state = services.registry.pin(name, body.revision)
+    session.add(
+        AuditEvent(operator=operator, action="pin", detail={"model": name, "revision": body.revision})
+    )
+    return state
+
+
+@router.post("/models/{name}/unpin", tags=["models"])
+def unpin(name: str, services: Services, session: DbSession, operator: Operator) -> dict[str, Any]:
+    """Unpin: the newest revision becomes active again."""
+    state = services.registry.unpin(name)
+    session.add(AuditEvent(operator=operator, action="unpin", detail={"model": name}))
+    return state
+
+
+@router.post("/models/{name}/rollback", tags=["models"])
+def rollback(
+    name: str, body: VersionRequest, services: Services, session: DbSession, operator: Operator
+) -> dict[str, Any]:
+    """Go back to an older revision (and pin it)."""
+    if body.revision is None:
+        raise ReviewConflict("a rollback needs the revision to go back to")
+    state = services.registry.rollback(name, body.revision)
+    session.add(
+        AuditEvent(operator=operator, action="rollback", detail={"model": name, "revision": body.revision})
+    )
+    return state
+
+
+@router.get("/audit", tags=["audit"])
+def audit(session: DbSession, _operator: Operator, limit: int = Query(200, ge=1, le=5000)) -> dict[str, Any]:
+    """Decisions and administrative acts, newest first."""
+    rows = session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
+    return {"events": [e.as_dict() for e in rows]}

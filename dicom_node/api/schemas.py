@@ -1,0 +1,88 @@
+"""Request and response bodies of the node API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ModelRef(BaseModel):
+    """A model and the version that made a draft."""
+
+    name: str
+    version: int | None = None
+
+
+class SeriesSummary(BaseModel):
+    """One series of a study as the worklist shows it."""
+
+    id: int
+    SeriesInstanceUID: str
+    SeriesNumber: int | None = None
+    SeriesDescription: str | None = None
+    Modality: str | None = None
+    instance_count: int
+    model: str | None = None
+    model_version: int | None = None
+    state: str
+    failure_reason: str | None = None
+    has_draft: bool = False
+    has_corrected: bool = False
+    dice: dict[str, Any] | None = None
+
+
+class StudySummary(BaseModel):
+    """One study of the worklist."""
+
+    id: int
+    StudyInstanceUID: str
+    PatientName: str | None = None
+    PatientID: str | None = None
+    StudyDescription: str | None = None
+    StudyDate: str | None = None
+    state: str
+    failure_reason: str | None = None
+    received_at: str | None = None
+    completed_at: str | None = None
+    series_count: int
+    instance_count: int
+    models: list[ModelRef] = Field(default_factory=list)
+
+
+class StudyDetail(StudySummary):
+    """A study with its series."""
+
+    series: list[SeriesSummary] = Field(default_factory=list)
+
+
+class StudyList(BaseModel):
+    """The worklist."""
+
+    studies: list[StudySummary]
+
+
+class ApproveRequest(BaseModel):
+    """An approval; the operator is the token's owner."""
+
+    comment: str | None = Field(None, max_length=2000)
+
+
+class RejectRequest(BaseModel):
+    """A rejection needs a reason."""
+
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class DecisionResponse(BaseModel):
+    """The study's new state, the Dice per series (approve) and the jobs queued."""
+
+    state: str
+    dice: dict[str, Any] = Field(default_factory=dict)
+    jobs: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class VersionRequest(BaseModel):
+    """Pin or roll back to a model revision."""
+
+    revision: int | None = Field(None, ge=1)

@@ -1,0 +1,174 @@
+"""The ``segment`` job: a complete study's routed series → volume → model → draft SEG → PENDING_REVIEW.
+
+The draft is kept on the node (never sent anywhere) as ``draft_labels.npy`` and ``draft_seg.dcm`` in the
+series' result folder, with a :class:`~dicom_node.review_tables.SeriesResult` row. A series the model
+cannot take (a single slice, not axial, not MR, unreadable) is marked FAILED with a sentence a person can
+read; the study goes to PENDING_REVIEW when at least one series has a draft, else to FAILED with the
+reasons of every series.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_node.db import Series, SeriesState, Study, StudyState, session_scope, set_study_state
+from dicom_node.review_tables import SeriesResult
+from dicom_node.services import NodeServices
+
+logger = logging.getLogger(__name__)
+
+#: SeriesNumber of the draft SEGs (approved SEGs use the next hundred), so PACS viewers sort them last.
+DRAFT_SERIES_NUMBER = 9100
+APPROVED_SERIES_NUMBER = 9200
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file, fsync it and rename it into ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as .npy bytes (never pickled)."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_npy(path: Path | str) -> np.ndarray:
+    """Read a .npy file the node wrote (``allow_pickle=False``)."""
+    return np.load(path, allow_pickle=False)
+
+
+def series_paths(series: Series) -> list[Path]:
+    """The stored files of a series' instances."""
+    return [Path(inst.path) for inst in series.instances]
+
+
+def segment_study(services: NodeServices, study_id: int) -> dict[str, Any]:
+    """Segment every routed series of a study; returns a summary for the job's result."""
+    with session_scope(services.engine) as s:
+        study = s.get(Study, study_id)
+        if study is None:
+            raise LookupError(f"study {study_id} does not exist")
+        if study.state not in (StudyState.COMPLETE, StudyState.SEGMENTING):
+            return {"skipped": f"study is {study.state}"}
+        set_study_state(s, study, StudyState.SEGMENTING)
+        routed = [se.id for se in study.series if se.model is not None]
+        completed_at = study.completed_at
+    outcome: dict[str, Any] = {"segmented": [], "failed": {}}
+    for series_id in routed:
+        reason = _segment_series(services, series_id)
+        if reason is None:
+            outcome["segmented"].append(series_id)
+        else:
+            outcome["failed"][series_id] = reason
+    with session_scope(services.engine) as s:
+        study = s.get(Study, study_id)
+        assert study is not None
+        if outcome["segmented"]:
+            set_study_state(s, study, StudyState.PENDING_REVIEW)
+            if completed_at is not None:
+                services.metrics.study_turnaround_seconds.observe(
+                    max(0.0, (study.updated_at - completed_at).total_seconds())
+                )
+        else:
+            set_study_state(s, study, StudyState.FAILED, _failure_text(s, study, outcome["failed"]))
+    return outcome
+
+
+def _failure_text(s: Session, study: Study, failed: dict[int, str]) -> str:
+    if not failed:
+        return "no series of this study matched a routing rule, so no model was applied"
+    parts = []
+    for series_id, reason in failed.items():
+        series = s.get(Series, series_id)
+        name = (series.SeriesDescription or f"series {series.SeriesNumber}") if series else str(series_id)
+        parts.append(f"{name}: {reason}")
+    return "no series could be segmented — " + "; ".join(parts)
+
+
+def _segment_series(services: NodeServices, series_id: int) -> str | None:
+    """Segment one series; returns ``None`` on success or the reason it failed."""
+    from dicom_node.seg import build_seg, seg_to_bytes
+    from dicom_node.volume import UnsupportedSeries, load_series
+
+    with session_scope(services.engine) as s:
+        series = s.get(Series, series_id)
+        assert series is not None
+        if series.state == SeriesState.SEGMENTED and _result(s, series_id) is not None:
+            return None
+        model_name = series.model
+        assert model_name is not None
+        paths = series_paths(series)
+        study_id = series.study_id
+        series.state = SeriesState.SEGMENTING
+    started = time.perf_counter()
+    try:
+        volume = load_series(paths)
+    except UnsupportedSeries as exc:
+        return _fail_series(services, series_id, model_name, str(exc))
+    rev, pkg = services.registry.active(model_name)
+    labels = pkg.apply(volume.array, volume.spacing)
+    seg = build_seg(
+        volume,
+        labels,
+        pkg.region,
+        draft=True,
+        algorithm_name=pkg.name,
+        algorithm_version=pkg.version,
+        seg_type=services.config.segmentation.seg_type,
+        series_number=DRAFT_SERIES_NUMBER,
+    )
+    folder = services.result_dir(study_id, series_id)
+    write_atomic(folder / "draft_labels.npy", npy_bytes(labels.astype(np.uint8)))
+    write_atomic(folder / "draft_seg.dcm", seg_to_bytes(seg))
+    elapsed = time.perf_counter() - started
+    with session_scope(services.engine) as s:
+        series = s.get(Series, series_id)
+        assert series is not None
+        result = _result(s, series_id) or SeriesResult(series_id=series_id)
+        result.model = pkg.name
+        result.model_version = pkg.version
+        result.model_revision = rev.revision
+        result.draft_labels_path = str(folder / "draft_labels.npy")
+        result.draft_seg_path = str(folder / "draft_seg.dcm")
+        result.draft_seg_sop_uid = str(seg.SOPInstanceUID)
+        result.corrected_labels_path = None
+        result.segmentation_seconds = elapsed
+        s.add(result)
+        series.state = SeriesState.SEGMENTED
+        series.failure_reason = None
+    services.metrics.series_segmented.labels(model=model_name, outcome="ok").inc()
+    services.metrics.segmentation_seconds.labels(model=model_name).observe(elapsed)
+    logger.info("series %s segmented with %s v%s in %.1f s", series_id, pkg.name, pkg.version, elapsed)
+    return None
+
+
+def _fail_series(services: NodeServices, series_id: int, model_name: str, reason: str) -> str:
+    with session_scope(services.engine) as s:
+        series = s.get(Series, series_id)
+        assert series is not None
+        series.state = SeriesState.FAILED
+        series.failure_reason = reason
+    services.metrics.series_segmented.labels(model=model_name, outcome="failed").inc()
+    logger.warning("series %s not segmented: %s", series_id, reason)
+    return reason
+
+
+def _result(s: Session, series_id: int) -> SeriesResult | None:
+    return s.scalar(select(SeriesResult).where(SeriesResult.series_id == series_id))

@@ -1,0 +1,254 @@
+"""The operator's decisions: corrected labels, approve, reject.
+
+Approval turns each series' corrected labels (or the untouched draft) into the **approved SEG** — a new
+series that references the source images, names the operator as ContentCreatorName, says the algorithm was
+semi-automatic and carries no draft marking — records the Dice between draft and approved labels as usage
+statistics, and queues three kinds of durable jobs: ``export`` of the approved SEGs to every peer that
+receives results, ``learn`` (incremental learning on the approved slices) and, from the learning job,
+``upload`` to the federation. Every decision is written to the audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_node import jobs
+from dicom_node.db import Series, SeriesState, Study, StudyState, session_scope, set_study_state
+from dicom_node.pipeline import APPROVED_SERIES_NUMBER, load_npy, npy_bytes, series_paths, write_atomic
+from dicom_node.review_tables import AuditEvent, SeriesResult
+from dicom_node.services import NodeServices
+
+logger = logging.getLogger(__name__)
+
+
+class ReviewConflict(Exception):
+    """The request does not fit the study's state (HTTP 409); the message says why."""
+
+
+class InvalidLabels(ValueError):
+    """The labels cannot be accepted (HTTP 422); the message says what to fix."""
+
+
+class NotFound(LookupError):
+    """No such study or series (HTTP 404)."""
+
+
+def dice_scores(reference: np.ndarray, other: np.ndarray, values: list[int]) -> dict[str, Any]:
+    """Dice per label value and the voxel-weighted mean over labels present (Dafne's metric)."""
+    per: dict[str, float] = {}
+    weights: list[float] = []
+    scores: list[float] = []
+    for v in values:
+        a = reference == v
+        b = other == v
+        total = int(a.sum()) + int(b.sum())
+        if total == 0:
+            continue
+        score = 2.0 * float(np.logical_and(a, b).sum()) / total
+        per[str(v)] = round(score, 6)
+        weights.append(float(a.sum()))
+        scores.append(score)
+    wsum = sum(weights)
+    overall = (
+        float(np.dot(weights, scores) / wsum) if wsum > 0 else (float(np.mean(scores)) if scores else 1.0)
+    )
+    return {"overall": round(overall, 6), "per_label": per}
+
+
+def _study(s: Session, study_id: int) -> Study:
+    study = s.get(Study, study_id)
+    if study is None:
+        raise NotFound(f"study {study_id} does not exist")
+    return study
+
+
+def _series_result(s: Session, series_id: int) -> tuple[Series, SeriesResult]:
+    series = s.get(Series, series_id)
+    if series is None:
+        raise NotFound(f"series {series_id} does not exist")
+    result = s.scalar(select(SeriesResult).where(SeriesResult.series_id == series_id))
+    if result is None:
+        raise ReviewConflict(f"series {series_id} has no draft segmentation (state {series.state})")
+    return series, result
+
+
+def allowed_values(model_labels: list[dict[str, Any]] | None, n_labels: int) -> set[int]:
+    """Label values a corrected volume may contain: 0 and the model's labels."""
+    if model_labels:
+        return {0, *(int(lab["value"]) for lab in model_labels)}
+    return set(range(n_labels + 1))
+
+
+def current_labels(services: NodeServices, series_id: int, version: str = "current") -> np.ndarray:
+    """The draft, the corrected or the current (corrected if any, else draft) labels of a series."""
+    with session_scope(services.engine) as s:
+        _series, result = _series_result(s, series_id)
+        if version == "draft":
+            return load_npy(result.draft_labels_path)
+        if version == "corrected":
+            if result.corrected_labels_path is None:
+                raise NotFound(f"series {series_id} has no corrected labels yet")
+            return load_npy(result.corrected_labels_path)
+        return load_npy(result.corrected_labels_path or result.draft_labels_path)
+
+
+def put_labels(services: NodeServices, series_id: int, labels: np.ndarray, operator: str) -> dict[str, Any]:
+    """Store an operator's corrected labels for a series awaiting review."""
+    with session_scope(services.engine) as s:
+        series, result = _series_result(s, series_id)
+        study = _study(s, series.study_id)
+        if study.state != StudyState.PENDING_REVIEW:
+            raise ReviewConflict(
+                f"study {study.id} is {study.state}; labels can only change while PENDING_REVIEW"
+            )
+        draft = load_npy(result.draft_labels_path)
+        if labels.shape != draft.shape:
+            raise InvalidLabels(
+                f"labels have shape {list(labels.shape)}; this series needs {list(draft.shape)} (z, y, x)"
+            )
+        if labels.dtype != np.uint8:
+            raise InvalidLabels(f"labels must be uint8, not {labels.dtype}")
+        _rev, pkg = services.registry.active(result.model)
+        allowed = allowed_values(pkg.labels, int(draft.max()))
+        present = {int(v) for v in np.unique(labels)}
+        unknown = sorted(present - allowed)
+        if unknown:
+            raise InvalidLabels(f"label values {unknown} are not labels of model {result.model!r}")
+        path = services.result_dir(study.id, series_id) / "corrected_labels.npy"
+        write_atomic(path, npy_bytes(labels))
+        result.corrected_labels_path = str(path)
+        from dicom_node.db import utcnow
+
+        result.corrected_at = utcnow()
+        s.add(
+            AuditEvent(
+                operator=operator, action="correct", study_id=study.id, detail={"series_id": series_id}
+            )
+        )
+    return {"series_id": series_id, "stored": True}
+
+
+def approve(
+    services: NodeServices, study_id: int, operator: str, comment: str | None = None
+) -> dict[str, Any]:
+    """Approve a study: approved SEGs, Dice statistics, export and learning jobs, audit entry."""
+    from dicom_node.seg import build_seg, seg_to_bytes
+    from dicom_node.volume import load_series
+
+    with session_scope(services.engine) as s:
+        study = _study(s, study_id)
+        if study.state != StudyState.PENDING_REVIEW:
+            raise ReviewConflict(
+                f"study {study_id} is {study.state}; only a study PENDING_REVIEW can be approved"
+            )
+        work = [
+            (se.id, se.model, series_paths(se))
+            for se in study.series
+            if se.state == SeriesState.SEGMENTED and se.model is not None
+        ]
+        pending_since = study.updated_at
+    if not work:
+        raise ReviewConflict(f"study {study_id} has no segmented series to approve")
+    dice: dict[str, Any] = {}
+    approved_paths: list[str] = []
+    for series_id, _model, paths in work:
+        with session_scope(services.engine) as s:
+            _series, result = _series_result(s, series_id)
+            draft = load_npy(result.draft_labels_path)
+            final = load_npy(result.corrected_labels_path or result.draft_labels_path)
+            model_name, model_revision = result.model, result.model_revision
+        pkg = services.registry.package(services.registry.revision(model_name, model_revision))
+        volume = load_series(paths)
+        seg = build_seg(
+            volume,
+            final,
+            pkg.region,
+            draft=False,
+            algorithm_name=pkg.name,
+            algorithm_version=pkg.version,
+            operator=operator,
+            seg_type=services.config.segmentation.seg_type,
+            series_number=APPROVED_SERIES_NUMBER,
+        )
+        path = services.result_dir(study_id, series_id) / "approved_seg.dcm"
+        write_atomic(path, seg_to_bytes(seg))
+        values = sorted(int(lab["value"]) for lab in pkg.labels)
+        scores = dice_scores(draft, final, values)
+        dice[str(series_id)] = scores
+        approved_paths.append(str(path))
+        with session_scope(services.engine) as s:
+            _series, result = _series_result(s, series_id)
+            result.approved_seg_path = str(path)
+            result.approved_seg_sop_uid = str(seg.SOPInstanceUID)
+            result.dice = scores
+    queued: list[dict[str, Any]] = []
+    with session_scope(services.engine) as s:
+        study = _study(s, study_id)
+        if study.state != StudyState.PENDING_REVIEW:  # a concurrent decision won
+            raise ReviewConflict(f"study {study_id} is {study.state}; it was decided meanwhile")
+        set_study_state(s, study, StudyState.APPROVED)
+        for peer in services.config.peers:
+            if peer.receive_results:
+                job = jobs.enqueue(
+                    s,
+                    "export",
+                    {"peer": peer.name, "paths": approved_paths, "study_id": study_id},
+                    dedupe_key=f"export:{study_id}:{peer.name}",
+                )
+                queued.append({"id": job.id, "kind": job.kind})
+        for series_id, _model, _paths in work:
+            job = jobs.enqueue(s, "learn", {"series_id": series_id}, dedupe_key=f"learn:{series_id}")
+            queued.append({"id": job.id, "kind": job.kind})
+        s.add(
+            AuditEvent(
+                operator=operator,
+                action="approve",
+                study_id=study_id,
+                detail={"comment": comment or "", "dice": dice},
+            )
+        )
+    services.metrics.studies_approved.inc()
+    if pending_since is not None:
+        from dicom_node.db import utcnow
+
+        services.metrics.review_seconds.observe(max(0.0, (utcnow() - pending_since).total_seconds()))
+    logger.info("study %s approved by an operator; %d jobs queued", study_id, len(queued))
+    return {"state": StudyState.APPROVED.value, "dice": dice, "jobs": queued}
+
+
+def reject(services: NodeServices, study_id: int, operator: str, reason: str) -> dict[str, Any]:
+    """Reject a study's drafts with a reason; nothing is exported or learned."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidLabels("a rejection needs a reason")
+    with session_scope(services.engine) as s:
+        study = _study(s, study_id)
+        if study.state not in (StudyState.PENDING_REVIEW, StudyState.FAILED, StudyState.COMPLETE):
+            raise ReviewConflict(f"study {study_id} is {study.state}; it cannot be rejected now")
+        set_study_state(s, study, StudyState.REJECTED, reason)
+        s.add(AuditEvent(operator=operator, action="reject", study_id=study_id, detail={"reason": reason}))
+    services.metrics.studies_rejected.inc()
+    return {"state": StudyState.REJECTED.value}
+
+
+def mark_exported_if_done(s: Session, study_id: int) -> None:
+    """After an export job: the study is EXPORTED once every export job of it is done."""
+    from dicom_node.db import Job, JobState
+
+    pending = s.scalars(select(Job).where(Job.kind == "export", Job.state != JobState.DONE)).all()
+    if any(int(j.payload.get("study_id", -1)) == study_id for j in pending):
+        return
+    study = s.get(Study, study_id)
+    if study is not None and study.state == StudyState.APPROVED:
+        set_study_state(s, study, StudyState.EXPORTED)
+
+
+def approved_paths_exist(paths: list[str]) -> bool:
+    """Whether every approved SEG file of an export is still on disk."""
+    return all(Path(p).exists() for p in paths)

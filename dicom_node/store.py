@@ -1,0 +1,445 @@
+"""Durable instance storage: durable before acknowledged.
+
+Each received dataset is written exactly as it arrived (file meta + encoded dataset, never decoded) to a
+temporary file in ``storage_dir/.incoming``, fsync'd, renamed to
+``storage_dir/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, its directory fsync'd, and
+indexed; only then does :meth:`Store.receive` return Success.
+
+Group commit: associations that store at the same time share one index transaction. The thread that gets
+the commit lock first takes every pending instance (its own and those queued behind it), renames them,
+fsyncs each touched directory once, commits once and wakes the others; each C-STORE still waits for the
+commit that holds its instance. Same SOP Instance UID again: the first copy stays, the answer is Success.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, Engine, case, insert, select, update
+
+from dicom_node.db import Instance, Series, SeriesState, Study, StudyState, utcnow
+from dicom_node.received import (
+    DatasetHeader,
+    DatasetRefused,
+    StoreStatus,
+    check_instance,
+    inspect_dataset,
+)
+
+if TYPE_CHECKING:
+    from dicom_node.metrics import NodeMetrics
+    from dicom_node.routing import Router
+
+logger = logging.getLogger(__name__)
+
+INCOMING_DIR = ".incoming"
+_OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One C-STORE request as received: the encoded dataset (without file meta) and where it came from."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    context_uid: str
+    transfer_syntax: str
+    data: bytes | memoryview
+    calling_ae: str
+    called_ae: str
+    association_id: int
+    implementation_uid: str = ""
+    implementation_version: str = ""
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """What happened to one instance: the status to answer with and a short reason for failures."""
+
+    status: StoreStatus
+    comment: str | None = None
+    path: Path | None = None
+    duplicate: bool = False
+
+
+@dataclass
+class _Pending:
+    item: Incoming
+    header: DatasetHeader
+    tmp: Path
+    final: Path
+    done: bool = False
+    duplicate: bool = False
+    error: BaseException | None = None
+    placed: bool = False
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH2sHL", group, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def _pad(value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def encode_file_meta(item: Incoming) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group for ``item`` (explicit VR little endian)."""
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+    body = b"".join(
+        [
+            _element(0x0002, 0x0001, b"OB", b"\x00\x01"),
+            _element(0x0002, 0x0002, b"UI", _pad(item.sop_class_uid, b"\x00")),
+            _element(0x0002, 0x0003, b"UI", _pad(item.sop_instance_uid, b"\x00")),
+            _element(0x0002, 0x0010, b"UI", _pad(item.transfer_syntax, b"\x00")),
+            _element(0x0002, 0x0012, b"UI", _pad(str(PYNETDICOM_IMPLEMENTATION_UID), b"\x00")),
+            _element(0x0002, 0x0013, b"SH", _pad(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+            _element(0x0002, 0x0016, b"AE", _pad(item.calling_ae, b" ")),
+        ]
+    )
+    group_length = _element(0x0002, 0x0000, b"UL", struct.pack("<L", len(body)))
+    return b"\x00" * 128 + b"DICM" + group_length + body
+
+
+class Store:
+    """Writes received instances durably and indexes them (see the module docstring)."""
+
+    def __init__(
+        self,
+        storage_dir: Path,
+        engine: Engine,
+        router: Router,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
+        self.storage_dir = Path(storage_dir).resolve()
+        self.incoming_dir = self.storage_dir / INCOMING_DIR
+        self.engine = engine
+        self.router = router
+        self.metrics = metrics
+        self._queue: list[_Pending] = []
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._assoc_studies: dict[int, set[int]] = defaultdict(set)
+
+    def open(self) -> None:
+        """Prepare the folders, drop temporary files left by a crash, close associations a crash left open."""
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self.incoming_dir.mkdir(exist_ok=True)
+        stale = list(self.incoming_dir.iterdir())
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            logger.warning("removed %d unacknowledged partial files left by an earlier crash", len(stale))
+        now = utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(Study)
+                .where(Study.associations_open != 0)
+                .values(associations_open=0, associations_ended_at=now, updated_at=now)
+            )
+        if result.rowcount:
+            logger.info(
+                "%d studies had associations open at the last stop; their settle time restarts",
+                result.rowcount,
+            )
+
+    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        """Where an instance lives."""
+        return self.storage_dir / study_uid / series_uid / f"{sop_instance_uid}.dcm"
+
+    # ------------------------------------------------------------------ receive
+    def receive(self, item: Incoming) -> StoreResult:
+        """Check, write, fsync, rename and index one instance; the status says what to answer."""
+        started = time.perf_counter()
+        try:
+            header = inspect_dataset(item.data, item.transfer_syntax, self.router.keywords)
+            check_instance(header, item.sop_class_uid, item.sop_instance_uid, item.context_uid)
+        except DatasetRefused as exc:
+            logger.warning("refused SOP instance %s: %s", item.sop_instance_uid, exc)
+            self._count("refused")
+            return StoreResult(exc.status, str(exc))
+        study_uid = header.text("StudyInstanceUID") or ""
+        series_uid = header.text("SeriesInstanceUID") or ""
+        final = self.path_for(study_uid, series_uid, item.sop_instance_uid)
+        try:
+            tmp = self._write_temp(item)
+        except OSError as exc:
+            return self._os_failure(item, exc)
+        pending = _Pending(item, header, tmp, final)
+        try:
+            self._commit(pending)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            return self._os_failure(item, exc)
+        except Exception:
+            tmp.unlink(missing_ok=True)
+            logger.exception("could not index SOP instance %s", item.sop_instance_uid)
+            self._count("error")
+            return StoreResult(StoreStatus.PROCESSING_FAILURE, "the node could not index the instance")
+        if self.metrics is not None:
+            self.metrics.store_seconds.observe(time.perf_counter() - started)
+            if not pending.duplicate:
+                self.metrics.bytes_received.inc(len(item.data))
+        self._count("duplicate" if pending.duplicate else "stored")
+        return StoreResult(StoreStatus.SUCCESS, None, final, pending.duplicate)
+
+    def _count(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.instances_received.labels(result=result).inc()
+
+    def _os_failure(self, item: Incoming, exc: OSError) -> StoreResult:
+        if exc.errno in _OUT_OF_SPACE:
+            logger.error("out of disk space storing SOP instance %s: %s", item.sop_instance_uid, exc)
+            self._count("out_of_resources")
+            return StoreResult(StoreStatus.OUT_OF_RESOURCES, "out of disk space")
+        logger.error("could not write SOP instance %s: %s", item.sop_instance_uid, exc)
+        self._count("out_of_resources")
+        return StoreResult(StoreStatus.OUT_OF_RESOURCES, "storage error")
+
+    def _write_temp(self, item: Incoming) -> Path:
+        fd, name = tempfile.mkstemp(suffix=".part", dir=self.incoming_dir)
+        tmp = Path(name)
+        try:
+            try:
+                _write_all(fd, encode_file_meta(item))
+                _write_all(fd, item.data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    # ------------------------------------------------------------------ group commit
+    def _commit(self, pending: _Pending) -> None:
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._commit_lock:
+            if not pending.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                try:
+                    self._apply(batch)
+                except BaseException as exc:
+                    for p in batch:
+                        p.error = exc
+                finally:
+                    for p in batch:
+                        p.done = True
+        if pending.error is not None:
+            raise pending.error
+
+    def _apply(self, batch: list[_Pending]) -> None:
+        now = utcnow()
+        placed: list[_Pending] = []
+        new_pairs: set[tuple[int, int]] = set()
+        try:
+            with self.engine.begin() as conn:
+                study_ids = self._study_ids(conn, batch, now)
+                series_ids = self._series_ids(conn, batch, study_ids, now)
+                uids = {p.item.sop_instance_uid for p in batch}
+                existing = set(
+                    conn.scalars(select(Instance.SOPInstanceUID).where(Instance.SOPInstanceUID.in_(uids)))
+                )
+                fresh: list[_Pending] = []
+                for p in batch:
+                    if p.item.sop_instance_uid in existing:
+                        p.duplicate = True
+                    else:
+                        existing.add(p.item.sop_instance_uid)
+                        fresh.append(p)
+                dirs: set[Path] = set()
+                for p in fresh:
+                    dirs.update(self._ensure_dirs(p.final.parent))
+                    os.replace(p.tmp, p.final)
+                    p.placed = True
+                    placed.append(p)
+                    dirs.add(p.final.parent)
+                for d in dirs:
+                    _fsync_dir(d)
+                if fresh:
+                    conn.execute(
+                        insert(Instance),
+                        [
+                            {
+                                "series_id": series_ids[p.header.text("SeriesInstanceUID") or ""],
+                                "SOPInstanceUID": p.item.sop_instance_uid,
+                                "SOPClassUID": p.item.sop_class_uid,
+                                "TransferSyntaxUID": p.item.transfer_syntax,
+                                "InstanceNumber": p.header.number("InstanceNumber"),
+                                "path": str(p.final),
+                                "size": p.final.stat().st_size,
+                                "received_at": now,
+                            }
+                            for p in fresh
+                        ],
+                    )
+                increments: dict[int, int] = defaultdict(int)
+                touched: set[int] = set()
+                for p in batch:
+                    sid = study_ids[p.header.text("StudyInstanceUID") or ""]
+                    touched.add(sid)
+                    pair = (p.item.association_id, sid)
+                    if sid not in self._assoc_studies.get(pair[0], ()) and pair not in new_pairs:
+                        new_pairs.add(pair)
+                        increments[sid] += 1
+                for sid in touched:
+                    conn.execute(
+                        update(Study)
+                        .where(Study.id == sid)
+                        .values(
+                            last_received_at=now,
+                            associations_open=Study.associations_open + increments.get(sid, 0),
+                            updated_at=now,
+                        )
+                    )
+        except BaseException:
+            for p in placed:
+                p.final.unlink(missing_ok=True)
+            raise
+        for assoc_id, sid in new_pairs:
+            self._assoc_studies[assoc_id].add(sid)
+        for p in batch:
+            if p.duplicate:
+                p.tmp.unlink(missing_ok=True)
+        if self.metrics is not None:
+            self.metrics.commit_batch_size.observe(len(batch))
+
+    def _ensure_dirs(self, series_dir: Path) -> list[Path]:
+        """Create the study and series folders; returns parents whose entries changed (to fsync)."""
+        changed: list[Path] = []
+        for d in (series_dir.parent, series_dir):
+            try:
+                d.mkdir(mode=0o750)
+            except FileExistsError:
+                continue
+            changed.append(d.parent)
+        return changed
+
+    def _study_ids(self, conn: Connection, batch: list[_Pending], now: datetime) -> dict[str, int]:
+        uids = {p.header.text("StudyInstanceUID") or "" for p in batch}
+        rows = conn.execute(
+            select(Study.id, Study.StudyInstanceUID, Study.state).where(Study.StudyInstanceUID.in_(uids))
+        ).all()
+        ids = {uid: sid for sid, uid, _ in rows}
+        for sid, _uid, state in rows:
+            if state != StudyState.RECEIVING:
+                logger.info(
+                    "instance for study %s, which is already %s: stored, study state unchanged", sid, state
+                )
+        for p in batch:
+            uid = p.header.text("StudyInstanceUID") or ""
+            if uid in ids:
+                continue
+            h = p.header
+            result = conn.execute(
+                insert(Study).values(
+                    StudyInstanceUID=uid,
+                    PatientName=h.text("PatientName"),
+                    PatientID=h.text("PatientID"),
+                    StudyDescription=h.text("StudyDescription"),
+                    StudyDate=h.text("StudyDate"),
+                    state=StudyState.RECEIVING,
+                    received_at=now,
+                    last_received_at=now,
+                    associations_open=0,
+                    updated_at=now,
+                )
+            )
+            ids[uid] = int(result.inserted_primary_key[0])  # type: ignore[index]
+            logger.info("study %s: first instance received (from %s)", ids[uid], p.item.calling_ae)
+        return ids
+
+    def _series_ids(
+        self, conn: Connection, batch: list[_Pending], study_ids: dict[str, int], now: datetime
+    ) -> dict[str, int]:
+        uids = {p.header.text("SeriesInstanceUID") or "" for p in batch}
+        rows = conn.execute(
+            select(Series.SeriesInstanceUID, Series.id).where(Series.SeriesInstanceUID.in_(uids))
+        ).all()
+        ids = {uid: sid for uid, sid in rows}
+        for p in batch:
+            h = p.header
+            uid = h.text("SeriesInstanceUID") or ""
+            if uid in ids:
+                continue
+            attributes = {k: None if v is None else str(v) for k, v in h.attributes.items()}
+            model = self.router.route(p.item.called_ae, attributes)
+            result = conn.execute(
+                insert(Series).values(
+                    study_id=study_ids[h.text("StudyInstanceUID") or ""],
+                    SeriesInstanceUID=uid,
+                    SeriesNumber=h.number("SeriesNumber"),
+                    Modality=h.text("Modality"),
+                    SeriesDescription=h.text("SeriesDescription"),
+                    BodyPartExamined=h.text("BodyPartExamined"),
+                    called_ae=p.item.called_ae,
+                    calling_ae=p.item.calling_ae,
+                    model=model,
+                    state=SeriesState.ROUTED if model else SeriesState.UNROUTED,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            ids[uid] = int(result.inserted_primary_key[0])  # type: ignore[index]
+            logger.info(
+                "series %s of study %s: %s",
+                ids[uid],
+                study_ids[h.text("StudyInstanceUID") or ""],
+                f"routed to model {model}" if model else "no routing rule matches; kept unrouted",
+            )
+        return ids
+
+    # ------------------------------------------------------------------ associations
+    def association_closed(self, association_id: int) -> None:
+        """An association ended: the studies it delivered to start settling from now."""
+        with self._commit_lock:
+            studies = self._assoc_studies.pop(association_id, set())
+            if not studies:
+                return
+            now = utcnow()
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(Study)
+                    .where(Study.id.in_(studies))
+                    .values(
+                        associations_open=case(
+                            (Study.associations_open > 0, Study.associations_open - 1), else_=0
+                        ),
+                        associations_ended_at=now,
+                        updated_at=now,
+                    )
+                )
+
+
+__all__ = ["Incoming", "Store", "StoreResult", "StoreStatus", "encode_file_meta"]

@@ -1,0 +1,133 @@
+"""Keras networks: a small 2D residual encoder–decoder for single-limb axial slices.
+
+This module is *package code*: its source travels inside every model package and is executed there, so it
+imports nothing of ours and imports Keras only inside functions (a federation server merges weights
+without TensorFlow).
+
+Layer names carry the block they belong to: ``enc*`` (encoder, the representation block of a SegViz-style
+partial merge), ``dec*`` (decoder) and ``head*`` (classifier). Each weight's name is ``<layer>/<variable>``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NETWORK: dict[str, Any] = {
+    "architecture": "resunet2d",
+    "base_filters": 16,
+    "levels": 4,
+    "bn_momentum": 0.9,
+}
+
+
+def configure_threads(intra_op: int | None = None, inter_op: int = 1) -> None:
+    """Set TensorFlow's thread pools once (before the first op runs); later calls are no-ops."""
+    import os
+
+    import tensorflow as tf
+
+    intra = intra_op or int(os.environ.get("LAUREL_TF_THREADS", "0")) or (os.cpu_count() or 1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:  # the runtime is already initialised: keep what it has
+        logger.debug("TensorFlow thread pools already initialised")
+
+
+def _conv_bn(x: Any, filters: int, name: str, momentum: float, *, kernel: int = 3, relu: bool = True) -> Any:
+    from keras import layers
+
+    x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def _res_block(x: Any, filters: int, name: str, momentum: float) -> Any:
+    """Two 3×3 convolutions with a short (identity) skip, as in ResNet/VNet stages."""
+    from keras import layers
+
+    shortcut = x
+    if x.shape[-1] != filters:
+        shortcut = _conv_bn(x, filters, f"{name}_proj", momentum, kernel=1, relu=False)
+    y = _conv_bn(x, filters, f"{name}_a", momentum)
+    y = _conv_bn(y, filters, f"{name}_b", momentum, relu=False)
+    y = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def build_network(n_classes: int, patch: tuple[int, int], config: dict[str, Any] | None = None) -> Any:
+    """The residual encoder–decoder: returns an uncompiled ``keras.Model`` with a softmax output.
+
+    Encoder: a 3×3 stem, then per level a 2×2 strided convolution (down-sampling, VNet style) and a
+    residual block; decoder: 2×2 transposed convolution, a long skip (addition) from the encoder level of the
+    same resolution and a residual block; head: 1×1 convolution and softmax over ``n_classes``.
+    """
+    import keras
+    from keras import layers
+
+    cfg = {**DEFAULT_NETWORK, **(config or {})}
+    if cfg["architecture"] != "resunet2d":
+        raise ValueError(f"unknown architecture {cfg['architecture']!r}")
+    base, levels, mom = int(cfg["base_filters"]), int(cfg["levels"]), float(cfg["bn_momentum"])
+    factor = 2 ** (levels - 1)
+    if patch[0] % factor or patch[1] % factor:
+        raise ValueError(f"patch {patch} must be divisible by {factor} for {levels} levels")
+    inp = keras.Input((patch[0], patch[1], 1), name="image")
+    x = _conv_bn(inp, base, "enc0_stem", mom)
+    skips = []
+    for lvl in range(levels):
+        filters = base * 2**lvl
+        if lvl:
+            x = layers.Conv2D(filters, 2, strides=2, use_bias=False, name=f"enc{lvl}_down_conv")(x)
+            x = layers.BatchNormalization(momentum=mom, name=f"enc{lvl}_down_bn")(x)
+            x = layers.ReLU(name=f"enc{lvl}_down_relu")(x)
+        x = _res_block(x, filters, f"enc{lvl}_res", mom)
+        skips.append(x)
+    for lvl in reversed(range(levels - 1)):
+        filters = base * 2**lvl
+        x = layers.Conv2DTranspose(filters, 2, strides=2, use_bias=False, name=f"dec{lvl}_up_conv")(x)
+        x = layers.BatchNormalization(momentum=mom, name=f"dec{lvl}_up_bn")(x)
+        x = layers.ReLU(name=f"dec{lvl}_up_relu")(x)
+        x = layers.Add(name=f"dec{lvl}_skip")([x, skips[lvl]])
+        x = _res_block(x, filters, f"dec{lvl}_res", mom)
+    x = layers.Conv2D(n_classes, 1, name="head_conv")(x)
+    out = layers.Softmax(name="head_softmax")(x)
+    return keras.Model(inp, out, name="laurel_resunet2d")
+
+
+def weight_names(model: Any) -> list[str]:
+    """``<layer>/<variable>`` for every weight, in ``model.get_weights()`` order."""
+    names = []
+    for layer in model.layers:
+        for var in layer.weights:
+            names.append(f"{layer.name}/{var.name}")
+    if len(names) != len(model.weights):
+        raise RuntimeError("layer weights do not cover the model's weights")
+    return names
+
+
+def build_plain_unet(n_classes: int, patch: tuple[int, int], base_filters: int = 32, levels: int = 4) -> Any:
+    """A plain U-Net (two 3×3 conv + ReLU per level, max-pooling, concatenating skips): the benchmark peer."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((patch[0], patch[1], 1))
+    x, skips = inp, []
+    for lvl in range(levels):
+        f = base_filters * 2**lvl
+        x = layers.Conv2D(f, 3, padding="same", activation="relu")(x)
+        x = layers.Conv2D(f, 3, padding="same", activation="relu")(x)
+        if lvl < levels - 1:
+            skips.append(x)
+            x = layers.MaxPooling2D()(x)
+    for lvl in reversed(range(levels - 1)):
+        f = base_filters * 2**lvl
+        x = layers.Conv2DTranspose(f, 2, strides=2)(x)
+        x = layers.Concatenate()([x, skips[lvl]])
+        x = layers.Conv2D(f, 3, padding="same", activation="relu")(x)
+        x = layers.Conv2D(f, 3, padding="same", activation="relu")(x)
+    out = layers.Conv2D(n_classes, 1, activation="softmax")(x)
+    return keras.Model(inp, out, name="plain_unet")

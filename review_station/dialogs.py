@@ -1,0 +1,180 @@
+"""Dialogs of the review station: approve, reject, token, statistics; all open non-blocking (``open()``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from PyQt5.QtCore import Qt, pyqtSignal
+from PyQt5.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from review_station.stats import MuscleStats, write_csv
+
+log = logging.getLogger(__name__)
+
+
+class ApproveDialog(QDialog):
+    """Confirm the approval of a study; the comment is optional."""
+
+    def __init__(self, study_text: str, series_lines: Sequence[str], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Approve study")
+        lay = QVBoxLayout(self)
+        lines = "".join(f"<li>{s}</li>" for s in series_lines)
+        info = QLabel(
+            f"<b>Approve {study_text}?</b><p>These labels will be stored as approved, sent to the PACS and "
+            f"used to teach the model:</p><ul>{lines}</ul>"
+        )
+        info.setWordWrap(True)
+        lay.addWidget(info)
+        lay.addWidget(QLabel("Comment (optional):"))
+        self.comment = QPlainTextEdit()
+        self.comment.setPlaceholderText("e.g. corrected the soleus boundary on slices 10-14")
+        self.comment.setFixedHeight(80)
+        lay.addWidget(self.comment)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Cancel)
+        self.approve_button = QPushButton("Approve")
+        self.buttons.addButton(self.approve_button, QDialogButtonBox.AcceptRole)
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+        lay.addWidget(self.buttons)
+        cancel = self.buttons.button(QDialogButtonBox.Cancel)
+        assert cancel is not None
+        cancel.setDefault(True)
+
+    def comment_text(self) -> str | None:
+        """The comment, or None when empty."""
+        text = self.comment.toPlainText().strip()
+        return text or None
+
+
+class RejectDialog(QDialog):
+    """Reject a study: a reason is required (the Reject button stays disabled without one)."""
+
+    def __init__(self, study_text: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Reject study")
+        lay = QVBoxLayout(self)
+        info = QLabel(
+            f"<b>Reject {study_text}?</b><p>Nothing of it will be sent to the PACS or learnt from.</p>"
+        )
+        info.setWordWrap(True)
+        lay.addWidget(info)
+        lay.addWidget(QLabel("Reason (required):"))
+        self.reason = QPlainTextEdit()
+        self.reason.setPlaceholderText("e.g. wrong anatomy, motion artefacts, not a muscle study")
+        self.reason.setFixedHeight(80)
+        lay.addWidget(self.reason)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Cancel)
+        self.reject_button = QPushButton("Reject")
+        self.buttons.addButton(self.reject_button, QDialogButtonBox.AcceptRole)
+        self.reject_button.setEnabled(False)
+        self.reason.textChanged.connect(lambda: self.reject_button.setEnabled(bool(self.reason_text())))
+        self.buttons.accepted.connect(self._accept_if_reason)
+        self.buttons.rejected.connect(self.reject)
+        lay.addWidget(self.buttons)
+
+    def reason_text(self) -> str:
+        """The stripped reason."""
+        return self.reason.toPlainText().strip()
+
+    def _accept_if_reason(self) -> None:
+        if self.reason_text():
+            self.accept()
+
+
+class TokenDialog(QDialog):
+    """Ask for the node address and the operator's token (shown when none is given or it was refused)."""
+
+    def __init__(self, url: str, message: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Connect to the node")
+        form = QFormLayout(self)
+        if message:
+            msg = QLabel(message)
+            msg.setWordWrap(True)
+            form.addRow(msg)
+        self.url = QLineEdit(url)
+        self.token = QLineEdit()
+        self.token.setEchoMode(QLineEdit.Password)
+        self.token.setPlaceholderText("operator token from `laurel token create`")
+        form.addRow("Node", self.url)
+        form.addRow("Token", self.token)
+        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+
+def _fmt(v: float | int | str) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.1f}"
+    return str(v)
+
+
+class StatisticsDialog(QDialog):
+    """Per-muscle statistics of the current series with CSV export."""
+
+    exported = pyqtSignal(str)
+    COLUMNS = (
+        ("Muscle", "name"), ("Slices", "slices"), ("Voxels", "voxels"), ("Volume (ml)", "volume_ml"),
+        ("Mean", "mean"), ("SD", "std"), ("Min", "p0"), ("P25", "p25"), ("Median", "p50"), ("P75", "p75"),
+        ("Max", "p100"),
+    )  # fmt: skip
+
+    def __init__(self, title: str, stats: Sequence[MuscleStats], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(f"Statistics — {title}")
+        self.stats = list(stats)
+        self.resize(860, 480)
+        lay = QVBoxLayout(self)
+        self.table = QTableWidget(len(self.stats), len(self.COLUMNS))
+        self.table.setHorizontalHeaderLabels([c for c, _ in self.COLUMNS])
+        self.table.setEditTriggers(QTableWidget.NoEditTriggers)
+        for r, row in enumerate(self.stats):
+            for c, (_, attr) in enumerate(self.COLUMNS):
+                item = QTableWidgetItem(_fmt(getattr(row, attr)))
+                if attr != "name":
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.table.setItem(r, c, item)
+        hh = self.table.horizontalHeader()
+        assert hh is not None
+        hh.setSectionResizeMode(0, QHeaderView.Stretch)
+        lay.addWidget(self.table)
+        buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        self.export_button = QPushButton("Export CSV…")
+        buttons.addButton(self.export_button, QDialogButtonBox.ActionRole)
+        self.export_button.clicked.connect(self._choose_file)
+        buttons.rejected.connect(self.reject)
+        lay.addWidget(buttons)
+
+    def _choose_file(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export statistics", "statistics.csv", "CSV (*.csv)")
+        if path:
+            self.export(Path(path))
+
+    def export(self, path: Path) -> None:
+        """Write the CSV to ``path`` (errors in a message box)."""
+        try:
+            write_csv(self.stats, path)
+        except OSError as exc:
+            QMessageBox.critical(self, "Export failed", f"Could not write {path}: {exc.strerror or exc}")
+            return
+        self.exported.emit(str(path))

@@ -1,0 +1,50 @@
+"""Fixtures of the review station tests: Qt offscreen, a synthetic two-limb series with 12 muscles."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt creates the QApplication
+
+from collections.abc import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from review_station.domain import Segment, default_segments  # noqa: E402
+
+Series = tuple[np.ndarray, np.ndarray, list[Segment]]
+
+
+def make_series(n_slices: int = 6, size: int = 96, seed: int = 0) -> Series:
+    """Image float32 and labels uint8 (z, y, x): two limbs, six elliptical muscles each, shapes drifting in z."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    image = np.empty((n_slices, size, size), np.float32)
+    labels = np.zeros((n_slices, size, size), np.uint8)
+    for z in range(n_slices):
+        img = rng.normal(40.0, 4.0, (size, size)).astype(np.float32)
+        for side, cx in enumerate((0.29 * size, 0.71 * size)):
+            limb = ((yy - size / 2) / (0.4 * size)) ** 2 + ((xx - cx) / (0.21 * size)) ** 2 < 1
+            img[limb] += 150.0
+            for i in range(6):
+                ang = i * np.pi / 3 + 0.03 * z
+                my, mx = size / 2 + 0.2 * size * np.sin(ang), cx + 0.1 * size * np.cos(ang)
+                ry, rx = 0.085 * size * (1 + 0.02 * z), 0.055 * size
+                m = ((yy - my) / ry) ** 2 + ((xx - mx) / rx) ** 2 < 1
+                labels[z][m & limb] = 1 + i + 6 * side
+                img[m & limb] += 40.0 + 8 * i
+        image[z] = img
+    return image, labels, default_segments(list(range(1, 13)))
+
+
+@pytest.fixture
+def series() -> Series:
+    """A small synthetic series (6 × 96²)."""
+    return make_series()
+
+
+@pytest.fixture
+def series_factory() -> Callable[..., Series]:
+    """``make_series`` for tests that need another size."""
+    return make_series
