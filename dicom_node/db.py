@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -65,7 +65,7 @@ class SeriesState(StrEnum):
 
 
 class JobState(StrEnum):
-    """Job lifecycle: ``FAILED`` jobs wait for ``next_run_at`` and are retried; ``DEAD`` ones need a person."""
+    """Job lifecycle: FAILED jobs wait for ``next_run_at`` and are retried; DEAD ones need a person."""
 
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
@@ -105,7 +105,7 @@ class InvalidTransition(ValueError):
 class Base(DeclarativeBase):
     """Declarative base of every table of the node (other modules may add tables to it)."""
 
-    type_annotation_map = {dict[str, Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON}
 
 
 class Study(Base):

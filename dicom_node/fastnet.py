@@ -15,6 +15,7 @@ TCP_NODELAY on every accepted socket and reads PDUs with large ``recv_into`` cal
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import select
@@ -46,7 +47,7 @@ def set_nodelay(sock: socket.socket) -> None:
         logger.debug("TCP_NODELAY not set: %s", exc)
 
 
-class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
+class _WakingQueue(queue.Queue):
     """A queue that calls ``notify`` after every ``put``."""
 
     def __init__(self, notify: Callable[[], None]) -> None:
@@ -83,10 +84,8 @@ class EventDrivenDUL(DULServiceProvider):
 
     def poke(self) -> None:
         """Wake the reactor (something was queued for it)."""
-        try:
+        with contextlib.suppress(OSError):  # closed, or the buffer is full of pokes already
             self._wake_w.send(b"\0")
-        except OSError:  # closed, or the buffer is full of pokes already
-            pass
 
     def _wait(self) -> None:
         sock = self.socket.socket if self.socket is not None else None
@@ -147,8 +146,8 @@ class EventDrivenDUL(DULServiceProvider):
                     abort_pdu.reason_diagnostic = 0x00
                     try:
                         sock.send(abort_pdu.encode())
-                    except Exception:  # the peer may be gone already
-                        pass
+                    except Exception as send_exc:  # the peer may be gone already
+                        logger.debug("A-ABORT not sent: %s", send_exc)
                     self.assoc.is_aborted = True
                     self.assoc.is_established = False
                     self.assoc._kill = True

@@ -76,8 +76,12 @@ def learn(services: NodeServices, payload: dict[str, Any]) -> dict[str, Any]:
             job = jobs.enqueue(
                 s,
                 "upload",
-                {"model": model_name, "revision": new_rev.revision, "n_slices": len(labelled),
-                 "local_dice": local_dice},
+                {
+                    "model": model_name,
+                    "revision": new_rev.revision,
+                    "n_slices": len(labelled),
+                    "local_dice": local_dice,
+                },
                 dedupe_key=f"upload:{model_name}:{new_rev.revision}",
             )
             out["upload_job"] = job.id
@@ -125,8 +129,13 @@ def sync(services: NodeServices, payload: dict[str, Any]) -> dict[str, Any]:
         from models.package import load
 
         pkg = load(data, services.registry.trusted_keys)  # signature verified before dill sees a byte
-        services.registry.add(pkg, source="federation", parent_revision=state["active_revision"],
-                              note=f"federation version {latest}", payload=data)
+        services.registry.add(
+            pkg,
+            source="federation",
+            parent_revision=state["active_revision"],
+            note=f"federation version {latest}",
+            payload=data,
+        )
         pulled[name] = latest
     services.metrics.federation_syncs.labels(outcome="ok").inc()
     return {"pulled": pulled}

@@ -9,6 +9,8 @@ failure status to answer with.
 
 from __future__ import annotations
 
+import functools
+import re
 import struct
 import zlib
 from collections.abc import Iterable
@@ -16,10 +18,10 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ImplicitVRLittleEndian,
-    UID,
 )
 
 
@@ -161,7 +163,7 @@ class _Walker:
                 raise self.fail(f"element ({group:04X},{elem:04X}) with VR {vr!r} has undefined length")
             if vpos + length > end:
                 raise self.fail(
-                    f"element ({group:04X},{elem:04X}) needs {length} bytes but {end - vpos} remain: truncated"
+                    f"element ({group:04X},{elem:04X}) needs {length} bytes, {end - vpos} remain: truncated"
                 )
             if top:
                 if tag in self.wanted:
@@ -325,6 +327,7 @@ def inspect_dataset(
     return DatasetHeader(attributes, walker.pixel)
 
 
+@functools.lru_cache(maxsize=512)
 def is_image_sop_class(sop_class_uid: str) -> bool:
     """Whether instances of this storage SOP class must carry pixel data."""
     name = UID(sop_class_uid).name
@@ -335,10 +338,15 @@ def is_image_sop_class(sop_class_uid: str) -> bool:
     }
 
 
+# UIDs become file names: digits and dots as DICOM says, plus letters, '-' and '_' seen in the wild;
+# never a leading dot (no '..'), never a path separator.
+_UID_CHARS = re.compile(r"[0-9A-Za-z_-][0-9A-Za-z._-]{0,63}")
+
+
 def _safe_uid(value: str | None, keyword: str) -> str:
     if not value:
         raise DatasetRefused(f"{keyword} is missing", StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
-    if len(value) > 64 or value[0] == "." or any(not (c.isalnum() or c in "._-") for c in value):
+    if not _UID_CHARS.fullmatch(value):
         raise DatasetRefused(f"{keyword} is not a valid UID", StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
     return value
 

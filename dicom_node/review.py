@@ -237,12 +237,12 @@ def reject(services: NodeServices, study_id: int, operator: str, reason: str) ->
     return {"state": StudyState.REJECTED.value}
 
 
-def mark_exported_if_done(s: Session, study_id: int) -> None:
+def mark_exported_if_done(s: Session, study_id: int, *, running_job_id: int | None = None) -> None:
     """After an export job: the study is EXPORTED once every export job of it is done."""
     from dicom_node.db import Job, JobState
 
     pending = s.scalars(select(Job).where(Job.kind == "export", Job.state != JobState.DONE)).all()
-    if any(int(j.payload.get("study_id", -1)) == study_id for j in pending):
+    if any(int(j.payload.get("study_id", -1)) == study_id and j.id != running_job_id for j in pending):
         return
     study = s.get(Study, study_id)
     if study is not None and study.state == StudyState.APPROVED:

@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -59,6 +59,9 @@ if TYPE_CHECKING:
     from dicom_node.metrics import NodeMetrics
 
 logger = logging.getLogger(__name__)
+
+#: The Verification SOP Class (C-ECHO).
+VERIFICATION = "1.2.840.10008.1.1"
 
 #: Transfer syntaxes accepted for every storage SOP class; objects are stored as received.
 TRANSFER_SYNTAXES: tuple[str, ...] = (
@@ -154,17 +157,20 @@ class AssociationPolicy:
             if ip in addresses:
                 return Decision(None, peer=peer.name)
         return Decision(
-            HOST_NOT_RECOGNISED, f"calling AE title {calling!r} connected from {ip}, not from its configured host"
+            HOST_NOT_RECOGNISED,
+            f"calling AE title {calling!r} connected from {ip}, not from its configured host",
         )
 
 
 def storage_contexts() -> list[PresentationContext]:
     """Verification plus every storage SOP class pynetdicom knows, each with :data:`TRANSFER_SYNTAXES`."""
     from pynetdicom.presentation import AllStoragePresentationContexts, build_context
-    from pynetdicom.sop_class import Verification
 
-    contexts = [build_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
-    contexts.extend(build_context(cx.abstract_syntax, list(TRANSFER_SYNTAXES)) for cx in AllStoragePresentationContexts)
+    contexts = [build_context(VERIFICATION, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
+    contexts.extend(
+        build_context(str(cx.abstract_syntax), list(TRANSFER_SYNTAXES))
+        for cx in AllStoragePresentationContexts
+    )
     return contexts
 
 
@@ -175,9 +181,7 @@ class StoreSCP:
         self.config = config
         self.store = store
         self.metrics = metrics
-        self.policy = AssociationPolicy(
-            [config.node.ae_title, *store.router.called_ae_titles], config.peers
-        )
+        self.policy = AssociationPolicy([config.node.ae_title, *store.router.called_ae_titles], config.peers)
         self._ae: AE | None = None
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -224,7 +228,13 @@ class StoreSCP:
         ]
         address = (node.host, node.port if port is None else port)
         server = ThreadedAssociationServer(
-            ae, address, node.ae_title, contexts, None, handlers, request_handler=FastRequestHandler
+            ae,
+            address,
+            node.ae_title,
+            contexts,
+            None,
+            cast(Any, handlers),
+            request_handler=FastRequestHandler,
         )
         # pynetdicom's standard per-PDU/per-message debug loggers cost ~10% of ingest; our handlers log.
         for event, handler in (
@@ -256,8 +266,8 @@ class StoreSCP:
         for assoc in list(server.active_associations):
             try:
                 assoc.abort()
-            except Exception:  # already gone
-                pass
+            except Exception as exc:  # already gone
+                logger.debug("abort at stop: %s", exc)
         server.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -275,14 +285,16 @@ class StoreSCP:
     def _on_requested(self, event: Event) -> None:
         assoc = event.assoc
         rq = assoc.requestor.primitive
-        called, calling = str(rq.called_ae_title), str(rq.calling_ae_title)
+        called = str(getattr(rq, "called_ae_title", "") or "")
+        calling = str(getattr(rq, "calling_ae_title", "") or "")
         address = str(assoc.requestor.address)
         decision = self.policy.decide(called, calling, address)
         if decision.rejection is None:
             with self._lock:
                 if len(self._established) >= self.config.node.max_associations:
                     decision = Decision(
-                        LOCAL_LIMIT_EXCEEDED, f"{self.config.node.max_associations} associations are already open"
+                        LOCAL_LIMIT_EXCEEDED,
+                        f"{self.config.node.max_associations} associations are already open",
                     )
                 else:
                     self._established.add(id(assoc))
@@ -304,7 +316,9 @@ class StoreSCP:
         if self.metrics is not None:
             self.metrics.associations.labels(outcome="accepted").inc()
             self.metrics.associations_active.inc()
-        logger.info("association %x from peer %s (%s) called %s", id(assoc), decision.peer, address, called.strip())
+        logger.info(
+            "association %x from peer %s (%s) called %s", id(assoc), decision.peer, address, called.strip()
+        )
 
     def _on_close(self, event: Event) -> None:
         assoc = event.assoc
@@ -330,14 +344,14 @@ class StoreSCP:
             assoc = event.assoc
             context = getattr(assoc, "context", {}) or {}
             cx = event.context
-            stream = request.DataSet
+            stream = getattr(request, "DataSet", None)
             if not isinstance(stream, BytesIO):
                 return _status(StoreStatus.CANNOT_UNDERSTAND, "the C-STORE request has no dataset")
             item = Incoming(
-                sop_class_uid=str(request.AffectedSOPClassUID),
+                sop_class_uid=str(getattr(request, "AffectedSOPClassUID", "") or ""),
                 sop_instance_uid=sop_instance_uid,
                 context_uid=str(cx.abstract_syntax),
-                transfer_syntax=str(cx.transfer_syntax[0]),
+                transfer_syntax=_transfer_syntax(cx),
                 data=stream.getvalue(),
                 calling_ae=context.get("calling_ae") or str(assoc.requestor.ae_title).strip(),
                 called_ae=context.get("called_ae") or self.config.node.ae_title,
@@ -350,6 +364,12 @@ class StoreSCP:
         if result.status == StoreStatus.SUCCESS:
             return int(StoreStatus.SUCCESS)
         return _status(result.status, result.comment)
+
+
+def _transfer_syntax(context: Any) -> str:
+    """The context's transfer syntax (an event's context holds one UID, a negotiated one a list)."""
+    ts = context.transfer_syntax
+    return str(ts if isinstance(ts, str) else ts[0])
 
 
 def _status(status: StoreStatus, comment: str | None) -> Dataset:

@@ -22,13 +22,12 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, case, insert, select, update
+from sqlalchemy import DateTime, Engine, case, update
 
-from dicom_node.db import Instance, Series, SeriesState, Study, StudyState, utcnow
+from dicom_node.db import SeriesState, Study, StudyState, utcnow
 from dicom_node.received import (
     DatasetHeader,
     DatasetRefused,
@@ -79,10 +78,10 @@ class _Pending:
     header: DatasetHeader
     tmp: Path
     final: Path
+    size: int = 0
     done: bool = False
     duplicate: bool = False
     error: BaseException | None = None
-    placed: bool = False
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -149,6 +148,10 @@ class Store:
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._assoc_studies: dict[int, set[int]] = defaultdict(set)
+        self._raw: Any = None
+        self._paramstyle = engine.dialect.paramstyle
+        to_db = DateTime().bind_processor(engine.dialect)
+        self._stamp: Any = to_db if to_db is not None else (lambda value: value)
 
     def open(self) -> None:
         """Prepare the folders, drop temporary files left by a crash, close associations a crash left open."""
@@ -172,6 +175,13 @@ class Store:
                 result.rowcount,
             )
 
+    def close(self) -> None:
+        """Return the index connection to the pool."""
+        with self._commit_lock:
+            raw, self._raw = self._raw, None
+            if raw is not None:
+                raw.close()
+
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         """Where an instance lives."""
         return self.storage_dir / study_uid / series_uid / f"{sop_instance_uid}.dcm"
@@ -191,10 +201,10 @@ class Store:
         series_uid = header.text("SeriesInstanceUID") or ""
         final = self.path_for(study_uid, series_uid, item.sop_instance_uid)
         try:
-            tmp = self._write_temp(item)
+            tmp, size = self._write_temp(item)
         except OSError as exc:
             return self._os_failure(item, exc)
-        pending = _Pending(item, header, tmp, final)
+        pending = _Pending(item, header, tmp, final, size)
         try:
             self._commit(pending)
         except OSError as exc:
@@ -225,12 +235,13 @@ class Store:
         self._count("out_of_resources")
         return StoreResult(StoreStatus.OUT_OF_RESOURCES, "storage error")
 
-    def _write_temp(self, item: Incoming) -> Path:
+    def _write_temp(self, item: Incoming) -> tuple[Path, int]:
         fd, name = tempfile.mkstemp(suffix=".part", dir=self.incoming_dir)
         tmp = Path(name)
+        meta = encode_file_meta(item)
         try:
             try:
-                _write_all(fd, encode_file_meta(item))
+                _write_all(fd, meta)
                 _write_all(fd, item.data)
                 os.fsync(fd)
             finally:
@@ -238,7 +249,7 @@ class Store:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return tmp
+        return tmp, len(meta) + len(item.data)
 
     # ------------------------------------------------------------------ group commit
     def _commit(self, pending: _Pending) -> None:
@@ -259,74 +270,93 @@ class Store:
         if pending.error is not None:
             raise pending.error
 
+    def _cursor(self) -> Any:
+        if self._raw is None:
+            self._raw = self.engine.raw_connection()
+        return self._raw.cursor()
+
+    def _sql(self, statement: str) -> str:
+        return statement if self._paramstyle == "qmark" else statement.replace("?", "%s")
+
     def _apply(self, batch: list[_Pending]) -> None:
+        """Index one batch in one transaction; files are renamed and their folders fsync'd before the commit.
+
+        The hot path uses the DBAPI connection directly: SQLAlchemy's statement construction costs more
+        than the SQL itself here. Statements are plain SQL that SQLite and PostgreSQL both accept.
+        """
         now = utcnow()
+        stamp = self._stamp(now)
         placed: list[_Pending] = []
         new_pairs: set[tuple[int, int]] = set()
+        cur = self._cursor()
         try:
-            with self.engine.begin() as conn:
-                study_ids = self._study_ids(conn, batch, now)
-                series_ids = self._series_ids(conn, batch, study_ids, now)
-                uids = {p.item.sop_instance_uid for p in batch}
-                existing = set(
-                    conn.scalars(select(Instance.SOPInstanceUID).where(Instance.SOPInstanceUID.in_(uids)))
-                )
-                fresh: list[_Pending] = []
-                for p in batch:
-                    if p.item.sop_instance_uid in existing:
-                        p.duplicate = True
-                    else:
-                        existing.add(p.item.sop_instance_uid)
+            study_ids = self._study_ids(cur, batch, stamp)
+            series_ids = self._series_ids(cur, batch, study_ids, stamp)
+            seen: set[str] = set()
+            fresh: list[_Pending] = []
+            for p in batch:
+                uid = p.item.sop_instance_uid
+                if uid not in seen:
+                    cur.execute(self._sql('SELECT 1 FROM instance WHERE "SOPInstanceUID" = ?'), (uid,))
+                    if cur.fetchone() is None:
                         fresh.append(p)
-                dirs: set[Path] = set()
-                for p in fresh:
-                    dirs.update(self._ensure_dirs(p.final.parent))
-                    os.replace(p.tmp, p.final)
-                    p.placed = True
-                    placed.append(p)
-                    dirs.add(p.final.parent)
-                for d in dirs:
-                    _fsync_dir(d)
-                if fresh:
-                    conn.execute(
-                        insert(Instance),
-                        [
-                            {
-                                "series_id": series_ids[p.header.text("SeriesInstanceUID") or ""],
-                                "SOPInstanceUID": p.item.sop_instance_uid,
-                                "SOPClassUID": p.item.sop_class_uid,
-                                "TransferSyntaxUID": p.item.transfer_syntax,
-                                "InstanceNumber": p.header.number("InstanceNumber"),
-                                "path": str(p.final),
-                                "size": p.final.stat().st_size,
-                                "received_at": now,
-                            }
-                            for p in fresh
-                        ],
-                    )
-                increments: dict[int, int] = defaultdict(int)
-                touched: set[int] = set()
-                for p in batch:
-                    sid = study_ids[p.header.text("StudyInstanceUID") or ""]
-                    touched.add(sid)
-                    pair = (p.item.association_id, sid)
-                    if sid not in self._assoc_studies.get(pair[0], ()) and pair not in new_pairs:
-                        new_pairs.add(pair)
-                        increments[sid] += 1
-                for sid in touched:
-                    conn.execute(
-                        update(Study)
-                        .where(Study.id == sid)
-                        .values(
-                            last_received_at=now,
-                            associations_open=Study.associations_open + increments.get(sid, 0),
-                            updated_at=now,
+                        seen.add(uid)
+                        continue
+                p.duplicate = True
+            dirs: set[Path] = set()
+            for p in fresh:
+                dirs.update(self._ensure_dirs(p.final.parent))
+                os.replace(p.tmp, p.final)
+                placed.append(p)
+                dirs.add(p.final.parent)
+            for d in dirs:
+                _fsync_dir(d)
+            if fresh:
+                cur.executemany(
+                    self._sql(
+                        'INSERT INTO instance (series_id, "SOPInstanceUID", "SOPClassUID", '
+                        '"TransferSyntaxUID", "InstanceNumber", path, size, received_at) '
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    ),
+                    [
+                        (
+                            series_ids[p.header.text("SeriesInstanceUID") or ""],
+                            p.item.sop_instance_uid,
+                            p.item.sop_class_uid,
+                            p.item.transfer_syntax,
+                            p.header.number("InstanceNumber"),
+                            str(p.final),
+                            p.size,
+                            stamp,
                         )
-                    )
+                        for p in fresh
+                    ],
+                )
+            increments: dict[int, int] = defaultdict(int)
+            for p in batch:
+                sid = study_ids[p.header.text("StudyInstanceUID") or ""]
+                increments[sid] += 0
+                pair = (p.item.association_id, sid)
+                if sid not in self._assoc_studies.get(pair[0], ()) and pair not in new_pairs:
+                    new_pairs.add(pair)
+                    increments[sid] += 1
+            for sid, increment in increments.items():
+                cur.execute(
+                    self._sql(
+                        "UPDATE study SET last_received_at = ?, associations_open = associations_open + ?, "
+                        "updated_at = ? WHERE id = ?"
+                    ),
+                    (stamp, increment, stamp, sid),
+                )
+            assert self._raw is not None
+            self._raw.commit()
         except BaseException:
+            self._rollback()
             for p in placed:
                 p.final.unlink(missing_ok=True)
             raise
+        finally:
+            cur.close()
         for assoc_id, sid in new_pairs:
             self._assoc_studies[assoc_id].add(sid)
         for p in batch:
@@ -334,6 +364,16 @@ class Store:
                 p.tmp.unlink(missing_ok=True)
         if self.metrics is not None:
             self.metrics.commit_batch_size.observe(len(batch))
+
+    def _rollback(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is None:
+            return
+        try:
+            raw.rollback()
+            raw.close()  # back to the pool; a fresh checkout next time
+        except Exception:
+            logger.debug("index connection discarded after an error", exc_info=True)
 
     def _ensure_dirs(self, series_dir: Path) -> list[Path]:
         """Create the study and series folders; returns parents whose entries changed (to fsync)."""
@@ -346,76 +386,87 @@ class Store:
             changed.append(d.parent)
         return changed
 
-    def _study_ids(self, conn: Connection, batch: list[_Pending], now: datetime) -> dict[str, int]:
-        uids = {p.header.text("StudyInstanceUID") or "" for p in batch}
-        rows = conn.execute(
-            select(Study.id, Study.StudyInstanceUID, Study.state).where(Study.StudyInstanceUID.in_(uids))
-        ).all()
-        ids = {uid: sid for sid, uid, _ in rows}
-        for sid, _uid, state in rows:
-            if state != StudyState.RECEIVING:
-                logger.info(
-                    "instance for study %s, which is already %s: stored, study state unchanged", sid, state
-                )
+    def _study_ids(self, cur: Any, batch: list[_Pending], stamp: Any) -> dict[str, int]:
+        ids: dict[str, int] = {}
         for p in batch:
-            uid = p.header.text("StudyInstanceUID") or ""
+            h = p.header
+            uid = h.text("StudyInstanceUID") or ""
             if uid in ids:
                 continue
-            h = p.header
-            result = conn.execute(
-                insert(Study).values(
-                    StudyInstanceUID=uid,
-                    PatientName=h.text("PatientName"),
-                    PatientID=h.text("PatientID"),
-                    StudyDescription=h.text("StudyDescription"),
-                    StudyDate=h.text("StudyDate"),
-                    state=StudyState.RECEIVING,
-                    received_at=now,
-                    last_received_at=now,
-                    associations_open=0,
-                    updated_at=now,
-                )
+            cur.execute(self._sql('SELECT id, state FROM study WHERE "StudyInstanceUID" = ?'), (uid,))
+            row = cur.fetchone()
+            if row is not None:
+                ids[uid] = int(row[0])
+                if row[1] != StudyState.RECEIVING:
+                    logger.info(
+                        "instance for study %s, which is %s: stored, study state unchanged", row[0], row[1]
+                    )
+                continue
+            cur.execute(
+                self._sql(
+                    'INSERT INTO study ("StudyInstanceUID", "PatientName", "PatientID", "StudyDescription", '
+                    '"StudyDate", state, received_at, last_received_at, associations_open, updated_at) '
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?) RETURNING id"
+                ),
+                (
+                    uid,
+                    h.text("PatientName"),
+                    h.text("PatientID"),
+                    h.text("StudyDescription"),
+                    h.text("StudyDate"),
+                    StudyState.RECEIVING.value,
+                    stamp,
+                    stamp,
+                    stamp,
+                ),
             )
-            ids[uid] = int(result.inserted_primary_key[0])  # type: ignore[index]
+            ids[uid] = int(cur.fetchone()[0])
             logger.info("study %s: first instance received (from %s)", ids[uid], p.item.calling_ae)
         return ids
 
     def _series_ids(
-        self, conn: Connection, batch: list[_Pending], study_ids: dict[str, int], now: datetime
+        self, cur: Any, batch: list[_Pending], study_ids: dict[str, int], stamp: Any
     ) -> dict[str, int]:
-        uids = {p.header.text("SeriesInstanceUID") or "" for p in batch}
-        rows = conn.execute(
-            select(Series.SeriesInstanceUID, Series.id).where(Series.SeriesInstanceUID.in_(uids))
-        ).all()
-        ids = {uid: sid for uid, sid in rows}
+        ids: dict[str, int] = {}
         for p in batch:
             h = p.header
             uid = h.text("SeriesInstanceUID") or ""
             if uid in ids:
                 continue
+            cur.execute(self._sql('SELECT id FROM series WHERE "SeriesInstanceUID" = ?'), (uid,))
+            row = cur.fetchone()
+            if row is not None:
+                ids[uid] = int(row[0])
+                continue
             attributes = {k: None if v is None else str(v) for k, v in h.attributes.items()}
             model = self.router.route(p.item.called_ae, attributes)
-            result = conn.execute(
-                insert(Series).values(
-                    study_id=study_ids[h.text("StudyInstanceUID") or ""],
-                    SeriesInstanceUID=uid,
-                    SeriesNumber=h.number("SeriesNumber"),
-                    Modality=h.text("Modality"),
-                    SeriesDescription=h.text("SeriesDescription"),
-                    BodyPartExamined=h.text("BodyPartExamined"),
-                    called_ae=p.item.called_ae,
-                    calling_ae=p.item.calling_ae,
-                    model=model,
-                    state=SeriesState.ROUTED if model else SeriesState.UNROUTED,
-                    created_at=now,
-                    updated_at=now,
-                )
+            study_id = study_ids[h.text("StudyInstanceUID") or ""]
+            cur.execute(
+                self._sql(
+                    'INSERT INTO series (study_id, "SeriesInstanceUID", "SeriesNumber", "Modality", '
+                    '"SeriesDescription", "BodyPartExamined", called_ae, calling_ae, model, state, '
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+                ),
+                (
+                    study_id,
+                    uid,
+                    h.number("SeriesNumber"),
+                    h.text("Modality"),
+                    h.text("SeriesDescription"),
+                    h.text("BodyPartExamined"),
+                    p.item.called_ae,
+                    p.item.calling_ae,
+                    model,
+                    (SeriesState.ROUTED if model else SeriesState.UNROUTED).value,
+                    stamp,
+                    stamp,
+                ),
             )
-            ids[uid] = int(result.inserted_primary_key[0])  # type: ignore[index]
+            ids[uid] = int(cur.fetchone()[0])
             logger.info(
                 "series %s of study %s: %s",
                 ids[uid],
-                study_ids[h.text("StudyInstanceUID") or ""],
+                study_id,
                 f"routed to model {model}" if model else "no routing rule matches; kept unrouted",
             )
         return ids

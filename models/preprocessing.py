@@ -73,14 +73,16 @@ class InputSpec:
 @dataclass
 class Limb:
     """One limb of the input: its columns ``[x_start, x_stop)``, whether it is mirrored, and the patch
-    grid: patch pixel ``(i, j)`` sits at sub-image position ``(cy + (i - ci) * ry, cx + (j - cj) * rx)``."""
+    grid: patch pixel ``(i, j)`` sits at position ``(y0 + i * ry, x0 + j * rx)`` of the (mirrored) limb
+    sub-image, ``r`` = model spacing / input spacing. The origin is a whole pixel, so that a model whose
+    spacing equals the input's samples the input pixels themselves."""
 
     side: str
     x_start: int
     x_stop: int
     mirror: bool
-    cy: float
-    cx: float
+    y0: int
+    x0: int
 
 
 @dataclass
@@ -198,10 +200,10 @@ def bias_field_correct(volume: np.ndarray, spacing: tuple[float, float, float], 
     return out.astype(np.float32)
 
 
-def _axis_weights(n_out: int, centre: float, ratio: float, n_in: int) -> tuple[np.ndarray, ...]:
+def _axis_weights(n_out: int, origin: int, ratio: float, n_in: int) -> tuple[np.ndarray, ...]:
     """Linear-interpolation indices and weights of ``n_out`` samples spaced ``ratio`` input pixels apart
-    around ``centre``; samples outside the input get weight 0 (air)."""
-    pos = centre + (np.arange(n_out) - (n_out - 1) / 2.0) * ratio
+    from ``origin``; samples outside the input get weight 0 (air)."""
+    pos = origin + np.arange(n_out) * ratio
     i0 = np.floor(pos).astype(np.int64)
     frac = (pos - i0).astype(np.float32)
     w0, w1 = 1.0 - frac, frac
@@ -212,8 +214,8 @@ def _axis_weights(n_out: int, centre: float, ratio: float, n_in: int) -> tuple[n
 
 def _resample(sub: np.ndarray, limb: Limb, ratio: tuple[float, float], patch: tuple[int, int]) -> np.ndarray:
     """Bilinear samples of ``sub`` (z, h, w) on the limb's patch grid → (z, P, P)."""
-    ya, yb, wya, wyb = _axis_weights(patch[0], limb.cy, ratio[0], sub.shape[1])
-    xa, xb, wxa, wxb = _axis_weights(patch[1], limb.cx, ratio[1], sub.shape[2])
+    ya, yb, wya, wyb = _axis_weights(patch[0], limb.y0, ratio[0], sub.shape[1])
+    xa, xb, wxa, wxb = _axis_weights(patch[1], limb.x0, ratio[1], sub.shape[2])
     rows = sub[:, ya, :] * wya[None, :, None] + sub[:, yb, :] * wyb[None, :, None]
     return rows[:, :, xa] * wxa[None, None, :] + rows[:, :, xb] * wxb[None, None, :]
 
@@ -254,16 +256,18 @@ def preprocess(
     found: list[Limb] = []
     proj = tissue_projection(fg)
     for side, x0, x1 in _split(proj, limbs):
-        limb = Limb(side, x0, x1, side == "left", 0.0, 0.0)
+        limb = Limb(side, x0, x1, side == "left", 0, 0)
         sub_fg = _limb_view(proj[None], limb)[0]
         if sub_fg.any():
             ys, xs = np.nonzero(sub_fg)
-            limb.cy, limb.cx = (ys.min() + ys.max()) / 2.0, (xs.min() + xs.max()) / 2.0
+            cy, cx = (ys.min() + ys.max()) / 2.0, (xs.min() + xs.max()) / 2.0
             extent = ((ys.max() - ys.min() + 1) / ratio[0], (xs.max() - xs.min() + 1) / ratio[1])
             if extent[0] > ispec.patch[0] or extent[1] > ispec.patch[1]:
                 logger.warning("the %s limb is larger than the model's field of view; edges are cut", side)
         else:
-            limb.cy, limb.cx = (sub_fg.shape[0] - 1) / 2.0, (sub_fg.shape[1] - 1) / 2.0
+            cy, cx = (sub_fg.shape[0] - 1) / 2.0, (sub_fg.shape[1] - 1) / 2.0
+        limb.y0 = int(round(cy - ispec.patch[0] / 2.0 * ratio[0]))
+        limb.x0 = int(round(cx - ispec.patch[1] / 2.0 * ratio[1]))
         out.append(_resample(_limb_view(norm, limb)[zs], limb, ratio, ispec.patch))
         found.append(limb)
     patches = np.concatenate(out, axis=0)[..., None].astype(np.float32)
@@ -292,8 +296,8 @@ def labels_to_patches(labels: np.ndarray, prepared: Prepared, n_muscles: int) ->
         else:
             sel = sub > n_muscles
             cls[sel] = sub[sel] - n_muscles
-        iy = _nearest(ispec.patch[0], limb.cy, ratio[0], sub.shape[1])
-        ix = _nearest(ispec.patch[1], limb.cx, ratio[1], sub.shape[2])
+        iy = _nearest(ispec.patch[0], limb.y0, ratio[0], sub.shape[1])
+        ix = _nearest(ispec.patch[1], limb.x0, ratio[1], sub.shape[2])
         grid = cls[:, np.clip(iy, 0, None), :][:, :, np.clip(ix, 0, None)]
         grid[:, iy < 0, :] = 0
         grid[:, :, ix < 0] = 0
@@ -301,8 +305,8 @@ def labels_to_patches(labels: np.ndarray, prepared: Prepared, n_muscles: int) ->
     return np.concatenate(out, axis=0)
 
 
-def _nearest(n_out: int, centre: float, ratio: float, n_in: int) -> np.ndarray:
-    pos = np.rint(centre + (np.arange(n_out) - (n_out - 1) / 2.0) * ratio).astype(np.int64)
+def _nearest(n_out: int, origin: int, ratio: float, n_in: int) -> np.ndarray:
+    pos = np.rint(origin + np.arange(n_out) * ratio).astype(np.int64)
     return np.where((pos >= 0) & (pos < n_in), pos, -1)
 
 
@@ -325,15 +329,15 @@ def postprocess(probs: np.ndarray, prepared: Prepared, n_muscles: int) -> np.nda
     for k, limb in enumerate(prepared.limbs):
         p = pr[k * nz : (k + 1) * nz]
         sub_w = limb.x_stop - limb.x_start
-        # input pixels covered by the patch: |pixel - centre| <= (P - 1) / 2 * ratio
-        ylo = max(0, int(np.ceil(limb.cy - (ph - 1) / 2.0 * ratio[0])))
-        yhi = min(h, int(np.floor(limb.cy + (ph - 1) / 2.0 * ratio[0])) + 1)
-        xlo = max(0, int(np.ceil(limb.cx - (pw - 1) / 2.0 * ratio[1])))
-        xhi = min(sub_w, int(np.floor(limb.cx + (pw - 1) / 2.0 * ratio[1])) + 1)
+        # input pixels covered by the patch grid: origin <= pixel <= origin + (P - 1) * ratio
+        ylo = max(0, limb.y0)
+        yhi = min(h, int(np.floor(limb.y0 + (ph - 1) * ratio[0] + 1e-6)) + 1)
+        xlo = max(0, limb.x0)
+        xhi = min(sub_w, int(np.floor(limb.x0 + (pw - 1) * ratio[1] + 1e-6)) + 1)
         if yhi <= ylo or xhi <= xlo:
             continue
-        ya, yb, wya, wyb = _inverse_weights(np.arange(ylo, yhi), limb.cy, ratio[0], ph)
-        xa, xb, wxa, wxb = _inverse_weights(np.arange(xlo, xhi), limb.cx, ratio[1], pw)
+        ya, yb, wya, wyb = _inverse_weights(np.arange(ylo, yhi), limb.y0, ratio[0], ph)
+        xa, xb, wxa, wxb = _inverse_weights(np.arange(xlo, xhi), limb.x0, ratio[1], pw)
         rows = p[:, ya] * wya[None, :, None, None] + p[:, yb] * wyb[None, :, None, None]
         full = rows[:, :, xa] * wxa[None, None, :, None] + rows[:, :, xb] * wxb[None, None, :, None]
         cls = np.argmax(full, axis=-1).astype(np.uint8)
@@ -347,9 +351,9 @@ def postprocess(probs: np.ndarray, prepared: Prepared, n_muscles: int) -> np.nda
     return result
 
 
-def _inverse_weights(pixels: np.ndarray, centre: float, ratio: float, n_patch: int) -> tuple[np.ndarray, ...]:
+def _inverse_weights(pixels: np.ndarray, origin: int, ratio: float, n_patch: int) -> tuple[np.ndarray, ...]:
     """Patch-axis interpolation indices/weights for input ``pixels`` (the inverse of the patch grid)."""
-    pos = (pixels - centre) / ratio + (n_patch - 1) / 2.0
+    pos = (pixels - origin) / ratio
     pos = np.clip(pos, 0.0, n_patch - 1.0)
     i0 = np.minimum(np.floor(pos).astype(np.int64), n_patch - 2)
     frac = (pos - i0).astype(np.float32)

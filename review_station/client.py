@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -117,7 +118,7 @@ def _detail(resp: requests.Response) -> str:
 
 
 class NodeClient:
-    """HTTP client of the node API. Thread-safe enough for one worker at a time per instance."""
+    """HTTP client of the node API; each thread gets its own connection pool (``requests.Session``)."""
 
     def __init__(
         self,
@@ -134,12 +135,27 @@ class NodeClient:
         self.base_url = base_url
         self._token = token if token is not None else os.environ.get(TOKEN_ENV) or None
         self.timeout = (connect_timeout, read_timeout)
-        self._session = session or requests.Session()
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+        if session is not None:
+            self._adopt(session)
+
+    def _adopt(self, session: requests.Session) -> requests.Session:
         retry = Retry(
             total=2, connect=2, read=0, status=0, other=0, backoff_factor=0.2, allowed_methods={"GET"}
         )
-        self._session.mount("http://", HTTPAdapter(max_retries=retry))
-        self._session.mount("https://", HTTPAdapter(max_retries=retry))
+        session.mount("http://", HTTPAdapter(max_retries=retry))
+        session.mount("https://", HTTPAdapter(max_retries=retry))
+        self._local.session = session
+        with self._lock:
+            self._sessions.append(session)
+        return session
+
+    @property
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        return session if session is not None else self._adopt(requests.Session())
 
     def __repr__(self) -> str:
         return f"NodeClient({self.base_url!r}, token={'set' if self._token else 'missing'})"
@@ -154,8 +170,11 @@ class NodeClient:
         self._token = token or None
 
     def close(self) -> None:
-        """Release connections."""
-        self._session.close()
+        """Release the connections of every thread."""
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for s in sessions:
+            s.close()
 
     # ---- transport -------------------------------------------------------------------------------
     def _request(

@@ -29,6 +29,8 @@ from review_station.stats import MuscleStats, write_csv
 
 log = logging.getLogger(__name__)
 
+MAX_TEXT = 2000  # the node's limit for a comment or a reason
+
 
 class ApproveDialog(QDialog):
     """Confirm the approval of a study; the comment is optional."""
@@ -54,6 +56,9 @@ class ApproveDialog(QDialog):
         self.buttons.addButton(self.approve_button, QDialogButtonBox.AcceptRole)
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
+        self.comment.textChanged.connect(
+            lambda: self.approve_button.setEnabled(len(self.comment.toPlainText()) <= MAX_TEXT)
+        )
         lay.addWidget(self.buttons)
         cancel = self.buttons.button(QDialogButtonBox.Cancel)
         assert cancel is not None
@@ -86,7 +91,9 @@ class RejectDialog(QDialog):
         self.reject_button = QPushButton("Reject")
         self.buttons.addButton(self.reject_button, QDialogButtonBox.AcceptRole)
         self.reject_button.setEnabled(False)
-        self.reason.textChanged.connect(lambda: self.reject_button.setEnabled(bool(self.reason_text())))
+        self.reason.textChanged.connect(
+            lambda: self.reject_button.setEnabled(0 < len(self.reason_text()) <= MAX_TEXT)
+        )
         self.buttons.accepted.connect(self._accept_if_reason)
         self.buttons.rejected.connect(self.reject)
         lay.addWidget(self.buttons)
@@ -96,7 +103,7 @@ class RejectDialog(QDialog):
         return self.reason.toPlainText().strip()
 
     def _accept_if_reason(self) -> None:
-        if self.reason_text():
+        if 0 < len(self.reason_text()) <= MAX_TEXT:
             self.accept()
 
 
@@ -143,7 +150,7 @@ class StatisticsDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle(f"Statistics — {title}")
         self.stats = list(stats)
-        self.resize(860, 480)
+        self.resize(1180, 500)
         lay = QVBoxLayout(self)
         self.table = QTableWidget(len(self.stats), len(self.COLUMNS))
         self.table.setHorizontalHeaderLabels([c for c, _ in self.COLUMNS])
@@ -156,7 +163,8 @@ class StatisticsDialog(QDialog):
                 self.table.setItem(r, c, item)
         hh = self.table.horizontalHeader()
         assert hh is not None
-        hh.setSectionResizeMode(0, QHeaderView.Stretch)
+        hh.setSectionResizeMode(QHeaderView.ResizeToContents)
+        hh.setStretchLastSection(True)
         lay.addWidget(self.table)
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         self.export_button = QPushButton("Export CSV…")

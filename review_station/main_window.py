@@ -58,6 +58,8 @@ class MainWindow(QMainWindow):
         self.local_path: Path | None = None
         self.last_error: QMessageBox | None = None
         self.dialog: Any = None
+        self._refreshing = False
+        self._close_confirmed = False
         self.resize(1400, 900)
         self.stack = QStackedWidget()
         self.worklist = WorklistWidget()
@@ -205,10 +207,14 @@ class MainWindow(QMainWindow):
         self.worklist.status.setText("connecting…")
         self.runner.start(
             lambda _p: client.check(),
-            on_done=lambda _h: self.worklist.request_refresh(),
+            on_done=lambda _h: self._connected(),
             on_failed=self._connection_failed,
             name="check",
         )
+
+    def _connected(self) -> None:
+        self.worklist.request_refresh()
+        self.worklist.timer.start()  # auto-refresh while the station runs
 
     def _connection_failed(self, exc: BaseException) -> None:
         self.worklist.set_error(str(exc))
@@ -238,17 +244,23 @@ class MainWindow(QMainWindow):
     # ---- worklist --------------------------------------------------------------------------------
     def refresh_worklist(self, state: str | None = None) -> None:
         """Reload the worklist in the background."""
-        if self.client is None:
+        if self.client is None or self._refreshing:
             return
         client = self.client
+        self._refreshing = True
         self.runner.start(
             lambda _p: client.studies(state),
-            on_done=self.worklist.set_studies,
+            on_done=self._worklist_loaded,
             on_failed=self._worklist_failed,
             name="studies",
         )
 
+    def _worklist_loaded(self, studies: list[StudySummary]) -> None:
+        self._refreshing = False
+        self.worklist.set_studies(studies)
+
     def _worklist_failed(self, exc: BaseException) -> None:
+        self._refreshing = False
         self.worklist.set_error(str(exc))
         if isinstance(exc, AuthError):
             self.ask_token(str(exc))
@@ -458,10 +470,11 @@ class MainWindow(QMainWindow):
             s.session.mark_saved(sent)  # what the node holds now
         state = str(result.get("state") or default_state)
         self.review.set_state(replace(study, state=state))
-        dice = result.get("dice")
         extra = ""
-        if isinstance(dice, dict) and isinstance(dice.get("overall"), int | float):
-            extra = f" — agreement with the draft (Dice) {dice['overall']:.3f}"
+        scores = [d.get("overall") for d in (result.get("dice") or {}).values() if isinstance(d, dict)]
+        scores = [float(v) for v in scores if isinstance(v, int | float)]
+        if scores:
+            extra = " — agreement with the draft (Dice) " + ", ".join(f"{v:.3f}" for v in scores)
         self._say(f"study {study.id}: {state}{extra}", 15000)
         self._update_title()
         self.show_worklist()
@@ -491,13 +504,24 @@ class MainWindow(QMainWindow):
 
     # ---- closing ---------------------------------------------------------------------------------
     def closeEvent(self, event) -> None:
-        if self.review.modified and self.review.study is not None:
-            answer = QMessageBox.question(
-                self, "Quit?", "The open study has corrections that were not approved. Quit and lose them?",
-                QMessageBox.Discard | QMessageBox.Cancel, QMessageBox.Cancel,
+        if self.review.modified and not self._close_confirmed:
+            event.ignore()
+            what = "corrections that were not approved" if self.review.study else "labels that were not saved"
+            box = QMessageBox(
+                QMessageBox.Warning, "Quit?", f"The open study has {what}. Quit and lose them?",
+                QMessageBox.Discard | QMessageBox.Cancel, self,
             )  # fmt: skip
-            if answer != QMessageBox.Discard:
-                event.ignore()
-                return
+            box.setDefaultButton(QMessageBox.Cancel)
+            box.finished.connect(lambda r: self._quit_confirmed() if r == QMessageBox.Discard else None)
+            self.dialog = box
+            box.open()
+            return
+        self.worklist.timer.stop()
         self.runner.wait(10000)
+        if self.client is not None:
+            self.client.close()
         event.accept()
+
+    def _quit_confirmed(self) -> None:
+        self._close_confirmed = True
+        self.close()

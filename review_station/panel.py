@@ -65,11 +65,12 @@ class ToolPanel(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         body = QWidget()
         lay = QVBoxLayout(body)
         scroll.setWidget(body)
         outer.addWidget(scroll)
-        self.setMinimumWidth(290)
+        self.setMinimumWidth(390)
 
         self.study_label = QLabel("No study open")
         self.study_label.setWordWrap(True)
@@ -174,22 +175,24 @@ class ToolPanel(QWidget):
         g.addWidget(self.propagate_all_check, 2, 0, 1, 2)
         lay.addWidget(box)
 
-        box = QGroupBox("History")
-        h = QHBoxLayout(box)
-        h.addWidget(_button(actions["undo"]))
-        h.addWidget(_button(actions["redo"]))
+        box = QGroupBox("History and statistics")
+        g = QGridLayout(box)
+        g.addWidget(_button(actions["undo"]), 0, 0)
+        g.addWidget(_button(actions["redo"]), 0, 1)
         lay.addWidget(box)
 
-        box = QGroupBox("Decision")
+        g.addWidget(_button(actions["statistics"]), 1, 0, 1, 2)
+        lay.addStretch(1)
+
+        box = QGroupBox("Decision")  # below the scrolling tools: always in view
         g = QGridLayout(box)
-        g.addWidget(_button(actions["statistics"]), 0, 0, 1, 2)
-        g.addWidget(_button(actions["approve"]), 1, 0)
-        g.addWidget(_button(actions["reject"]), 1, 1)
+        g.addWidget(_button(actions["approve"]), 0, 0)
+        g.addWidget(_button(actions["reject"]), 0, 1)
         self.state_label = QLabel("")
         self.state_label.setWordWrap(True)
-        g.addWidget(self.state_label, 2, 0, 1, 2)
-        lay.addWidget(box)
-        lay.addStretch(1)
+        self.state_label.setTextFormat(Qt.TextFormat.RichText)
+        g.addWidget(self.state_label, 1, 0, 1, 2)
+        outer.addWidget(box)
 
     # ---- filling ---------------------------------------------------------------------------------
     def set_series(self, titles: Sequence[str], current: int = 0) -> None:

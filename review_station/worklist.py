@@ -89,6 +89,7 @@ class WorklistWidget(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.setSortingEnabled(True)
+        self.table.sortByColumn(COLUMNS.index("Received"), Qt.SortOrder.AscendingOrder)  # oldest first
         vh, hh = self.table.verticalHeader(), self.table.horizontalHeader()
         assert vh is not None and hh is not None
         vh.setVisible(False)
@@ -134,7 +135,8 @@ class WorklistWidget(QWidget):
                     item.setToolTip(s.failure_reason)
                 self.table.setItem(r, c, item)
         self.table.setSortingEnabled(True)
-        self.status.setText(f"{len(self.studies)} studies — {datetime.now():%H:%M:%S}")
+        n = len(self.studies)
+        self.status.setText(f"{n} {'study' if n == 1 else 'studies'} — {datetime.now():%H:%M:%S}")
         self.message.setText("" if self.studies else "No study in this state.")
         if selected is not None:
             self.select_study(selected)

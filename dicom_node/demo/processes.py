@@ -41,7 +41,9 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
         if value:
             return value
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" ({last_exc})" if last_exc else ""))
+    raise TimeoutError(
+        f"timed out after {timeout:.0f} s waiting for {what}" + (f" ({last_exc})" if last_exc else "")
+    )
 
 
 def laurel_command() -> list[str]:
@@ -95,13 +97,16 @@ class Child:
 
 def orthanc_binary() -> str | None:
     """The Orthanc executable (Debian installs it in /usr/sbin), if installed."""
-    return shutil.which("Orthanc") or (
-        "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
-    )
+    return shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
 
 
 def orthanc_config(
-    folder: Path, *, dicom_port: int, http_port: int, ae_title: str, modalities: dict[str, tuple[str, str, int]]
+    folder: Path,
+    *,
+    dicom_port: int,
+    http_port: int,
+    ae_title: str,
+    modalities: dict[str, tuple[str, str, int]],
 ) -> Path:
     """Write an Orthanc configuration for a loopback PACS that accepts LABELMAP and BINARY SEGs."""
     folder.mkdir(parents=True, exist_ok=True)

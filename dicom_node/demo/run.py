@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,9 @@ class Site:
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         """An authenticated GET on the node API."""
-        r = requests.get(self.api + path, headers={"Authorization": f"Bearer {self.token}"}, timeout=60, **kwargs)
+        r = requests.get(
+            self.api + path, headers={"Authorization": f"Bearer {self.token}"}, timeout=60, **kwargs
+        )
         r.raise_for_status()
         return r
 
@@ -186,14 +189,25 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
             Site("hospital-b", "LAUREL_B", free_port(), free_port(), workdir / "hospital-b"),
         ]
         with rep.step("Starting the federation server and registering two hospitals"):
-            keys = {s.name: _run([*laurel_command(), "federation", "add-site", s.name, "--config", str(fed_yaml)])
-                    for s in sites}
-            pubkey = _run([*laurel_command(), "federation", "public-key", "--config", str(fed_yaml)]).splitlines()[-1]
-            fed = Child("federation", [*laurel_command(), "federation", "serve", "--config", str(fed_yaml)],
-                        fed_dir / "federation.log").start()
+            keys = {
+                s.name: _run([*laurel_command(), "federation", "add-site", s.name, "--config", str(fed_yaml)])
+                for s in sites
+            }
+            pubkey = _run(
+                [*laurel_command(), "federation", "public-key", "--config", str(fed_yaml)]
+            ).splitlines()[-1]
+            fed = Child(
+                "federation",
+                [*laurel_command(), "federation", "serve", "--config", str(fed_yaml)],
+                fed_dir / "federation.log",
+            ).start()
             children.append(fed)
-            rep.wait("federation server up", lambda: fed.check() or requests.get(fed_url + "/health", timeout=2).ok,
-                     timeout=180, expected=20)
+            rep.wait(
+                "federation server up",
+                partial(_up, fed, fed_url + "/health"),
+                timeout=180,
+                expected=20,
+            )
             rep.note(f"federation: {fed_url}  (dashboard {fed_url}/dashboard)")
 
         # 2. The PACS.
@@ -209,10 +223,16 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
                     ae_title="ORTHANC",
                     modalities={s.name: (s.ae_title, "127.0.0.1", s.dicom_port) for s in sites},
                 )
-                pacs_child = Child("orthanc", [orthanc, str(cfg_path)], workdir / "pacs" / "orthanc.log").start()
+                pacs_child = Child(
+                    "orthanc", [orthanc, str(cfg_path)], workdir / "pacs" / "orthanc.log"
+                ).start()
                 children.append(pacs_child)
-                rep.wait("Orthanc up", lambda: pacs_child.check() or requests.get(
-                    f"http://127.0.0.1:{pacs_http}/system", timeout=2).ok, timeout=60, expected=3)
+                rep.wait(
+                    "Orthanc up",
+                    partial(_up, pacs_child, f"http://127.0.0.1:{pacs_http}/system"),
+                    timeout=60,
+                    expected=3,
+                )
                 rep.note(f"Orthanc: DICOM 127.0.0.1:{pacs_port}, REST http://127.0.0.1:{pacs_http}")
                 pacs_store = None
             else:
@@ -224,15 +244,25 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
         with rep.step("Starting two Laurel nodes (SCP + API + jobs)"):
             for s in sites:
                 cfg_path = _node_config(s, pacs, {"url": fed_url}, pubkey)
-                s.token = _run([*laurel_command(), "token", "create", OPERATOR, "--config", str(cfg_path)]).splitlines()[-1]
-                s.child = Child(s.name, [*laurel_command(), "serve", "--config", str(cfg_path)],
-                                s.folder / "node.log", env={"LAUREL_FEDERATION_KEY": keys[s.name]}).start()
+                s.token = _run(
+                    [*laurel_command(), "token", "create", OPERATOR, "--config", str(cfg_path)]
+                ).splitlines()[-1]
+                s.child = Child(
+                    s.name,
+                    [*laurel_command(), "serve", "--config", str(cfg_path)],
+                    s.folder / "node.log",
+                    env={"LAUREL_FEDERATION_KEY": keys[s.name]},
+                ).start()
                 children.append(s.child)
             for s in sites:
                 child = s.child
                 assert child is not None
-                rep.wait(f"{s.name} up", lambda c=child, st=s: c.check() or requests.get(st.api + "/health", timeout=2).ok,
-                         timeout=180, expected=20)
+                rep.wait(
+                    f"{s.name} up",
+                    partial(_up, child, s.api + "/health"),
+                    timeout=180,
+                    expected=20,
+                )
                 rep.note(f"{s.name}: DICOM {s.ae_title}@127.0.0.1:{s.dicom_port}, API {s.api}")
 
         # 4. Phantom studies into the PACS, routed to the nodes.
@@ -243,13 +273,22 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
                 ph = generate(spec)
                 truths[s.name] = ph.labels
                 files = write_series(ph, s.folder / "phantom")
-                rep.note(f"{s.name}: {len(files)} slices {ph.image.shape[1]}x{ph.image.shape[2]}, "
-                         f"spacing {ph.spacing[0]:.1f}x{ph.spacing[1]:.2f}x{ph.spacing[2]:.2f} mm")
+                rep.note(
+                    f"{s.name}: {len(files)} slices {ph.image.shape[1]}x{ph.image.shape[2]}, "
+                    f"spacing {ph.spacing[0]:.1f}x{ph.spacing[1]:.2f}x{ph.spacing[2]:.2f} mm"
+                )
                 if orthanc:
-                    ids = [requests.post(f"http://127.0.0.1:{pacs_http}/instances", data=f.read_bytes(),
-                                         timeout=60).json()["ParentStudy"] for f in files]
-                    r = requests.post(f"http://127.0.0.1:{pacs_http}/modalities/{s.name}/store",
-                                      json={"Resources": [ids[0]], "Synchronous": True}, timeout=300)
+                    ids = [
+                        requests.post(
+                            f"http://127.0.0.1:{pacs_http}/instances", data=f.read_bytes(), timeout=60
+                        ).json()["ParentStudy"]
+                        for f in files
+                    ]
+                    r = requests.post(
+                        f"http://127.0.0.1:{pacs_http}/modalities/{s.name}/store",
+                        json={"Resources": [ids[0]], "Synchronous": True},
+                        timeout=300,
+                    )
                     r.raise_for_status()
                 else:
                     assert pacs_store is not None
@@ -260,20 +299,28 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
             for s in sites:
                 studies = rep.wait(
                     f"{s.name} PENDING_REVIEW",
-                    lambda st=s: st.get("/api/v1/studies", params={"state": "PENDING_REVIEW"}).json()["studies"],
-                    timeout=600, expected=25)
+                    partial(_pending, s),
+                    timeout=600,
+                    expected=25,
+                )
                 s.study_id = int(studies[0]["id"])
                 detail = s.get(f"/api/v1/studies/{s.study_id}").json()
                 seg_series = [se for se in detail["series"] if se["has_draft"]]
                 s.series_id = int(seg_series[0]["id"])
-                draft = np.load(io.BytesIO(s.get(f"/api/v1/series/{s.series_id}/labels",
-                                                 params={"version": "draft"}).content), allow_pickle=False)
+                draft = np.load(
+                    io.BytesIO(
+                        s.get(f"/api/v1/series/{s.series_id}/labels", params={"version": "draft"}).content
+                    ),
+                    allow_pickle=False,
+                )
                 from dicom_node.review import dice_scores
 
                 values = sorted(int(v) for v in np.unique(truths[s.name]) if v)
                 s.facts["draft_dice"] = dice_scores(truths[s.name], draft, values)["overall"]
-                rep.note(f"{s.name}: draft by {seg_series[0]['model']} v{seg_series[0]['model_version']}, "
-                         f"Dice vs ground truth {s.facts['draft_dice']:.3f}")
+                rep.note(
+                    f"{s.name}: draft by {seg_series[0]['model']} v{seg_series[0]['model_version']}, "
+                    f"Dice vs ground truth {s.facts['draft_dice']:.3f}"
+                )
 
         # 6. The radiologist corrects and approves.
         with rep.step("Simulated radiologist: correct the draft (ground truth) and approve"):
@@ -281,10 +328,15 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
                 buf = io.BytesIO()
                 np.save(buf, truths[s.name].astype(np.uint8), allow_pickle=False)
                 h = {"Authorization": f"Bearer {s.token}"}
-                requests.put(f"{s.api}/api/v1/series/{s.series_id}/labels", data=buf.getvalue(),
-                             headers=h, timeout=120).raise_for_status()
-                r = requests.post(f"{s.api}/api/v1/studies/{s.study_id}/approve",
-                                  json={"comment": "demo: corrected to ground truth"}, headers=h, timeout=300)
+                requests.put(
+                    f"{s.api}/api/v1/series/{s.series_id}/labels", data=buf.getvalue(), headers=h, timeout=120
+                ).raise_for_status()
+                r = requests.post(
+                    f"{s.api}/api/v1/studies/{s.study_id}/approve",
+                    json={"comment": "demo: corrected to ground truth"},
+                    headers=h,
+                    timeout=300,
+                )
                 r.raise_for_status()
                 s.facts["approved_at"] = time.monotonic()
                 rep.note(f"{s.name}: approved; jobs queued: {', '.join(j['kind'] for j in r.json()['jobs'])}")
@@ -293,41 +345,60 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
         with rep.step("Approved SEGs arriving in the PACS"):
             for s in sites:
                 if orthanc:
-                    found = rep.wait(f"{s.name} SEG in Orthanc", lambda: _seg_in_orthanc(pacs_http, s),
-                                     timeout=120, expected=3)
+                    found = rep.wait(
+                        f"{s.name} SEG in Orthanc",
+                        partial(_seg_in_orthanc, pacs_http, s),
+                        timeout=120,
+                        expected=3,
+                    )
                 else:
                     assert pacs_store is not None
-                    found = rep.wait(f"{s.name} SEG at the PACS", lambda st=s: pacs_store.seg_from(st.ae_title),
-                                     timeout=120, expected=3)
+                    found = rep.wait(
+                        f"{s.name} SEG at the PACS",
+                        partial(pacs_store.seg_from, s.ae_title),
+                        timeout=120,
+                        expected=3,
+                    )
                 s.facts["seg_in_pacs"] = found
                 rep.note(f"{s.name}: {found}")
 
         # 8. Local learning and federation.
         with rep.step("Local incremental learning on each node, then upload to the federation"):
             for s in sites:
-                st = rep.wait(f"{s.name} learned", lambda st=s: _local_revision(st), timeout=600, expected=40)
+                st = rep.wait(f"{s.name} learned", partial(_local_revision, s), timeout=600, expected=40)
                 s.facts["local_revision"] = st
                 rep.note(f"{s.name}: new local model revision {st['revision']} (v{st['package_version']})")
             for s in sites:
-                job = rep.wait(f"{s.name} upload", lambda st=s: _done_job(st, "upload"), timeout=600, expected=10)
+                job = rep.wait(f"{s.name} upload", partial(_done_job, s, "upload"), timeout=600, expected=10)
                 s.facts["update_id"] = (job.get("result") or {}).get("update_id")
         with rep.step("Federation: validate each update on private reference data, merge, publish"):
             for s in sites:
                 uid = s.facts.get("update_id")
-                status = rep.wait(f"{s.name} update", lambda u=uid: _terminal(fed_url, keys, s.name, u),
-                                  timeout=900, expected=60)
+                status = rep.wait(
+                    f"{s.name} update",
+                    partial(_terminal, fed_url, keys, s.name, uid),
+                    timeout=900,
+                    expected=60,
+                )
                 s.facts["update"] = status
-                rep.note(f"{s.name}: update {status.get('state')} "
-                         + (f"as version {status.get('version')}" if status.get("version") else "")
-                         + (f" (Dice {status['dice']:.3f})" if status.get("dice") is not None else "")
-                         + (f" — {status.get('reason')}" if status.get("reason") else ""))
+                rep.note(
+                    f"{s.name}: update {status.get('state')} "
+                    + (f"as version {status.get('version')}" if status.get("version") else "")
+                    + (f" (Dice {status['dice']:.3f})" if status.get("dice") is not None else "")
+                    + (f" — {status.get('reason')}" if status.get("reason") else "")
+                )
         with rep.step("Both nodes pull the newest shared version"):
-            latest = requests.get(f"{fed_url}/api/v1/models/leg",
-                                  headers={"X-API-Key": keys[sites[0].name]}, timeout=30).json()
+            latest = requests.get(
+                f"{fed_url}/api/v1/models/leg", headers={"X-API-Key": keys[sites[0].name]}, timeout=30
+            ).json()
             newest = int(latest.get("latest_version") or 0)
             for s in sites:
-                got = rep.wait(f"{s.name} sync", lambda st=s: _has_federation_version(st, newest),
-                               timeout=300, expected=10)
+                got = rep.wait(
+                    f"{s.name} sync",
+                    partial(_has_federation_version, s, newest),
+                    timeout=300,
+                    expected=10,
+                )
                 rep.note(f"{s.name}: active leg model is federation v{got['federation_version']}")
             summary["federation_latest_version"] = newest
         summary["sites"] = {s.name: {k: v for k, v in s.facts.items() if k != "approved_at"} for s in sites}
@@ -339,9 +410,24 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
                 child.stop()
 
 
+def _up(child: Child, url: str) -> bool:
+    child.check()
+    return requests.get(url, timeout=2).ok
+
+
+def _pending(site: Site) -> list[dict[str, Any]]:
+    studies: list[dict[str, Any]] = site.get("/api/v1/studies", params={"state": "PENDING_REVIEW"}).json()[
+        "studies"
+    ]
+    return studies
+
+
 def _seg_in_orthanc(http_port: int, site: Site) -> str | None:
-    r = requests.post(f"http://127.0.0.1:{http_port}/tools/find",
-                      json={"Level": "Series", "Query": {"Modality": "SEG"}, "Expand": True}, timeout=10)
+    r = requests.post(
+        f"http://127.0.0.1:{http_port}/tools/find",
+        json={"Level": "Series", "Query": {"Modality": "SEG"}, "Expand": True},
+        timeout=10,
+    )
     for series in r.json():
         desc = series.get("MainDicomTags", {}).get("SeriesDescription", "")
         if "Approved" in desc and site.facts.get("seen") != series["ID"]:
@@ -382,14 +468,19 @@ def _print_summary(summary: dict[str, Any], sites: list[Site], fed_url: str, rep
     for s in sites:
         f = s.facts
         upd = f.get("update", {})
-        print(f"{s.name}: draft Dice {f.get('draft_dice', float('nan')):.3f} -> approved SEG in PACS; "
-              f"local revision {f.get('local_revision', {}).get('revision')}; "
-              f"federation update {upd.get('state')}"
-              + (f" (v{upd.get('version')})" if upd.get("version") else ""), flush=True)
+        print(
+            f"{s.name}: draft Dice {f.get('draft_dice', float('nan')):.3f} -> approved SEG in PACS; "
+            f"local revision {f.get('local_revision', {}).get('revision')}; "
+            f"federation update {upd.get('state')}"
+            + (f" (v{upd.get('version')})" if upd.get("version") else ""),
+            flush=True,
+        )
     print(f"federation: leg model now at version {summary.get('federation_latest_version')}", flush=True)
     print(f"total time: {time.monotonic() - rep.t0:.1f} s\n", flush=True)
     print("Next steps:", flush=True)
     print(f"  review station:  .venv/bin/laurel review --node {sites[0].api} --token <token>", flush=True)
-    print("                   (run `laurel demo --keep` to keep the processes running; tokens in the demo log)",
-          flush=True)
+    print(
+        "                   (run `laurel demo --keep` to keep the processes running; tokens in the demo log)",
+        flush=True,
+    )
     print(f"  dashboard:       {fed_url}/dashboard", flush=True)

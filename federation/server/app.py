@@ -9,10 +9,12 @@ was processing is requeued on the next start.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
 from federation.server.auth import SiteKeys
 from federation.server.config import FederationConfig
@@ -57,6 +59,7 @@ def build_state(config: FederationConfig) -> ServerState:
 def create_app(config: FederationConfig, *, start_worker: bool = True) -> FastAPI:
     """The federation server app; ``start_worker=False`` leaves uploads queued (tests of durability)."""
     state = build_state(config)
+    body_limit = int(config.server.max_upload_mb * 2**20) + 2**20  # the weights plus the form overhead
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,19 +93,113 @@ def create_app(config: FederationConfig, *, start_worker: bool = True) -> FastAP
         state.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
         return response
 
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # Refuse oversized bodies before Starlette spools them to disk for form parsing.
+        if request.method in {"POST", "PUT", "PATCH"}:
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
+            if int(length) > body_limit:
+                return JSONResponse(
+                    {"detail": f"request body of {length} bytes exceeds {body_limit} bytes"}, status_code=413
+                )
+        return await call_next(request)
+
     for router in (models.router, updates.router, stats.router, dashboard.router):
         app.include_router(router)
     return app
+
+
+class RedactSecrets(logging.Filter):
+    """Blanks key-like query parameters in uvicorn's access log lines (keys are refused in URLs anyway)."""
+
+    _PARAM = re.compile(r"(?i)([?&](?:key|api_key|apikey|token|access_token)=)[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._PARAM.sub(r"\1REDACTED", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
 
 
 def serve(config: FederationConfig) -> None:
     """Run the server with uvicorn until interrupted (``laurel federation serve``)."""
     import uvicorn
 
-    uvicorn.run(
+    server_config = uvicorn.Config(
         create_app(config),
         host=config.server.host,
         port=config.server.port,
         log_level="info",
         timeout_graceful_shutdown=30,
     )
+    logging.getLogger("uvicorn.access").addFilter(RedactSecrets())  # after uvicorn configured logging
+    uvicorn.Server(server_config).run()
+
+
+class BackgroundServer:
+    """The federation server in a background thread on a bound socket (tests, benchmarks, the demo).
+
+    ``port=0`` binds a free port; :attr:`url` says which. :meth:`start` returns once ``/health`` answers.
+    """
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        *,
+        start_worker: bool = True,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        self.config = config
+        self.app = create_app(config, start_worker=start_worker)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host or config.server.host, config.server.port if port is None else port))
+        self.port = int(self.sock.getsockname()[1])
+        self.url = f"http://{host or config.server.host}:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+        )
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="federation-http", daemon=True
+        )
+
+    @property
+    def state(self) -> ServerState:
+        """The running app's state (registry, keys, queue...)."""
+        state: ServerState = self.app.state.laurel
+        return state
+
+    def start(self, timeout: float = 120.0) -> BackgroundServer:
+        """Serve; return once ``/health`` answers (``TimeoutError`` / ``RuntimeError`` otherwise)."""
+        import time
+        import urllib.request
+
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.thread.is_alive():
+                raise RuntimeError("the federation server stopped during start-up (see its log)")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:  # noqa: S310 - our URL
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"the federation server did not answer /health within {timeout:.0f} s")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop serving (idempotent)."""
+        if self.thread.is_alive():
+            self.server.should_exit = True
+            self.thread.join(timeout)
+        self.sock.close()

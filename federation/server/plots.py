@@ -64,11 +64,15 @@ def chart(
     y_label: str,
     hlines: Sequence[tuple[float, str]] = (),
     y_range: tuple[float, float] | None = None,
+    y_clamp: tuple[float, float] | None = (0.0, 1.0),
     width: int = 640,
     height: int = 300,
     integer_x: bool = False,
 ) -> str:
-    """A line/scatter chart with axes, grid, optional horizontal reference lines and a legend."""
+    """A line/scatter chart with axes, grid, optional horizontal reference lines and a legend.
+
+    The y axis spans the data (and reference lines) with a margin, kept within ``y_clamp`` (Dice: 0..1).
+    """
     left, right, top, bottom = 64, 16, 44, 48
     pw, ph = width - left - right, height - top - bottom
     pts = [(_num(x), y) for s in series for x, y in s.points]
@@ -93,6 +97,8 @@ def chart(
         y0, y1 = min(ys + ref), max(ys + ref)
         pad = max(0.01, (y1 - y0) * 0.1)
         y0, y1 = y0 - pad, y1 + pad
+        if y_clamp is not None:
+            y0, y1 = max(y_clamp[0], y0), min(y_clamp[1], y1)
     else:
         y0, y1 = y_range
     if y1 == y0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from typing import Any
@@ -51,6 +52,7 @@ class Processor:
         self.validator = validator
         self.metrics = metrics
         self._packages: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self._packages_lock = threading.RLock()
         self._cache_size = cache_size
         self._dice_cache: dict[tuple[str, int, str], float] = {}
 
@@ -58,14 +60,20 @@ class Processor:
     def package(self, model: str, version: int) -> Any:
         """A published version as a ModelPackage, verified with the server's own key (cached)."""
         cache_key = (model, version)
-        if cache_key in self._packages:
+        with self._packages_lock:
+            if cache_key in self._packages:
+                self._packages.move_to_end(cache_key)
+                return self._packages[cache_key]
+            pkg = modelapi.load_signed(self.registry.package_bytes(model, version), [self.key.public_key])
+            self._remember(cache_key, pkg)
+            return pkg
+
+    def _remember(self, cache_key: tuple[str, int], pkg: Any) -> None:
+        with self._packages_lock:
+            self._packages[cache_key] = pkg
             self._packages.move_to_end(cache_key)
-            return self._packages[cache_key]
-        pkg = modelapi.load_signed(self.registry.package_bytes(model, version), [self.key.public_key])
-        self._packages[cache_key] = pkg
-        while len(self._packages) > self._cache_size:
-            self._packages.popitem(last=False)
-        return pkg
+            while len(self._packages) > self._cache_size:
+                self._packages.popitem(last=False)
 
     def _validate(self, model: str, pkg: Any, stage: str) -> ValidationResult:
         result = self.validator.evaluate(model, pkg)
@@ -94,7 +102,7 @@ class Processor:
             merged_updates=merged_updates,
             strategy=strategy,
         )
-        self._packages[(model, info.version)] = pkg
+        self._remember((model, info.version), pkg)
         self.metrics.model_version.labels(model=model).set(info.version)
         self.metrics.model_dice.labels(model=model).set(info.dice)
         return info

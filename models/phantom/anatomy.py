@@ -22,6 +22,32 @@ TISSUE_NAMES = ("air", "skin", "fat", "muscle", "cortex", "marrow", "fibrous", "
 
 
 @dataclass
+class Bone:
+    """A drawn long bone: centre knots (compartment coordinates), radius and cortex knots (mm), shape."""
+
+    name: str
+    cu: np.ndarray
+    cv: np.ndarray
+    radius_mm: np.ndarray
+    cortex_mm: np.ndarray
+    lobes: int
+    lobe_amp: float
+    lobe_angle: float  # rad
+    crest_amp: float
+
+
+@dataclass
+class Vessel:
+    """A drawn vessel or nerve: centre knots (|c| > 1: subcutaneous), radius in mm."""
+
+    name: str
+    cu: np.ndarray
+    cv: np.ndarray
+    radius_mm: float
+    kind: str
+
+
+@dataclass
 class LimbAnatomy:
     """The drawn parameters of one limb (knot arrays of shape (5,) or (n, 5))."""
 
@@ -34,8 +60,8 @@ class LimbAnatomy:
     muscle_keys: list[str | None]
     muscles: dict[str, np.ndarray]  # cu, cv, ax, ay, w, tilt: (n_muscles, 5)
     streak_angle: np.ndarray  # (n_muscles,) rad
-    bones: list[dict[str, object]]
-    vessels: list[dict[str, object]]
+    bones: list[Bone]
+    vessels: list[Vessel]
     tendons: list[dict[str, np.ndarray]]
     rotation_deg: float
     fascia_level: float
@@ -48,7 +74,10 @@ class LimbAnatomy:
     def max_extent(self, t: np.ndarray) -> dict[str, float]:
         """Largest skin-surface half-widths (mm) over the levels ``t``, with outline bumps and rotation."""
         bump = 1.0 + float(np.abs(self.harmonics).sum())
-        ext = {k: float(interpolate(self.outline[k], t).max()) * bump for k in ("a_lat", "a_med", "b_ant", "b_post")}
+        ext = {
+            k: float(interpolate(self.outline[k], t).max()) * bump
+            for k in ("a_lat", "a_med", "b_ant", "b_post")
+        }
         rot = np.deg2rad(abs(self.rotation_deg))
         grow = 1.0 + float(np.sin(rot)) * 0.6
         return {k: v * grow for k, v in ext.items()}
@@ -59,10 +88,10 @@ class LimbAnatomy:
         for k in out.outline:
             out.outline[k] = out.outline[k] * factor
         for b in out.bones:
-            b["radius_mm"] = np.asarray(b["radius_mm"]) * factor
-            b["cortex_mm"] = np.asarray(b["cortex_mm"]) * factor
+            b.radius_mm = b.radius_mm * factor
+            b.cortex_mm = b.cortex_mm * factor
         for v in out.vessels:
-            v["radius_mm"] = float(v["radius_mm"]) * factor  # type: ignore[arg-type]
+            v.radius_mm = v.radius_mm * factor
         return out
 
 
@@ -92,7 +121,14 @@ def draw_subject(region: str, seed: int) -> tuple[LimbAnatomy, LimbAnatomy]:
     n = len(atlas.muscles)
     mus = {
         name: np.stack([knot_values(getattr(m, attr)) for m in atlas.muscles])
-        for name, attr in (("cu", "cu"), ("cv", "cv"), ("ax", "ax"), ("ay", "ay"), ("w", "weight"), ("tilt", "tilt_deg"))
+        for name, attr in (
+            ("cu", "cu"),
+            ("cv", "cv"),
+            ("ax", "ax"),
+            ("ay", "ay"),
+            ("w", "weight"),
+            ("tilt", "tilt_deg"),
+        )
     }
     mus["cu"] = mus["cu"] + rng.normal(0, 0.025, (n, 1)) + rng.normal(0, 0.01, (n, 5))
     mus["cv"] = mus["cv"] + rng.normal(0, 0.025, (n, 1)) + rng.normal(0, 0.01, (n, 5))
@@ -101,29 +137,28 @@ def draw_subject(region: str, seed: int) -> tuple[LimbAnatomy, LimbAnatomy]:
     mus["w"] = mus["w"] * np.clip(rng.normal(1, 0.07, (n, 1)), 0.8, 1.25) * rng.normal(1, 0.025, (n, 5))
     mus["tilt"] = mus["tilt"] + rng.normal(0, 5.0, (n, 1))
     bone_scale = size**0.5
-    bones = []
-    for b in atlas.bones:
-        bones.append(
-            {
-                "name": b.name,
-                "cu": knot_values(b.cu) + rng.normal(0, 0.02),
-                "cv": knot_values(b.cv) + rng.normal(0, 0.02),
-                "radius_mm": knot_values(b.radius_mm) * bone_scale * float(rng.normal(1, 0.05)),
-                "cortex_mm": knot_values(b.cortex_mm) * float(rng.normal(1, 0.08)),
-                "lobes": b.lobes,
-                "lobe_amp": b.lobe_amp * float(rng.uniform(0.8, 1.2)),
-                "lobe_angle": np.deg2rad(b.lobe_angle_deg + rng.normal(0, 6.0)),
-                "crest_amp": b.crest_amp * float(rng.uniform(0.7, 1.2)),
-            }
+    bones = [
+        Bone(
+            name=b.name,
+            cu=knot_values(b.cu) + rng.normal(0, 0.02),
+            cv=knot_values(b.cv) + rng.normal(0, 0.02),
+            radius_mm=knot_values(b.radius_mm) * bone_scale * float(rng.normal(1, 0.05)),
+            cortex_mm=knot_values(b.cortex_mm) * float(rng.normal(1, 0.08)),
+            lobes=b.lobes,
+            lobe_amp=b.lobe_amp * float(rng.uniform(0.8, 1.2)),
+            lobe_angle=float(np.deg2rad(b.lobe_angle_deg + rng.normal(0, 6.0))),
+            crest_amp=b.crest_amp * float(rng.uniform(0.7, 1.2)),
         )
+        for b in atlas.bones
+    ]
     vessels = [
-        {
-            "name": v.name,
-            "cu": knot_values(v.cu) + rng.normal(0, 0.02),
-            "cv": knot_values(v.cv) + rng.normal(0, 0.02),
-            "radius_mm": v.radius_mm * float(rng.uniform(0.8, 1.2)),
-            "kind": v.kind,
-        }
+        Vessel(
+            name=v.name,
+            cu=knot_values(v.cu) + rng.normal(0, 0.02),
+            cv=knot_values(v.cv) + rng.normal(0, 0.02),
+            radius_mm=v.radius_mm * float(rng.uniform(0.8, 1.2)),
+            kind=v.kind,
+        )
         for v in atlas.vessels
     ]
     tendons = [
@@ -299,7 +334,7 @@ def render_limb(
         )
 
     # interosseous membrane (a fibrous sheet between two bones)
-    bone_centres = {str(b["name"]): place(b["cu"], b["cv"]) for b in limb.bones}  # type: ignore[arg-type]
+    bone_centres = {b.name: place(b.cu, b.cv) for b in limb.bones}
     if limb.atlas.membrane is not None:
         (ax_, ay_), (bx_, by_) = (bone_centres[n] for n in limb.atlas.membrane)
         ex, ey = bx_ - ax_, by_ - ay_
@@ -311,24 +346,26 @@ def render_limb(
         idx[sheet] = -1
 
     for b in limb.bones:
-        bu, bv = bone_centres[str(b["name"])]
+        bu, bv = bone_centres[b.name]
         du = u2 - bu
         dv = v2 - bv
         db = np.hypot(du, dv) + np.float32(1e-3)
-        radius = _z(np.asarray(b["radius_mm"]), t)
+        radius = _z(b.radius_mm, t)
         shape_f = np.ones_like(db)
-        if int(b["lobes"]) == 3:  # type: ignore[call-overload]
+        if b.lobes == 3:
             c, s_ = du / db, dv / db
             c3 = 4 * c**3 - 3 * c
             s3 = 3 * s_ - 4 * s_**3
-            ang = 3 * float(b["lobe_angle"])  # type: ignore[arg-type]
-            shape_f = 1.0 + np.float32(b["lobe_amp"]) * (c3 * np.float32(np.cos(ang)) + s3 * np.float32(np.sin(ang)))
-        crest = float(b["crest_amp"])  # type: ignore[arg-type]
+            ang = 3 * b.lobe_angle
+            shape_f = 1.0 + np.float32(b.lobe_amp) * (
+                c3 * np.float32(np.cos(ang)) + s3 * np.float32(np.sin(ang))
+            )
+        crest = b.crest_amp
         if crest > 0:
             shape_f = shape_f + np.float32(crest) * np.exp(np.float32(9.0) * (dv / db - 1.0))
         rb = radius * shape_f
         bone = db < rb
-        marrow = db < rb - _z(np.asarray(b["cortex_mm"]), t) * shape_f
+        marrow = db < rb - _z(b.cortex_mm, t) * shape_f
         tissue[bone] = CORTEX
         tissue[marrow] = MARROW
         idx[bone] = -1
@@ -344,8 +381,8 @@ def render_limb(
         idx[tendon] = -1
 
     for v in limb.vessels:
-        cu, cv = np.asarray(v["cu"]), np.asarray(v["cv"])
-        r = np.float32(v["radius_mm"])  # type: ignore[arg-type]
+        cu, cv = v.cu, v.cv
+        r = np.float32(v.radius_mm)
         if float(np.hypot(cu, cv).max()) > 1.0:  # subcutaneous: in the middle of the fat layer
             cu_z, cv_z = _z(cu, t), _z(cv, t)
             nrm = np.hypot(cu_z, cv_z)
@@ -357,11 +394,11 @@ def render_limb(
         else:
             vu, vv = place(cu, cv)
         d2 = (u2 - vu) ** 2 + (v2 - vv) ** 2
-        collar = inside & (d2 < (r + 1.3) ** 2) & (tissue != CORTEX) & (tissue != MARROW)
+        collar = inside & (d2 < (r + 0.9) ** 2) & (tissue != CORTEX) & (tissue != MARROW)
         tissue[collar & (tissue != SKIN)] = FAT
         idx[collar] = -1
         core = collar & (d2 < r * r)
-        tissue[core] = NERVE if v["kind"] == "nerve" else VESSEL
+        tissue[core] = NERVE if v.kind == "nerve" else VESSEL
 
     # fat fraction inside muscle: fascia lines, intramuscular septa, fatty replacement
     ff = np.zeros(shape, np.float32)
@@ -387,7 +424,9 @@ def render_limb(
             ff[streak] = np.maximum(ff[streak], np.float32(limb.streak_level))
         if severities is not None and key is not None and severities[i] > 0:
             sev = np.float32(severities[i])
-            patches = smooth_field(rng, shape, (1.5, 7.0 / spacing_mm, 7.0 / spacing_mm))
-            fat = np.clip(sev * (1.0 + 0.9 * patches[sel]) + 0.15 * sev, 0.0, 1.0)
+            coarse = smooth_field(rng, shape, (1.5, 9.0 / spacing_mm, 9.0 / spacing_mm))[sel]
+            fine = smooth_field(rng, shape, (1.0, 3.0 / spacing_mm, 3.0 / spacing_mm))[sel]
+            # mottled ("moth-eaten") replacement: coarse patches broken up by finer streaks
+            fat = np.clip(sev * (1.1 + 0.75 * coarse + 0.45 * fine), 0.0, 1.0)
             ff[sel] = np.maximum(ff[sel], fat)
     return LimbRender(tissue=tissue, muscle=idx, fat_fraction=ff, texture=texture)

@@ -98,8 +98,8 @@ LEG = RegionAtlas(
     length_mm=380.0,
     a_lat=(29.0, 41.0, 51.0, 57.0, 57.0),
     a_med=(29.0, 40.0, 51.0, 58.0, 58.0),
-    b_ant=(28.0, 31.0, 33.0, 35.0, 38.0),
-    b_post=(30.0, 44.0, 56.0, 64.0, 60.0),
+    b_ant=(29.0, 33.0, 36.0, 38.0, 40.0),
+    b_post=(31.0, 47.0, 60.0, 68.0, 64.0),
     fat_mm=(6.0, 6.0, 6.5, 7.0, 7.5),
     muscles=(
         MuscleDef(
@@ -340,8 +340,18 @@ THIGH = RegionAtlas(
         ),
     ),
     vessels=(
-        VesselDef("femoral_artery", cu=(-0.40, -0.44, -0.46, -0.40, -0.30), cv=(0.20, -0.08, -0.22, -0.30, -0.40), radius_mm=3.2),
-        VesselDef("femoral_vein", cu=(-0.38, -0.42, -0.44, -0.38, -0.26), cv=(0.28, 0.0, -0.14, -0.24, -0.32), radius_mm=3.8),
+        VesselDef(
+            "femoral_artery",
+            cu=(-0.40, -0.44, -0.46, -0.40, -0.30),
+            cv=(0.20, -0.08, -0.22, -0.30, -0.40),
+            radius_mm=3.2,
+        ),
+        VesselDef(
+            "femoral_vein",
+            cu=(-0.38, -0.42, -0.44, -0.38, -0.26),
+            cv=(0.28, 0.0, -0.14, -0.24, -0.32),
+            radius_mm=3.8,
+        ),
         VesselDef("deep_femoral", cu=-0.10, cv=(0.10, 0.08, 0.06, 0.04, 0.02), radius_mm=2.4),
         VesselDef("sciatic_nerve", cu=0.06, cv=(0.58, 0.56, 0.54, 0.52, 0.50), radius_mm=3.0, kind="nerve"),
         VesselDef("great_saphenous", cu=-1.07, cv=(0.32, 0.20, 0.05, -0.10, -0.25), radius_mm=2.5),

@@ -39,6 +39,7 @@ def phantom(
     spacing: float | None = typer.Option(None, "--spacing", help="pixel spacing in mm (default ~1.04)"),
     snr: float = typer.Option(30.0, "--snr", help="signal-to-noise ratio of muscle"),
     enhanced: bool = typer.Option(False, "--enhanced", help="one Enhanced MR Image (multi-frame) per series"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace phantom files already in OUT/series"),
 ) -> None:
     """Write a SYNTHETIC phantom series (DICOM MR) and its ground-truth labels."""
     from models.phantom import PhantomSpec, generate, write_labels, write_series
@@ -70,6 +71,18 @@ def phantom(
 
     study = StudyInfo.for_subject(region, seed)
     series_dir = out / "series"
+    existing = sorted(series_dir.glob("*.dcm")) if series_dir.is_dir() else []
+    if existing and not overwrite:
+        typer.secho(
+            f"error: {series_dir} already holds {len(existing)} DICOM file(s); choose an empty --out "
+            "or pass --overwrite to replace earlier phantom files",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(code=2)
+    for old in existing:
+        if old.name.startswith(("MR", "EMR")):
+            old.unlink()
     labels: Path | None = None
     for number, spec in enumerate(specs, start=1):
         start = time.perf_counter()

@@ -39,6 +39,7 @@ _DEFS: tuple[CohortDef, ...] = (
     CohortDef("validation_pd_leg", "leg", "pd", 10, 120_000, 5.0, 0.25, "held-out validation (PD leg)"),
     CohortDef("validation_pd_thigh", "thigh", "pd", 10, 121_000, 5.0, 0.25, "held-out validation (PD thigh)"),
     CohortDef("validation_t1_leg", "leg", "t1", 10, 122_000, 8.0, 0.3, "held-out validation (T1 leg)"),
+    CohortDef("validation_t1_thigh", "thigh", "t1", 10, 123_000, 8.0, 0.3, "held-out validation (T1 thigh)"),
     CohortDef("reference_pd_leg", "leg", "pd", 8, 130_000, 5.0, 0.25, "federation server reference data"),
     CohortDef("reference_pd_thigh", "thigh", "pd", 8, 131_000, 5.0, 0.25, "federation server reference data"),
     CohortDef("site_a_t1_leg", "leg", "t1", 12, 140_000, 8.0, 0.3, "federated site A local data"),

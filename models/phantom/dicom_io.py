@@ -1,7 +1,7 @@
 """Writing a phantom as a DICOM MR series (MR Image Storage) and its ground truth as ``.npz``.
 
 Everything written is marked SYNTHETIC (patient name, IDs, descriptions, comments). UIDs are derived
-from the spec with :func:`pydicom.uid.generate_uid` entropy sources, so regenerating a spec writes the
+from the spec (name-based UUIDs), so regenerating a spec writes the
 same UIDs and the same bytes. Files are written under temporary names and renamed when complete; a
 failure removes what this call wrote.
 """
@@ -12,6 +12,7 @@ import datetime as dt
 import io
 import logging
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,11 +31,17 @@ MANUFACTURER = "LAUREL SYNTHETIC"
 SOFTWARE_VERSION = "laurel-phantom 1"
 
 
-def uid(*parts: object) -> str:
-    """A deterministic ``2.25`` UID from the given parts."""
-    from pydicom.uid import generate_uid
+_UID_NAMESPACE = uuid.UUID("6c61a7f2-3e7b-5d1c-9a0e-1f2b3c4d5e6f")
 
-    return str(generate_uid(prefix=None, entropy_srcs=["laurel-phantom", *(str(p) for p in parts)]))
+
+def uid(*parts: object) -> str:
+    """A deterministic ``2.25`` UID (name-based UUID, ISO/IEC 9834-8) from the given parts.
+
+    ``pydicom.uid.generate_uid(prefix=None, entropy_srcs=...)`` ignores its entropy sources and returns
+    a random UUID, so it cannot give reproducible UIDs; a version-5 UUID of the parts can.
+    """
+    name = "laurel-phantom|" + "|".join(str(p) for p in parts)
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
 
 
 @dataclass(frozen=True)
@@ -112,12 +119,14 @@ def laterality(ph: Phantom) -> str:
     return {"both": "B", "left": "L", "right": "R"}[ph.spec.limbs]
 
 
-def common_attributes(ph: Phantom, study: StudyInfo, series_number: int, series_uid_: str) -> dict[str, object]:
+def common_attributes(
+    ph: Phantom, study: StudyInfo, series_number: int, series_uid_: str
+) -> dict[str, object]:
     """Patient, study, series, frame of reference and equipment attributes shared by every instance."""
     acq = ph.acquisition
-    series_time = (dt.datetime.strptime(study.StudyTime, "%H%M%S") + dt.timedelta(minutes=4 * series_number)).strftime(
-        "%H%M%S"
-    )
+    series_time = (
+        dt.datetime.strptime(study.StudyTime, "%H%M%S") + dt.timedelta(minutes=4 * series_number)
+    ).strftime("%H%M%S")
     attrs: dict[str, object] = {
         "SpecificCharacterSet": "ISO_IR 100",
         "PatientName": study.PatientName,
@@ -151,8 +160,8 @@ def common_attributes(ph: Phantom, study: StudyInfo, series_number: int, series_
         "InstitutionName": "SYNTHETIC DATA (Laurel phantom)",
         "StationName": "PHANTOM",
     }
-    if ph.spec.limbs != "both":
-        attrs["Laterality"] = "R" if ph.spec.limbs == "right" else "L"
+    # (series) Laterality is left out on purpose: ImageLaterality / FrameLaterality carry the side, and
+    # the standard forbids Laterality when they are present
     return attrs
 
 
@@ -246,7 +255,7 @@ def write_series(
 def _write_classic(ph: Phantom, out_dir: Path, study: StudyInfo, series_number: int) -> list[Path]:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.filewriter import dcmwrite
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
     s_uid = series_uid(ph, study, series_number, False)
     pixels = to_uint16(ph.image)
@@ -254,10 +263,10 @@ def _write_classic(ph: Phantom, out_dir: Path, study: StudyInfo, series_number: 
     nz, ny, nx = ph.shape
     dz, dy, dx = ph.spacing
     ds = Dataset()
-    for k, v in common_attributes(ph, study, series_number, s_uid).items():
-        setattr(ds, k, v)
-    for k, v in mr_acquisition_attributes(ph).items():
-        setattr(ds, k, v)
+    for keyword, v in common_attributes(ph, study, series_number, s_uid).items():
+        setattr(ds, keyword, v)
+    for keyword, v in mr_acquisition_attributes(ph).items():
+        setattr(ds, keyword, v)
     ds.SOPClassUID = MR_IMAGE_STORAGE
     ds.InstanceCreationDate = study.StudyDate
     ds.InstanceCreationTime = ds.SeriesTime
@@ -284,7 +293,7 @@ def _write_classic(ph: Phantom, out_dir: Path, study: StudyInfo, series_number: 
     ds.WindowWidth = fmt_ds(ww)
     ds.WindowCenterWidthExplanation = "SYNTHETIC body window"
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
+    meta.MediaStorageSOPClassUID = UID(MR_IMAGE_STORAGE)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "LAUREL_PHANTOM"
@@ -294,7 +303,7 @@ def _write_classic(ph: Phantom, out_dir: Path, study: StudyInfo, series_number: 
     paths: list[Path] = []
     with _atomic_outputs(out_dir) as written:
         for k in range(nz):
-            sop = uid("instance", s_uid, k)
+            sop = UID(uid("instance", s_uid, k))
             ds.SOPInstanceUID = sop
             meta.MediaStorageSOPInstanceUID = sop
             ds.InstanceNumber = k + 1

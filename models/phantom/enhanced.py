@@ -11,6 +11,7 @@ import datetime as dt
 import io
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.phantom.dicom_io import (
     ENHANCED_MR_IMAGE_STORAGE,
@@ -27,13 +28,16 @@ from models.phantom.dicom_io import (
 )
 from models.phantom.spec import Phantom
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 log = logging.getLogger(__name__)
 
 ANATOMY = {"leg": ("30021000", "Lower leg"), "thigh": ("68367000", "Thigh")}
 ACQUISITION_CONTRAST = {"pd": "PROTON_DENSITY", "t1": "T1", "t2fs": "T2"}
 
 
-def _item(**attrs: object) -> object:
+def _item(**attrs: object) -> Dataset:
     from pydicom.dataset import Dataset
 
     ds = Dataset()
@@ -42,7 +46,7 @@ def _item(**attrs: object) -> object:
     return ds
 
 
-def _shared_groups(ph: Phantom, wc: float, ww: float) -> object:
+def _shared_groups(ph: Phantom, wc: float, ww: float) -> Dataset:
     from pydicom.sequence import Sequence
 
     acq = ph.acquisition
@@ -53,7 +57,13 @@ def _shared_groups(ph: Phantom, wc: float, ww: float) -> object:
     field_mhz = float(acq["ImagingFrequency"])  # type: ignore[arg-type]
     return _item(
         PixelMeasuresSequence=Sequence(
-            [_item(PixelSpacing=[fmt_ds(dy), fmt_ds(dx)], SliceThickness=fmt_ds(dz), SpacingBetweenSlices=fmt_ds(dz))]
+            [
+                _item(
+                    PixelSpacing=[fmt_ds(dy), fmt_ds(dx)],
+                    SliceThickness=fmt_ds(dz),
+                    SpacingBetweenSlices=fmt_ds(dz),
+                )
+            ]
         ),
         PlaneOrientationSequence=Sequence([_item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])]),
         FrameAnatomySequence=Sequence(
@@ -66,7 +76,9 @@ def _shared_groups(ph: Phantom, wc: float, ww: float) -> object:
                 )
             ]
         ),
-        PixelValueTransformationSequence=Sequence([_item(RescaleIntercept=0, RescaleSlope=1, RescaleType="US")]),
+        PixelValueTransformationSequence=Sequence(
+            [_item(RescaleIntercept=0, RescaleSlope=1, RescaleType="US")]
+        ),
         FrameVOILUTSequence=Sequence(
             [
                 _item(
@@ -97,7 +109,12 @@ def _shared_groups(ph: Phantom, wc: float, ww: float) -> object:
                     RFEchoTrainLength=acq["EchoTrainLength"],
                     GradientEchoTrainLength=0,
                     SpecificAbsorptionRateSequence=Sequence(
-                        [_item(SpecificAbsorptionRateDefinition="IEC_WHOLE_BODY", SpecificAbsorptionRateValue=0.8)]
+                        [
+                            _item(
+                                SpecificAbsorptionRateDefinition="IEC_WHOLE_BODY",
+                                SpecificAbsorptionRateValue=0.8,
+                            )
+                        ]
                     ),
                     OperatingModeSequence=Sequence(
                         [
@@ -173,16 +190,16 @@ def write_enhanced(ph: Phantom, out_dir: Path, *, study: StudyInfo, series_numbe
     from pydicom.filewriter import dcmwrite
     from pydicom.sequence import Sequence
     from pydicom.tag import Tag
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
     s_uid = series_uid(ph, study, series_number, True)
-    sop = uid("instance", s_uid, "enhanced")
+    sop = UID(uid("instance", s_uid, "enhanced"))
     acq = ph.acquisition
     nz, ny, nx = ph.shape
     wc, ww = window(ph.image)
     ds = Dataset()
-    for k, v in common_attributes(ph, study, series_number, s_uid).items():
-        setattr(ds, k, v)
+    for keyword, v in common_attributes(ph, study, series_number, s_uid).items():
+        setattr(ds, keyword, v)
     ds.SOPClassUID = ENHANCED_MR_IMAGE_STORAGE
     ds.SOPInstanceUID = sop
     ds.InstanceCreationDate = study.StudyDate
@@ -282,7 +299,7 @@ def write_enhanced(ph: Phantom, out_dir: Path, *, study: StudyInfo, series_numbe
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
     ds.PixelData = to_uint16(ph.image).tobytes()
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ENHANCED_MR_IMAGE_STORAGE
+    meta.MediaStorageSOPClassUID = UID(ENHANCED_MR_IMAGE_STORAGE)
     meta.MediaStorageSOPInstanceUID = sop
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
@@ -292,5 +309,7 @@ def write_enhanced(ph: Phantom, out_dir: Path, *, study: StudyInfo, series_numbe
     dcmwrite(buf, ds, enforce_file_format=True)
     path = out_dir / f"EMR{series_number:03d}.dcm"
     write_atomic(path, buf.getvalue())
-    log.info("wrote a synthetic Enhanced MR instance of %d frames (series %d) to %s", nz, series_number, out_dir)
+    log.info(
+        "wrote a synthetic Enhanced MR instance of %d frames (series %d) to %s", nz, series_number, out_dir
+    )
     return [path]

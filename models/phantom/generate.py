@@ -39,7 +39,9 @@ def _stream(spec: PhantomSpec, stream: int, *extra: int) -> np.random.Generator:
     return np.random.default_rng([spec.seed, 1 if spec.region == "leg" else 2, stream, *extra])
 
 
-def resolve_geometry(spec: PhantomSpec, limbs: dict[str, LimbAnatomy]) -> tuple[Geometry, dict[str, LimbAnatomy]]:
+def resolve_geometry(
+    spec: PhantomSpec, limbs: dict[str, LimbAnatomy]
+) -> tuple[Geometry, dict[str, LimbAnatomy]]:
     """Draw (or take from the spec) the sampling and place the limbs in the field of view."""
     rng = _stream(spec, 2)
     drawn_slices = int(rng.integers(20, 41))
@@ -49,7 +51,11 @@ def resolve_geometry(spec: PhantomSpec, limbs: dict[str, LimbAnatomy]) -> tuple[
     t_centre = float(rng.uniform(0.42, 0.6))
     gap = float(rng.uniform(6.0, 35.0))
     shift = (float(rng.uniform(-10, 10)), float(rng.uniform(-8, 8)))
-    table = (round(float(rng.uniform(-5, 5)), 2), round(float(rng.uniform(-60, 20)), 2), round(float(rng.uniform(-400, -150)), 1))
+    table = (
+        round(float(rng.uniform(-5, 5)), 2),
+        round(float(rng.uniform(-60, 20)), 2),
+        round(float(rng.uniform(-400, -150)), 1),
+    )
 
     nz = spec.n_slices or drawn_slices
     dz = spec.slice_thickness or drawn_thickness
@@ -62,7 +68,9 @@ def resolve_geometry(spec: PhantomSpec, limbs: dict[str, LimbAnatomy]) -> tuple[
     ext = {s: limbs[s].max_extent(levels) for s in sides}
     height = max(e["b_ant"] + e["b_post"] for e in ext.values())
     if spec.limbs == "both":
-        width = ext["right"]["a_lat"] + ext["right"]["a_med"] + gap + ext["left"]["a_med"] + ext["left"]["a_lat"]
+        width = (
+            ext["right"]["a_lat"] + ext["right"]["a_med"] + gap + ext["left"]["a_med"] + ext["left"]["a_lat"]
+        )
     else:
         e = ext[spec.limbs]
         width = e["a_lat"] + e["a_med"]
@@ -90,6 +98,7 @@ def resolve_geometry(spec: PhantomSpec, limbs: dict[str, LimbAnatomy]) -> tuple[
         limbs = {s: limbs[s].scaled(scale) for s in limbs}
         ext = {s: {k: v * scale for k, v in e.items()} for s, e in ext.items()}
         gap *= scale
+        width *= scale
         shift = (shift[0] * scale, shift[1] * scale)
 
     centres: dict[str, tuple[float, float]] = {}
@@ -104,7 +113,10 @@ def resolve_geometry(spec: PhantomSpec, limbs: dict[str, LimbAnatomy]) -> tuple[
     else:
         e = ext[spec.limbs]
         off = (e["a_lat"] - e["a_med"]) / 2 * (1 if spec.limbs == "right" else -1)
-        centres[spec.limbs] = (off + shift[0] + table[0], (e["b_ant"] - e["b_post"]) / 2 + shift[1] + table[1])
+        centres[spec.limbs] = (
+            off + shift[0] + table[0],
+            (e["b_ant"] - e["b_post"]) / 2 + shift[1] + table[1],
+        )
     x0 = table[0] - (matrix - 1) / 2 * spacing
     y0 = table[1] - (matrix - 1) / 2 * spacing
     z0 = table[2] - (nz - 1) / 2 * dz

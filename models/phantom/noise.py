@@ -8,8 +8,8 @@ import numpy as np
 def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], cell: tuple[float, ...]) -> np.ndarray:
     """Zero-mean, unit-variance smooth noise of ``shape``; ``cell`` is the correlation length in voxels.
 
-    A coarse Gaussian grid (one value per cell) is interpolated linearly up to ``shape``: cheap, and
-    smooth enough once the grid itself has been lightly low-pass filtered.
+    A coarse Gaussian grid (one value per cell) is interpolated up to ``shape`` with smoothstep weights,
+    axis by axis: cheap, and free of visible creases once the grid has been lightly low-pass filtered.
     """
     from scipy import ndimage
 
@@ -19,18 +19,24 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], cell: tuple[f
     coarse = ndimage.gaussian_filter(coarse, sig, mode="wrap")
     std = float(coarse.std()) or 1.0
     coarse /= std
-    factors = tuple((n + 2 * max(c, 1.0)) / (k - 1) for n, c, k in zip(shape, cell, coarse_shape, strict=True))
+    factors = tuple(
+        (n + 2 * max(c, 1.0)) / (k - 1) for n, c, k in zip(shape, cell, coarse_shape, strict=True)
+    )
     # sample the coarse grid at voxel centres, offset one cell in, so every voxel interpolates inside
-    coords = [np.arange(n, dtype=np.float32) / f + max(c, 1.0) / f for n, f, c in zip(shape, factors, cell, strict=True)]
+    coords = [
+        np.arange(n, dtype=np.float32) / f + max(c, 1.0) / f
+        for n, f, c in zip(shape, factors, cell, strict=True)
+    ]
     return _separable_linear(coarse, coords)
 
 
 def _separable_linear(coarse: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
-    """Linear interpolation of ``coarse`` at the outer product of 1-D coordinates, axis by axis."""
+    """Smoothstep interpolation of ``coarse`` at the outer product of 1-D coordinates, axis by axis."""
     out = coarse
     for axis, c in enumerate(coords):
         i0 = np.clip(np.floor(c).astype(np.int64), 0, out.shape[axis] - 2)
         w = (c - i0).astype(np.float32)
+        w = w * w * (3.0 - 2.0 * w)  # smoothstep: no visible creases at the coarse grid lines
         a = np.take(out, i0, axis=axis)
         b = np.take(out, i0 + 1, axis=axis)
         shape = [1] * out.ndim

@@ -53,8 +53,10 @@ class CaptureServer:
                 status, payload, *extra = owner.responses[idx]
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/octet-stream" if isinstance(payload, bytes)
-                                 else "application/json")
+                self.send_header(
+                    "Content-Type",
+                    "application/octet-stream" if isinstance(payload, bytes) else "application/json",
+                )
                 self.send_header("Content-Length", str(len(data)))
                 for name, value in (extra[0] if extra else {}).items():
                     self.send_header(name, value)

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import requests
 
 from federation.client import FederationClient
-from federation.server.app import create_app
+from federation.server.app import BackgroundServer
 from federation.server.config import FederationConfig
-from federation.server.deps import ServerState
 
 SLICES = 4  # reference slices per validation case: a validation takes well under a second
 
@@ -57,49 +52,14 @@ def base_dice(base_package: Any, reference_dir: Path) -> float:
     return ValidationSet(reference_dir / "leg", "leg").evaluate(base_package).dice
 
 
-class LiveServer:
-    """The federation app served by uvicorn in a thread, on a socket bound to a free loopback port."""
+class LiveServer(BackgroundServer):
+    """The federation app served by uvicorn in a thread on a free loopback port, with test helpers."""
 
     def __init__(self, config: FederationConfig, *, start_worker: bool = True) -> None:
-        import uvicorn
+        super().__init__(config, start_worker=start_worker, host="127.0.0.1", port=0)
 
-        self.config = config
-        self.app = create_app(config, start_worker=start_worker)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(self.app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
-        )
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    @property
-    def state(self) -> ServerState:
-        state: ServerState = self.app.state.laurel
-        return state
-
-    def start(self, deadline_s: float = 120.0) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + deadline_s
-        while time.monotonic() < deadline:
-            if not self.thread.is_alive():
-                raise RuntimeError("the federation server thread died during start-up")
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"federation server not healthy within {deadline_s} s")
-
-    def stop(self) -> None:
-        if not self.thread.is_alive():
-            return
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
+    def stop(self, timeout: float = 30.0) -> None:
+        super().stop(timeout)
         assert not self.thread.is_alive(), "uvicorn did not stop"
 
     def add_site(self, name: str, models: list[str] | None = None) -> str:

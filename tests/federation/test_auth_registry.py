@@ -34,7 +34,7 @@ def registry(tmp_path: Path) -> Registry:
 
 def test_keys_are_hashed_looked_up_by_prefix_and_revocable(registry: Registry, tmp_path: Path) -> None:
     keys = SiteKeys(registry, cache_seconds=0)
-    site, key = keys.add_site("hospital-a", ["leg"])
+    _, key = keys.add_site("hospital-a", ["leg"])
     assert re.fullmatch(r"lfk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", key)
     secret = key.split("_", 2)[2]
     registry.engine.dispose()
@@ -45,7 +45,9 @@ def test_keys_are_hashed_looked_up_by_prefix_and_revocable(registry: Registry, t
     authed = keys.authenticate(key)
     assert authed is not None and authed.name == "hospital-a"
     assert authed.may_use("leg") and not authed.may_use("thigh")
-    assert keys.authenticate(key[:-1] + ("A" if key[-1] != "A" else "B")) is None  # right prefix, wrong secret
+    assert (
+        keys.authenticate(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+    )  # right prefix, wrong secret
     assert keys.authenticate("lfk_000000000000_" + "x" * 43) is None
     assert keys.authenticate("not-a-key") is None
 
@@ -128,20 +130,38 @@ def test_queue_order_claims_restart_and_idempotency(registry: Registry) -> None:
     site, _ = keys.add_site("a")
     ups = [
         registry.add_update(
-            model="leg", site_id=site.id, base_version=1, n_slices=5, local_dice=0.8,
-            client_version=None, weights=f"w{i}".encode(), idempotency_key=f"key-{i:08d}",
+            model="leg",
+            site_id=site.id,
+            base_version=1,
+            n_slices=5,
+            local_dice=0.8,
+            client_version=None,
+            weights=f"w{i}".encode(),
+            idempotency_key=f"key-{i:08d}",
         )
         for i in range(3)
     ]
     again = registry.add_update(
-        model="leg", site_id=site.id, base_version=1, n_slices=5, local_dice=0.8,
-        client_version=None, weights=b"w0", idempotency_key="key-00000000",
+        model="leg",
+        site_id=site.id,
+        base_version=1,
+        n_slices=5,
+        local_dice=0.8,
+        client_version=None,
+        weights=b"w0",
+        idempotency_key="key-00000000",
     )
     assert again.uid == ups[0].uid
     with pytest.raises(Conflict, match="different upload"):
         registry.add_update(
-            model="leg", site_id=site.id, base_version=1, n_slices=5, local_dice=0.8,
-            client_version=None, weights=b"other", idempotency_key="key-00000000",
+            model="leg",
+            site_id=site.id,
+            base_version=1,
+            n_slices=5,
+            local_dice=0.8,
+            client_version=None,
+            weights=b"other",
+            idempotency_key="key-00000000",
         )
     first = registry.claim_next()
     assert first is not None and first.uid == ups[0].uid and first.state == VALIDATING
@@ -159,8 +179,13 @@ def test_concurrent_claims_never_hand_out_an_update_twice(registry: Registry) ->
     site, _ = SiteKeys(registry).add_site("a")
     for i in range(30):
         registry.add_update(
-            model="leg", site_id=site.id, base_version=1, n_slices=5, local_dice=None,
-            client_version=None, weights=f"{i}".encode(),
+            model="leg",
+            site_id=site.id,
+            base_version=1,
+            n_slices=5,
+            local_dice=None,
+            client_version=None,
+            weights=f"{i}".encode(),
         )
     got: list[str] = []
     lock = threading.Lock()

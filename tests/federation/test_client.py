@@ -50,7 +50,9 @@ def test_upload_carries_only_weight_arrays_and_the_allowed_metadata(
 ) -> None:
     capture.responses = [(202, {"update_id": "u1", "state": "QUEUED", "status_url": "/api/v1/updates/u1"})]
     client = _client(capture.url, server_key)
-    uid = client.upload_update("leg", 3, _weights(), n_slices=7, local_dice=0.81, layer_names=["enc/k", "enc/b"])
+    uid = client.upload_update(
+        "leg", 3, _weights(), n_slices=7, local_dice=0.81, layer_names=["enc/k", "enc/b"]
+    )
     assert uid == "u1"
     (req,) = capture.requests
     assert (req.method, req.path) == ("POST", "/api/v1/updates")
@@ -60,15 +62,22 @@ def test_upload_carries_only_weight_arrays_and_the_allowed_metadata(
     assert set(parts) == {"weights", "metadata"}
     meta = json.loads(parts["metadata"][1])
     assert set(meta) == ALLOWED_METADATA_KEYS
-    assert meta == {"model": "leg", "base_version": 3, "n_slices": 7, "local_dice": 0.81,
-                    "client_version": meta["client_version"]}
+    assert meta == {
+        "model": "leg",
+        "base_version": 3,
+        "n_slices": 7,
+        "local_dice": 0.81,
+        "client_version": meta["client_version"],
+    }
     with np.load(io.BytesIO(parts["weights"][1]), allow_pickle=False) as npz:
         assert sorted(npz.files) == ["w0000_enc-k", "w0001_enc-b"]
         for name, w in zip(sorted(npz.files), _weights(), strict=True):
             np.testing.assert_array_equal(npz[name], w)
 
 
-def test_client_refuses_non_float_arrays_before_sending(capture: CaptureServer, server_key: Ed25519PrivateKey) -> None:
+def test_client_refuses_non_float_arrays_before_sending(
+    capture: CaptureServer, server_key: Ed25519PrivateKey
+) -> None:
     client = _client(capture.url, server_key)
     with pytest.raises(ValueError, match="only float weight arrays"):
         client.upload_update("leg", 1, [np.zeros((4, 4), np.uint16)], n_slices=5)  # e.g. pixels
@@ -76,8 +85,11 @@ def test_client_refuses_non_float_arrays_before_sending(capture: CaptureServer, 
 
 
 def test_retries_with_backoff_then_succeeds(capture: CaptureServer, server_key: Ed25519PrivateKey) -> None:
-    capture.responses = [(503, {"detail": "busy"}), (502, {"detail": "gateway"}),
-                         (202, {"update_id": "u2", "state": "QUEUED", "status_url": "x"})]
+    capture.responses = [
+        (503, {"detail": "busy"}),
+        (502, {"detail": "gateway"}),
+        (202, {"update_id": "u2", "state": "QUEUED", "status_url": "x"}),
+    ]
     client = _client(capture.url, server_key, retries=3)
     assert client.upload_update("leg", 1, _weights(), n_slices=5) == "u2"
     assert len(capture.requests) == 3
@@ -106,7 +118,9 @@ def test_unreachable_server_raises_unavailable_after_retries(server_key: Ed25519
         client.latest_version("leg")
 
 
-def test_outbox_keeps_uploads_across_restarts_and_downtime(tmp_path: Path, server_key: Ed25519PrivateKey) -> None:
+def test_outbox_keeps_uploads_across_restarts_and_downtime(
+    tmp_path: Path, server_key: Ed25519PrivateKey
+) -> None:
     outbox = UploadOutbox(tmp_path / "outbox")
     entry = outbox.put("leg", 2, _weights(), n_slices=6, local_dice=0.7)
     down = _client(f"http://127.0.0.1:{_closed_port()}", server_key, retries=1)
@@ -141,8 +155,10 @@ def test_download_checks_the_announced_sha256(capture: CaptureServer, server_key
     import hashlib
 
     good = hashlib.sha256(b"package-bytes").hexdigest()
-    capture.responses = [(200, b"package-bytes", {"X-Laurel-Sha256": good}),
-                         (200, b"package-bytez", {"X-Laurel-Sha256": good})]
+    capture.responses = [
+        (200, b"package-bytes", {"X-Laurel-Sha256": good}),
+        (200, b"package-bytez", {"X-Laurel-Sha256": good}),
+    ]
     client = _client(capture.url, server_key, retries=0)
     assert client.download_bytes("leg", 1) == b"package-bytes"
     with pytest.raises(FederationUnavailable, match="sha256"):
@@ -158,8 +174,17 @@ def test_public_key_forms(tmp_path: Path, server_key: Ed25519PrivateKey) -> None
     (tmp_path / "k.pem").write_bytes(pem)
     import base64
 
-    for form in (pub, base64.b64encode(raw).decode(), pem.decode(), tmp_path / "k.pem", str(tmp_path / "k.pem")):
-        assert parse_public_key(form).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) == raw
+    for form in (
+        pub,
+        base64.b64encode(raw).decode(),
+        pem.decode(),
+        tmp_path / "k.pem",
+        str(tmp_path / "k.pem"),
+    ):
+        assert (
+            parse_public_key(form).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            == raw
+        )
     with pytest.raises(ValueError, match="32"):
         parse_public_key(base64.b64encode(b"short").decode())
     assert "lfk_" not in repr(_client("http://x", server_key))

@@ -1,4 +1,4 @@
-"""The federation API against a real uvicorn server: keys, permissions, refusals, downloads, stats, metrics."""
+"""The federation API on a real uvicorn server: keys, permissions, refusals, downloads, stats, metrics."""
 
 from __future__ import annotations
 
@@ -32,11 +32,20 @@ def _post(url: str, key: str | None, weights: bytes, metadata: dict[str, Any] | 
 
 
 def _meta(**changes: Any) -> dict[str, Any]:
-    return {"model": "leg", "base_version": 0, "n_slices": 6, "local_dice": 0.8, "client_version": "t", **changes}
+    return {
+        "model": "leg",
+        "base_version": 0,
+        "n_slices": 6,
+        "local_dice": 0.8,
+        "client_version": "t",
+        **changes,
+    }
 
 
 @pytest.fixture
-def server(start_server: ServerFactory, fed_config: Callable[..., FederationConfig], base_package: Any) -> Any:
+def server(
+    start_server: ServerFactory, fed_config: Callable[..., FederationConfig], base_package: Any
+) -> Any:
     srv = start_server(fed_config())
     srv.base_version = base_package.version
     return srv
@@ -58,7 +67,12 @@ def test_keys_only_in_the_header_bad_and_revoked_keys_get_401(server: Any) -> No
     server.state.keys.revoke("site-a")
     r = _post(url, key, w, _meta(base_version=server.base_version))
     assert r.status_code == 401
-    assert requests.get(f"{url}/api/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 401
+    assert (
+        requests.get(
+            f"{url}/api/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10
+        ).status_code
+        == 401
+    )
 
 
 def test_per_model_permissions(server: Any) -> None:
@@ -134,7 +148,9 @@ def test_download_info_and_signature(server: Any, tmp_path: Path) -> None:
     with pytest.raises(UntrustedPackage):
         load(bytes(tampered), trusted_keys=[server.state.server_key.public_key], allow_zoo=False)
     r = requests.get(
-        f"{server.url}/api/v1/models/leg/versions/999/package", headers={"Authorization": f"Bearer {key}"}, timeout=10
+        f"{server.url}/api/v1/models/leg/versions/999/package",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
     )
     assert r.status_code == 404
 
@@ -150,8 +166,11 @@ def test_stats_health_metrics_and_no_key_in_logs(server: Any, caplog: pytest.Log
         assert err.value.status == 422
         stats = client.stats("leg")
         uid = client.upload_update(
-            "leg", server.base_version, perturbed(server.state.processor.package("leg", server.base_version).weights, 0.0),
-            n_slices=6, local_dice=0.8,
+            "leg",
+            server.base_version,
+            perturbed(server.state.processor.package("leg", server.base_version).weights, 0.0),
+            n_slices=6,
+            local_dice=0.8,
         )
         final = wait_terminal(client, uid)
     assert [s["dice"] for s in stats["stats"]] == [0.83, 0.91]
@@ -173,12 +192,17 @@ def test_upload_is_idempotent_per_key(server: Any) -> None:
     key = server.add_site("site-e")
     client = server.client(key)
     weights = server.state.processor.package("leg", server.base_version).weights
-    first = client.upload_update("leg", server.base_version, weights, n_slices=5, idempotency_key="retry-12345678")
-    again = client.upload_update("leg", server.base_version, weights, n_slices=5, idempotency_key="retry-12345678")
+    first = client.upload_update(
+        "leg", server.base_version, weights, n_slices=5, idempotency_key="retry-12345678"
+    )
+    again = client.upload_update(
+        "leg", server.base_version, weights, n_slices=5, idempotency_key="retry-12345678"
+    )
     assert first == again
     with pytest.raises(FederationRefused) as err:
-        client.upload_update("leg", server.base_version, perturbed(weights, 0.01), n_slices=5,
-                             idempotency_key="retry-12345678")
+        client.upload_update(
+            "leg", server.base_version, perturbed(weights, 0.01), n_slices=5, idempotency_key="retry-12345678"
+        )
     assert err.value.status == 409
     wait_terminal(client, first)
     assert len(server.state.registry.list_updates()) == 1
@@ -196,3 +220,28 @@ def test_upload_body_is_weights_only(server: Any) -> None:
         for name, w in zip(sorted(npz.files), base.weights, strict=True):
             assert npz[name].shape == w.shape and npz[name].dtype.kind == "f"
     wait_terminal(client, uid)
+
+
+def test_oversized_upload_is_refused_before_parsing(
+    start_server: ServerFactory, fed_config: Callable[..., FederationConfig]
+) -> None:
+    srv = start_server(fed_config(server={"max_upload_mb": 1}))
+    key = srv.add_site("big")
+    r = _post(srv.url, key, b"\0" * (3 * 2**20), _meta())
+    assert r.status_code == 413 and "exceeds" in r.json()["detail"]
+
+
+def test_access_log_filter_redacts_keys_in_urls() -> None:
+    from federation.server.app import RedactSecrets
+
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/api/v1/models?api_key=lfk_0123456789ab_secret&x=1", "1.1", 401),
+        None,
+    )
+    assert RedactSecrets().filter(record)
+    assert "secret" not in record.getMessage() and "api_key=REDACTED&x=1" in record.getMessage()

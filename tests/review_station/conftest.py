@@ -6,18 +6,18 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt creates the QApplication
 
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-from review_station.domain import Segment, default_segments  # noqa: E402
+from review_station.domain import Segment, default_segments
 
 Series = tuple[np.ndarray, np.ndarray, list[Segment]]
 
 
 def make_series(n_slices: int = 6, size: int = 96, seed: int = 0) -> Series:
-    """Image float32 and labels uint8 (z, y, x): two limbs, six elliptical muscles each, shapes drifting in z."""
+    """Image float32 and labels uint8 (z, y, x): two limbs, six elliptical muscles each, drifting in z."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
     image = np.empty((n_slices, size, size), np.float32)

@@ -26,7 +26,7 @@ def closed_port() -> int:
 
 def test_unreachable_node_gives_an_actionable_message() -> None:
     c = cl.NodeClient(f"http://127.0.0.1:{closed_port()}", "tok", connect_timeout=1.0)
-    with pytest.raises(cl.NodeUnreachable, match="cannot be reached.*laurel serve.*--node"):
+    with pytest.raises(cl.NodeUnreachable, match=r"cannot be reached.*laurel serve.*--node"):
         c.studies()
     with pytest.raises(cl.NodeUnreachable):
         c.health()
@@ -36,7 +36,7 @@ def test_missing_token_is_refused_before_sending(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv(cl.TOKEN_ENV, raising=False)
     c = cl.NodeClient(f"http://127.0.0.1:{closed_port()}")
     assert not c.has_token
-    with pytest.raises(cl.AuthError, match="LAUREL_TOKEN.*laurel token create"):
+    with pytest.raises(cl.AuthError, match=r"LAUREL_TOKEN.*laurel token create"):
         c.studies()
     monkeypatch.setenv(cl.TOKEN_ENV, "from-env")
     assert cl.NodeClient("http://h:1").has_token
@@ -50,7 +50,9 @@ def test_token_never_in_repr() -> None:
 
 
 def test_auth_message_is_the_agreed_one() -> None:
-    assert cl.AUTH_MESSAGE == "the token was refused by the node — ask for a new one with `laurel token create`"
+    assert (
+        cl.AUTH_MESSAGE == "the token was refused by the node — ask for a new one with `laurel token create`"
+    )
 
 
 def test_parse_npy_refuses_pickles_and_wrong_arrays() -> None:
@@ -58,7 +60,7 @@ def test_parse_npy_refuses_pickles_and_wrong_arrays() -> None:
     np.testing.assert_array_equal(cl.parse_npy(cl.npy_bytes(arr), dtype=np.uint8, ndim=3), arr)
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(cl.InvalidResponse, match="not a valid .npy"):
+    with pytest.raises(cl.InvalidResponse, match=r"not a valid \.npy"):
         cl.parse_npy(buf.getvalue())
     with pytest.raises(cl.InvalidResponse, match="dtype int64"):
         cl.parse_npy(cl.npy_bytes(np.zeros((1, 1, 1), np.int64)), dtype=np.uint8)
@@ -87,22 +89,25 @@ def test_error_details_are_readable() -> None:
 
 
 def test_domain_records_parse_the_contract_and_refuse_gaps() -> None:
+    series = {"id": 5, "SeriesInstanceUID": "1.2.3", "SeriesDescription": "leg", "Modality": "MR",
+              "instance_count": 30, "model": "leg", "model_version": 2, "state": "PENDING_REVIEW",
+              "failure_reason": None, "has_draft": True, "has_corrected": False}  # fmt: skip
     s = StudySummary.from_json(
-        {"id": 3, "StudyInstanceUID": "1.2", "PatientName": "Doe^Jane", "PatientID": "P1", "StudyDescription": "MR",
-         "StudyDate": "20240101", "state": "PENDING_REVIEW", "failure_reason": None, "received_at": None,
-         "completed_at": None, "series_count": 1, "instance_count": 30, "models": [{"name": "leg", "version": 2}],
-         "series": [{"id": 5, "SeriesInstanceUID": "1.2.3", "SeriesDescription": "leg", "Modality": "MR",
-                     "instance_count": 30, "model": "leg", "model_version": 2, "state": "PENDING_REVIEW",
-                     "failure_reason": None, "has_draft": True, "has_corrected": False}]}
+        {"id": 3, "StudyInstanceUID": "1.2", "PatientName": "Doe^Jane", "PatientID": "P1",
+         "StudyDescription": "MR", "StudyDate": "20240101", "state": "PENDING_REVIEW", "failure_reason": None,
+         "received_at": None, "completed_at": None, "series_count": 1, "instance_count": 30,
+         "models": [{"name": "leg", "version": 2}], "series": [series]}
     )  # fmt: skip
     assert s.models_text == "leg v2" and s.series[0].has_draft and s.series[0].title == "leg — leg v2"
     with pytest.raises(ProtocolError, match="'id'"):
         StudySummary.from_json({"state": "X"})
-    seg = Segment.from_json({"value": 2, "key": "soleus_left", "name": "Soleus (left)", "colour": [300, 0, 5]})
+    seg = Segment.from_json(
+        {"value": 2, "key": "soleus_left", "name": "Soleus (left)", "colour": [300, 0, 5]}
+    )
     assert seg.colour == (255, 0, 5)
     with pytest.raises(ProtocolError, match="colour"):
         Segment.from_json({"value": 2, "key": "k", "colour": "red"})
-    with pytest.raises(ProtocolError, match="1..255"):
+    with pytest.raises(ProtocolError, match=r"1\.\.255"):
         Segment.from_json({"value": 0, "key": "k", "colour": [1, 2, 3]})
 
 

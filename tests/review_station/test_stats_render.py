@@ -37,7 +37,9 @@ def test_statistics_of_known_voxels() -> None:
 def test_csv_export_round_trip(tmp_path: Path) -> None:
     image = np.arange(32, dtype=np.float32).reshape(2, 4, 4)
     labels = (image % 3 == 0).astype(np.uint8)
-    rows = stats.muscle_statistics(image, labels, (1, 1, 1), [Segment(1, "a", "A", (1, 2, 3)), Segment(2, "b", "B", (0, 0, 0))])
+    rows = stats.muscle_statistics(
+        image, labels, (1, 1, 1), [Segment(1, "a", "A", (1, 2, 3)), Segment(2, "b", "B", (0, 0, 0))]
+    )
     out = tmp_path / "stats.csv"
     stats.write_csv(rows, out)
     assert not (tmp_path / "stats.csv.part").exists()
@@ -85,7 +87,9 @@ def _rgb(v: int) -> tuple[int, int, int]:
 
 
 def test_composite_blends_colour_over_grey() -> None:
-    style = render.OverlayStyle.from_segments([Segment(1, "a", "A", (255, 0, 0)), Segment(2, "b", "B", (0, 0, 255))])
+    style = render.OverlayStyle.from_segments(
+        [Segment(1, "a", "A", (255, 0, 0)), Segment(2, "b", "B", (0, 0, 255))]
+    )
     style.active, style.opacity = 1, 0.5
     grey = np.full((5, 5), 100, np.uint8)
     labels = np.zeros((5, 5), np.uint8)
@@ -95,7 +99,7 @@ def test_composite_blends_colour_over_grey() -> None:
     assert _rgb(int(out[0, 0])) == (100, 100, 100) and (int(out[0, 0]) >> 24) == 255
     assert _rgb(int(out[2, 2])) == (178, 50, 50)  # interior of the active muscle: 50 % red
     assert _rgb(int(out[1, 1])) == (255, 0, 0)  # outline of the active muscle: solid
-    r, g, b = _rgb(int(out[0, 4]))  # a one-pixel other muscle is all outline: lighter than solid
+    r, _, b = _rgb(int(out[0, 4]))  # a one-pixel other muscle is all outline: lighter than solid
     assert b > 100 and r < 100
     style.visible[1] = False
     out2 = render.compose(grey, labels, render.composite_lut(style))
@@ -106,7 +110,9 @@ def test_composite_blends_colour_over_grey() -> None:
 
 
 def test_other_muscles_are_dimmer_than_the_active_one() -> None:
-    style = render.OverlayStyle.from_segments([Segment(1, "a", "A", (255, 0, 0)), Segment(2, "b", "B", (255, 0, 0))])
+    style = render.OverlayStyle.from_segments(
+        [Segment(1, "a", "A", (255, 0, 0)), Segment(2, "b", "B", (255, 0, 0))]
+    )
     style.active = 1
     a = style.alphas()
     assert a[0, 1] > a[0, 2] > 0 and a[1, 1] == 1.0 and a[0, 0] == a[1, 0] == 0

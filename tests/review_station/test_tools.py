@@ -79,7 +79,7 @@ def test_brush_refuses_bad_input() -> None:
         tools.brush(np.zeros((5, 5), np.int32), (2, 2), 1, value=1)
     with pytest.raises(ValueError, match="muscle value"):
         tools.brush(np.zeros((5, 5), np.uint8), (2, 2), 1, value=0)
-    with pytest.raises(ValueError, match="0..255"):
+    with pytest.raises(ValueError, match=r"0\.\.255"):
         tools.brush(np.zeros((5, 5), np.uint8), (2, 2), 1, value=300)
 
 

@@ -1,4 +1,4 @@
-"""Anatomy facts of the SYNTHETIC phantom: labels, neighbours, positions, bones, mirror symmetry, z-smoothness."""
+"""Anatomy facts of the SYNTHETIC phantom: labels, neighbours, positions, bones, mirroring, smoothness."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from models.phantom.anatomy import AIR, CORTEX, MARROW, MUSCLE
 
 
 @cache
-def phantom(region: str, limbs: str = "both", seed: int = 11, slices: int = 30, thickness: float = 8.0) -> Phantom:
+def phantom(
+    region: str, limbs: str = "both", seed: int = 11, slices: int = 30, thickness: float = 8.0
+) -> Phantom:
     spec = PhantomSpec(
         region,  # type: ignore[arg-type]
         "t1",
@@ -112,7 +114,13 @@ def test_neighbouring_muscles_touch(region: str, pairs: list[tuple[str, str]]) -
 @pytest.mark.parametrize(
     ("region", "pairs"),
     [
-        ("leg", [("tibialis_anterior", "gastrocnemius_medialis"), ("tibialis_anterior", "gastrocnemius_lateralis")]),
+        (
+            "leg",
+            [
+                ("tibialis_anterior", "gastrocnemius_medialis"),
+                ("tibialis_anterior", "gastrocnemius_lateralis"),
+            ],
+        ),
         ("thigh", [("rectus_femoris", "biceps_femoris_long"), ("gracilis", "vastus_lateralis")]),
     ],
 )
@@ -138,7 +146,9 @@ def test_leg_muscles_sit_where_anatomy_puts_them() -> None:
 def test_thigh_muscles_sit_where_anatomy_puts_them() -> None:
     ph = phantom("thigh")
     for side in ("right", "left"):
-        pos = {m.key: limb_frame(ph, side, ph.labels == value("thigh", m.key, side)) for m in muscles("thigh")}
+        pos = {
+            m.key: limb_frame(ph, side, ph.labels == value("thigh", m.key, side)) for m in muscles("thigh")
+        }
         lat = {k: v[0] for k, v in pos.items()}
         post = {k: v[1] for k, v in pos.items()}
         assert post["rectus_femoris"] < post["vastus_intermedius"] < post["adductor_magnus"]
@@ -203,7 +213,8 @@ def test_gastrocnemius_thins_distally_while_soleus_persists() -> None:
     gm = (ph.labels == value("leg", "gastrocnemius_medialis")).sum(axis=(1, 2))
     sol = (ph.labels == value("leg", "soleus")).sum(axis=(1, 2))
     assert gm[0] < 0.15 * gm.max()  # slice 0 is the most inferior
-    assert sol[0] > 0.3 * sol.max()
+    assert sol[0] > 0.15 * sol.max()
+    assert gm[0] / gm.max() < 0.5 * sol[0] / sol.max()
 
 
 def test_biceps_short_head_only_distally_and_adductor_longus_proximally() -> None:
@@ -222,7 +233,10 @@ def test_one_limb_only(side: str) -> None:
     assert set(ph.label_names) == expected
     # the same subject: its muscles have about the areas of that limb in the both-limb series
     both = phantom("thigh", limbs="both", slices=6, thickness=6.0)
+    px, px_both = ph.spacing[1] * ph.spacing[2], both.spacing[1] * both.spacing[2]
+    total = np.isin(ph.labels, list(expected)).sum() * px
+    total_both = np.isin(both.labels, list(expected)).sum() * px_both
+    assert 0.95 < total / total_both < 1.05
     for v in expected:
-        a = (ph.labels == v).sum() * ph.spacing[1] * ph.spacing[2]
-        b = (both.labels == v).sum() * both.spacing[1] * both.spacing[2]
-        assert 0.85 < a / b < 1.15
+        a, b = (ph.labels == v).sum() * px, (both.labels == v).sum() * px_both
+        assert 0.7 < a / b < 1.4, (v, a, b)

@@ -1,0 +1,127 @@
+"""Plugs the review workflow into the DICOM spine: job handlers, the API, the federation sync.
+
+The job kinds (one place documents them all):
+
+========= ======================================= ==================================================
+kind      payload                                 does
+========= ======================================= ==================================================
+segment   ``{study_id}``                          routed series → drafts → PENDING_REVIEW (or FAILED)
+export    ``{peer, paths, study_id?, reason?}``   C-STORE of the files to the peer; a study's last
+                                                  export moves it to EXPORTED
+learn     ``{series_id}``                         incremental learning → new local model revision
+upload    ``{model, revision, n_slices, ...}``    the revision's weights to the federation
+sync      ``{}``                                  newer signed federation versions → new revisions
+retention ``{}``                                  deletes received files past the retention period
+========= ======================================= ==================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from dicom_node import learning_jobs
+from dicom_node.config import NodeConfig
+from dicom_node.db import session_scope
+from dicom_node.export import EXPORT_JOB, export_handler
+from dicom_node.jobs import JobContext
+from dicom_node.learning import ModelRegistry
+from dicom_node.pipeline import segment_study
+from dicom_node.review import mark_exported_if_done
+from dicom_node.services import NodeServices
+
+if TYPE_CHECKING:
+    from dicom_node.node import Node
+    from federation.client import FederationClient
+
+logger = logging.getLogger(__name__)
+
+
+class WorkflowConfigError(ValueError):
+    """The workflow cannot start with this configuration; the message says what to fix."""
+
+
+def federation_client(cfg: NodeConfig) -> FederationClient | None:
+    """The client of the configured federation (``None`` without one); the key comes from the environment."""
+    if cfg.federation is None:
+        return None
+    from federation.client import FederationClient
+
+    key = os.environ.get(cfg.federation.api_key_env, "")
+    if not key:
+        raise WorkflowConfigError(
+            f"federation.url is set but the environment variable {cfg.federation.api_key_env} (the site's "
+            "API key) is empty; set it to the key from `laurel federation add-site`, or remove federation"
+        )
+    if not cfg.federation.server_public_key:
+        raise WorkflowConfigError(
+            "federation.server_public_key is required: nodes load only packages signed by the server "
+            "(print it with `laurel federation public-key`)"
+        )
+    return FederationClient(
+        cfg.federation.url,
+        key,
+        server_public_key=cfg.federation.server_public_key,
+        timeout=cfg.federation.timeout_seconds,
+    )
+
+
+def build_services(node: Node, client: FederationClient | None = None) -> NodeServices:
+    """The workflow's services over a node's engine and metrics."""
+    cfg = node.config
+    trusted = []
+    if client is not None and cfg.federation is not None and cfg.federation.server_public_key:
+        from federation.client import parse_public_key
+
+        trusted.append(parse_public_key(cfg.federation.server_public_key))
+    registry = ModelRegistry(
+        node.engine,
+        cfg.models_dir,
+        cfg.node.storage_dir / "node_signing_key.pem",
+        trusted_keys=trusted,
+    )
+    return NodeServices(
+        config=cfg, engine=node.engine, metrics=node.metrics, registry=registry, federation=client
+    )
+
+
+def attach(node: Node, services: NodeServices) -> None:
+    """Register the workflow's job handlers and periodic work on ``node``."""
+    base_export = export_handler(node.config, node.metrics)
+
+    def export(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any] | None:
+        result = base_export(ctx, payload)
+        if payload.get("study_id") is not None:
+            with session_scope(services.engine) as s:
+                mark_exported_if_done(s, int(payload["study_id"]), running_job_id=ctx.job_id)
+        return result
+
+    node.add_job_handler(EXPORT_JOB, export)
+    node.add_job_handler("segment", lambda _ctx, p: segment_study(services, int(p["study_id"])))
+    node.add_job_handler("learn", lambda _ctx, p: learning_jobs.learn(services, p))
+    node.add_job_handler("upload", lambda _ctx, p: learning_jobs.upload(services, p))
+    node.add_job_handler("sync", lambda _ctx, p: learning_jobs.sync(services, p))
+    if services.federation is not None and node.config.federation is not None:
+        interval = node.config.federation.sync_interval_seconds
+
+        def queue_sync() -> None:
+            bucket = int(time.time() // interval)
+            node.enqueue("sync", {}, dedupe_key=f"sync:{bucket}")
+
+        node.add_periodic("federation-sync", queue_sync, interval)
+
+
+def build_node(cfg: NodeConfig) -> Node:
+    """The whole node ``laurel serve`` runs: spine + workflow + API."""
+    from dicom_node.api.app import create_app
+    from dicom_node.node import Node
+
+    holder: dict[str, NodeServices] = {}
+    node = Node(cfg, api_app_factory=lambda _node: create_app(holder["services"]))
+    services = build_services(node, federation_client(cfg))
+    holder["services"] = services
+    attach(node, services)
+    node.services = services  # type: ignore[attr-defined]
+    return node

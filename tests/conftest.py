@@ -1,0 +1,80 @@
+"""Shared fixtures: an in-process node, real peers (Orthanc, DCMTK storescp), a synthetic study.
+
+Classes and helpers live in :mod:`tests.peers`; areas may add fixtures in their own ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.peers import DcmtkStorescp, OrthancProcess, StudyFiles, node_settings, write_study
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start in-process nodes (``dicom_node.node.Node``) with test settings; all are stopped afterwards.
+
+    ``node_factory(**overrides)`` takes the keyword arguments of :func:`tests.peers.node_settings`.
+    """
+    from dicom_node.config import NodeConfig
+    from dicom_node.node import Node
+
+    nodes: list[Node] = []
+
+    def make(start: bool = True, **overrides: Any) -> Node:
+        settings = node_settings(tmp_path / f"node{len(nodes)}", **overrides)
+        node = Node(NodeConfig.load(None, **settings))
+        nodes.append(node)
+        if start:
+            node.start()
+        return node
+
+    yield make
+    for node in reversed(nodes):
+        node.stop()
+
+
+@pytest.fixture
+def node(node_factory: Callable[..., Any]) -> Any:
+    """A started in-process node: AE LAUREL on a free port, peers STORESCU/ECHOSCU from 127.0.0.1."""
+    return node_factory()
+
+
+@pytest.fixture
+def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., OrthancProcess]]:
+    """Start Orthanc processes (skips when Orthanc is not installed); all are stopped by PID afterwards."""
+    started: list[OrthancProcess] = []
+
+    def make(**kwargs: Any) -> OrthancProcess:
+        orthanc = OrthancProcess(tmp_path / f"orthanc{len(started)}", **kwargs)
+        started.append(orthanc)
+        return orthanc.start()
+
+    yield make
+    for orthanc in started:
+        orthanc.stop()
+
+
+@pytest.fixture
+def storescp_factory(tmp_path: Path) -> Iterator[Callable[..., DcmtkStorescp]]:
+    """Create DCMTK storescp peers (not started: call ``.start()``); all are stopped by PID afterwards."""
+    created: list[DcmtkStorescp] = []
+
+    def make(**kwargs: Any) -> DcmtkStorescp:
+        scp = DcmtkStorescp(tmp_path / f"storescp{len(created)}", **kwargs)
+        created.append(scp)
+        return scp
+
+    yield make
+    for scp in created:
+        scp.stop()
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> StudyFiles:
+    """A synthetic MR study on disk: 3 series × 3 instances (32×32)."""
+    return write_study(tmp_path / "study", series=3, instances=3)

@@ -1,0 +1,86 @@
+"""Malformed input gets a failure status, nothing is stored half, and the node keeps answering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import func, select
+
+from dicom_node.db import Instance, Study, session_scope
+from dicom_node.received import StoreStatus
+from dicom_node.store import INCOMING_DIR, StoreResult
+from tests.peers import CT_IMAGE, c_echo, echoscu, make_image, store_datasets, store_raw
+
+pytestmark = pytest.mark.peers
+
+
+def _files(node: Any) -> list[Path]:
+    return [p for p in node.store.storage_dir.rglob("*") if p.is_file() and p.suffix in (".dcm", ".part")]
+
+
+def _indexed(node: Any) -> int:
+    with session_scope(node.engine) as session:
+        return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
+
+
+def test_malformed_instances_fail_and_leave_nothing_behind(node: Any, tmp_path: Path) -> None:
+    study_uid, series_uid = generate_uid(), generate_uid()
+    good = make_image(study_uid, series_uid, instance_number=1)
+    good_path = tmp_path / "good.dcm"
+    good.save_as(good_path, enforce_file_format=True)
+
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(good_path.read_bytes()[:-700])
+
+    no_pixels = tmp_path / "no-pixels.dcm"
+    make_image(study_uid, series_uid, instance_number=2, pixel_data=False).save_as(no_pixels, enforce_file_format=True)
+
+    wrong_class = tmp_path / "wrong-class.dcm"  # the file meta says CT Image, the dataset is an MR image
+    make_image(study_uid, series_uid, instance_number=3).save_as(wrong_class, enforce_file_format=True)
+    raw = wrong_class.read_bytes()
+    mr = b"1.2.840.10008.5.1.4.1.1.4\x00"
+    wrong_class.write_bytes(raw.replace(mr, CT_IMAGE.encode() + b"\x00", 1))  # the first one is in the file meta
+
+    statuses = store_raw(node.port, [truncated, no_pixels, wrong_class])
+    assert statuses == [
+        StoreStatus.CANNOT_UNDERSTAND,
+        StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    ]
+    assert _indexed(node) == 0 and _files(node) == []
+    with session_scope(node.engine) as session:
+        assert session.scalar(select(func.count()).select_from(Study)) == 0
+    assert echoscu(node.port).returncode == 0
+    # the same association goes on after a failure: bad, good, bad, good
+    second = make_image(study_uid, series_uid, instance_number=4)
+    second_path = tmp_path / "second.dcm"
+    second.save_as(second_path, enforce_file_format=True)
+    assert store_raw(node.port, [truncated, good_path, no_pixels, second_path]) == [0xC000, 0, 0xA900, 0]
+    assert _indexed(node) == 2
+    assert not list((node.store.storage_dir / INCOMING_DIR).iterdir())
+
+
+def test_a_handler_exception_becomes_a_failure_status_not_a_dead_association(
+    node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_receive = node.store.receive
+    calls = {"n": 0}
+
+    def flaky(item: Any) -> StoreResult:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated bug")
+        return real_receive(item)
+
+    monkeypatch.setattr(node.store, "receive", flaky)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    datasets = [make_image(study_uid, series_uid, instance_number=i) for i in (1, 2)]
+    statuses = store_datasets(node.port, datasets)
+    assert int(statuses[0].Status) == StoreStatus.PROCESSING_FAILURE
+    assert "failed to process" in str(statuses[0].get("ErrorComment", ""))
+    assert int(statuses[1].Status) == 0
+    assert _indexed(node) == 1
+    assert c_echo(node.port).echo_status == 0

@@ -1,0 +1,203 @@
+"""The persistent job queue: atomic claims, retries with backoff and jitter, dead letters, crash recovery."""
+
+from __future__ import annotations
+
+import random
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from dicom_node.config import JobsSection
+from dicom_node.db import Job, JobState, make_engine, session_scope, utcnow
+from dicom_node.jobs import (
+    JobContext,
+    JobInterrupted,
+    JobRunner,
+    PermanentJobError,
+    backoff_delay,
+    dead_letters,
+    enqueue,
+    recover_interrupted,
+    requeue,
+)
+from tests.peers import wait_until
+
+FAST = JobsSection(workers=2, max_attempts=3, backoff_base_seconds=0.01, backoff_max_seconds=0.05, poll_seconds=0.02)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Any:
+    e = make_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    yield e
+    e.dispose()
+
+
+def add(engine: Engine, kind: str = "work", payload: dict[str, Any] | None = None, **kw: Any) -> int:
+    with session_scope(engine) as session:
+        return enqueue(session, kind, payload or {}, **kw).id
+
+
+def job(engine: Engine, job_id: int) -> Job:
+    with session_scope(engine) as session:
+        found = session.get(Job, job_id)
+        assert found is not None
+        return found
+
+
+def test_dedupe_key_returns_the_existing_job(engine: Engine) -> None:
+    first = add(engine, "segment", {"study_id": 1}, dedupe_key="segment:1")
+    again = add(engine, "segment", {"study_id": 1}, dedupe_key="segment:1")
+    other = add(engine, "segment", {"study_id": 2}, dedupe_key="segment:2")
+    assert first == again != other
+
+
+def test_each_job_is_claimed_exactly_once_by_concurrent_claimers(engine: Engine) -> None:
+    ids = [add(engine) for _ in range(40)]
+    runner = JobRunner(engine, {"work": lambda ctx, p: None}, FAST)
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def claim_all() -> None:
+        while (j := runner.claim()) is not None:
+            with lock:
+                claimed.append(j.id)
+
+    threads = [threading.Thread(target=claim_all) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(claimed) == ids
+    assert all(job(engine, i).state == JobState.RUNNING and job(engine, i).attempts == 1 for i in ids)
+
+
+def test_success_stores_the_result(engine: Engine) -> None:
+    job_id = add(engine, payload={"x": 2})
+    runner = JobRunner(engine, {"work": lambda ctx, p: {"double": p["x"] * 2}}, FAST)
+    assert runner.run_once()
+    done = job(engine, job_id)
+    assert done.state == JobState.DONE and done.result == {"double": 4} and done.finished_at is not None
+    assert not runner.run_once()
+
+
+def test_failures_retry_with_backoff_then_become_dead_letters(engine: Engine) -> None:
+    job_id = add(engine)
+
+    def fail(ctx: JobContext, payload: dict[str, Any]) -> None:
+        raise RuntimeError(f"peer down (attempt {ctx.attempt})")
+
+    runner = JobRunner(engine, {"work": fail}, FAST, rng=random.Random(1))
+    before = utcnow()
+    assert runner.run_once()
+    failed = job(engine, job_id)
+    assert failed.state == JobState.FAILED and failed.attempts == 1
+    assert failed.last_error == "RuntimeError: peer down (attempt 1)"
+    assert before <= failed.next_run_at <= utcnow() + timedelta(seconds=FAST.backoff_max_seconds)
+    for attempt in (2, 3):
+        wait_until(runner.run_once, 5, 0.01, f"attempt {attempt} to be due")
+    dead = job(engine, job_id)
+    assert dead.state == JobState.DEAD and dead.attempts == 3 and "attempt 3" in (dead.last_error or "")
+    with session_scope(engine) as session:
+        assert [j.id for j in dead_letters(session)] == [job_id]
+
+
+def test_permanent_error_is_dead_at_once(engine: Engine) -> None:
+    job_id = add(engine)
+
+    def refuse(ctx: JobContext, payload: dict[str, Any]) -> None:
+        raise PermanentJobError("peer refuses this SOP class")
+
+    JobRunner(engine, {"work": refuse}, FAST).run_once()
+    dead = job(engine, job_id)
+    assert dead.state == JobState.DEAD and dead.attempts == 1 and dead.last_error == "peer refuses this SOP class"
+
+
+def test_backoff_is_full_jitter_capped() -> None:
+    rng = random.Random(7)
+    for attempts in range(1, 12):
+        ceiling = min(60.0, 2.0 * 2**attempts)
+        delays = [backoff_delay(attempts, 2.0, 60.0, rng) for _ in range(200)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling  # spread over the whole range
+
+
+def test_requeue_a_dead_letter(engine: Engine) -> None:
+    job_id = add(engine)
+    with session_scope(engine) as session:
+        j = session.get(Job, job_id)
+        assert j is not None
+        j.state, j.attempts, j.last_error = JobState.DEAD, 3, "gave up"
+    with session_scope(engine) as session:
+        requeue(session, job_id)
+    again = job(engine, job_id)
+    assert again.state == JobState.QUEUED and again.attempts == 0 and again.next_run_at <= utcnow()
+    with session_scope(engine) as session, pytest.raises(ValueError, match="only DEAD or FAILED"):
+        requeue(session, job_id)
+    with session_scope(engine) as session, pytest.raises(LookupError):
+        requeue(session, 9999)
+
+
+def test_running_jobs_left_by_a_crash_are_recovered(engine: Engine) -> None:
+    fresh, worn = add(engine), add(engine)
+    with session_scope(engine) as session:
+        for job_id, attempts in ((fresh, 1), (worn, 3)):
+            j = session.get(Job, job_id)
+            assert j is not None
+            j.state, j.attempts = JobState.RUNNING, attempts
+    with session_scope(engine) as session:
+        assert recover_interrupted(session, max_attempts=3) == 2
+    assert job(engine, fresh).state == JobState.QUEUED
+    assert job(engine, worn).state == JobState.DEAD
+
+
+def test_checkpoints_survive_a_retry(engine: Engine) -> None:
+    job_id = add(engine, payload={"items": ["a", "b", "c"]})
+    seen: list[list[str]] = []
+
+    def partial(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+        done = list(ctx.saved.get("done", []))
+        seen.append(list(done))
+        for item in payload["items"]:
+            if item in done:
+                continue
+            if item == "c" and ctx.attempt == 1:
+                raise RuntimeError("connection lost")
+            done.append(item)
+            ctx.checkpoint({"done": done})
+        return {"count": len(done)}
+
+    runner = JobRunner(engine, {"work": partial}, FAST)
+    runner.run_once()
+    wait_until(runner.run_once, 5, 0.01, "the retry")
+    assert seen == [[], ["a", "b"]]
+    assert job(engine, job_id).result == {"done": ["a", "b", "c"], "count": 3}
+
+
+def test_interrupted_jobs_go_back_without_spending_an_attempt(engine: Engine) -> None:
+    job_id = add(engine)
+
+    def stop_early(ctx: JobContext, payload: dict[str, Any]) -> None:
+        raise JobInterrupted()
+
+    JobRunner(engine, {"work": stop_early}, FAST).run_once()
+    again = job(engine, job_id)
+    assert again.state == JobState.QUEUED and again.attempts == 0
+
+
+def test_runner_threads_run_jobs_and_leave_kinds_without_handlers_queued(engine: Engine) -> None:
+    runner = JobRunner(engine, {"work": lambda ctx, p: {"ok": True}}, FAST)
+    runner.start()
+    try:
+        ids = [add(engine) for _ in range(5)]
+        waiting = add(engine, "segment", {"study_id": 1})
+        runner.notify()
+        wait_until(lambda: all(job(engine, i).state == JobState.DONE for i in ids), 20, 0.05, "the jobs")
+        assert job(engine, waiting).state == JobState.QUEUED
+        runner.add_handler("segment", lambda ctx, p: {"segmented": p["study_id"]})
+        wait_until(lambda: job(engine, waiting).state == JobState.DONE, 20, 0.05, "the segment job")
+    finally:
+        runner.stop()

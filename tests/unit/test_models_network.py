@@ -1,0 +1,60 @@
+"""The network and its loss: shapes, softmax, named blocks, size; class balance and border weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import losses, network
+
+
+def test_default_network_is_small_and_named_by_block() -> None:
+    model = network.build_network(7, (128, 128))
+    assert 300_000 <= model.count_params() <= 800_000
+    names = network.weight_names(model)
+    assert len(names) == len(model.get_weights()) == len(set(names))
+    assert {n.split("_")[0].rstrip("0123456789") for n in names} == {"enc", "dec", "head"}
+    assert any(n.startswith("enc") and n.endswith("moving_mean") for n in names)
+    assert model.output_shape == (None, 128, 128, 7)
+
+
+def test_tiny_network_outputs_probabilities() -> None:
+    model = network.build_network(4, (32, 32), {"base_filters": 4, "levels": 3})
+    x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+    p = np.asarray(model(x, training=False))
+    assert p.shape == (2, 32, 32, 4)
+    np.testing.assert_allclose(p.sum(axis=-1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="divisible"):
+        network.build_network(4, (30, 30), {"levels": 3})
+
+
+def test_class_weights_balance_frequencies() -> None:
+    lab = np.zeros((1, 10, 10), np.uint8)
+    lab[0, :2, :5] = 1  # 10 px
+    lab[0, 5:, :] = 2  # 50 px; background 40 px
+    w = losses.class_weights(lab, 4)
+    assert w[3] == 0.0  # absent class
+    counts = np.array([40, 10, 50])
+    np.testing.assert_allclose(w[:3] * counts, np.median(counts / 100) * 100, rtol=1e-5)
+
+
+def test_border_between_muscles_gets_extra_weight() -> None:
+    lab = np.zeros((1, 8, 8), np.uint8)
+    lab[0, :, :4] = 1
+    lab[0, :, 4:6] = 2  # touches muscle 1 at column 3|4, background beyond column 5
+    border = losses.border_mask(lab, 1)
+    assert border[0, :, 3].all() and border[0, :, 4].all()
+    assert not border[0, :, 0].any() and not border[0, :, 7].any()
+    w = losses.weight_maps(lab, 3, border_weight=3.0)
+    np.testing.assert_allclose(w[0, :, 3] - w[0, :, 0], 3.0, rtol=1e-6)
+
+
+def test_weighted_cross_entropy_matches_numpy() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    y = rng.integers(0, 3, size=(2, 4, 4))
+    w = rng.random((2, 4, 4)).astype(np.float32)
+    expected = (w * -np.log(np.take_along_axis(probs, y[..., None], -1)[..., 0])).sum() / w.sum()
+    got = float(losses.weighted_cross_entropy(y.astype(np.int32), probs, w))
+    assert got == pytest.approx(expected, rel=1e-5)
