@@ -100,9 +100,7 @@ def main() -> None:
             payloads = [_noisy(weights, seed=100 + i) for i in range(args.concurrent)]
             t = time.perf_counter()
             with ThreadPoolExecutor(max_workers=args.concurrent) as pool:
-                ids = list(
-                    pool.map(lambda w: client.upload_update(args.model, version, w, n_slices=8), payloads)
-                )
+                ids = list(pool.map(lambda w: client.upload_update(args.model, version, w, n_slices=8), payloads))
             states = [client.wait_for_update(u, timeout=3600, poll=0.1)["state"] for u in ids]
             burst = time.perf_counter() - t
         finally:
@@ -113,9 +111,7 @@ def main() -> None:
         f"time to 202 (synchronous checks): median {1000 * statistics.median(to_202):.0f} ms, "
         f"max {1000 * max(to_202):.0f} ms"
     )
-    print(
-        f"upload → published, one at a time (n={len(latency)}): median {med:.2f} s, max {max(latency):.2f} s"
-    )
+    print(f"upload → published, one at a time (n={len(latency)}): median {med:.2f} s, max {max(latency):.2f} s")
     print(f"floor: 2 validations in-process {floor:.2f} s → latency / floor = {med / floor:.2f}")
     print(
         f"{args.concurrent} concurrent uploads: all terminal in {burst:.1f} s "

@@ -51,10 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     generate(PhantomSpec("leg", "t1", 0, n_slices=2, matrix=256))  # warm imports
     print("SYNTHETIC phantom: 40 slices x 432 x 432, median of", args.repeats, "runs (seconds)")
-    print(
-        f"{'series':<14}{'generate':>10}{'write':>10}{'total':>10}"
-        f"{'enhanced':>10}{'peer write':>12}{'ratio':>8}"
-    )
+    print(f"{'series':<14}{'generate':>10}{'write':>10}{'total':>10}{'enhanced':>10}{'peer write':>12}{'ratio':>8}")
     for region in ("leg", "thigh"):
         gen, wr, enh, peer = [], [], [], []
         for r in range(args.repeats):

@@ -176,9 +176,7 @@ def main() -> None:
     ap.add_argument("--no-matplotlib", action="store_true", help="skip the matplotlib comparison")
     args = ap.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    print(
-        f"brush stroke on a {N}² slice, {N_MUSCLES} muscles, {EVENTS} mouse-move events per stroke, radius 8"
-    )
+    print(f"brush stroke on a {N}² slice, {N_MUSCLES} muscles, {EVENTS} mouse-move events per stroke, radius 8")
     med, p95 = summary("review station (dirty box)", bench_qt(args.repeats, full_repaint=False))
     fmed, _ = summary("full recompose + full repaint", bench_qt(args.repeats, full_repaint=True))
     print(f"target: median <= 16.7 ms (60 Hz): {'MET' if med <= 16.7 else 'NOT MET'} "

@@ -61,16 +61,12 @@ def complete_settled_studies(
                 continue
             set_study_state(session, study, StudyState.COMPLETE)
             routed = session.scalar(
-                select(func.count())
-                .select_from(Series)
-                .where(Series.study_id == study_id, Series.model.is_not(None))
+                select(func.count()).select_from(Series).where(Series.study_id == study_id, Series.model.is_not(None))
             )
             if routed:
                 enqueue(session, SEGMENT_JOB, {"study_id": study_id}, dedupe_key=f"{SEGMENT_JOB}:{study_id}")
             else:
-                logger.info(
-                    "study %s is complete but no series is routed to a model; kept for retention", study_id
-                )
+                logger.info("study %s is complete but no series is routed to a model; kept for retention", study_id)
         completed.append(study_id)
     if completed and metrics is not None:
         metrics.studies_completed.inc(len(completed))

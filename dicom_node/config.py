@@ -235,8 +235,7 @@ class NodeConfig(BaseSettings):
             return cls(**data)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-                for err in exc.errors()
+                f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
             )
             where = f" in {path}" if path is not None else ""
             raise ConfigError(f"invalid configuration{where}: {problems}") from exc

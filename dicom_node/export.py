@@ -185,9 +185,7 @@ def send_objects(
         if not assoc.is_established:
             raise ExportError(_why_not_established(assoc, peer))
         try:
-            accepted = {
-                (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
-            }
+            accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
             report.refused_contexts.extend(sorted(chunk - accepted))
             for obj in batch:
                 if (obj.sop_class_uid, obj.transfer_syntax) not in accepted:
@@ -195,9 +193,7 @@ def send_objects(
                 ds = dcmread(obj.path)
                 status = assoc.send_c_store(ds)
                 if "Status" not in status:
-                    raise ExportError(
-                        f"peer {peer.name} sent no C-STORE response for an object (association lost)"
-                    )
+                    raise ExportError(f"peer {peer.name} sent no C-STORE response for an object (association lost)")
                 code = int(status.Status)
                 report.statuses[obj.sop_instance_uid] = code
                 if code == SUCCESS or code in WARNING_STATUSES:
@@ -290,18 +286,14 @@ def export_handler(config: NodeConfig, metrics: NodeMetrics | None = None) -> Ha
             refused = ", ".join(f"{c} in {t}" for c, t in report.refused_contexts)
             raise PermanentJobError(f"peer {peer.name} refused the presentation contexts {refused}")
         failed = {
-            uid: s
-            for uid, s in report.statuses.items()
-            if s is not None and s != SUCCESS and s not in WARNING_STATUSES
+            uid: s for uid, s in report.statuses.items() if s is not None and s != SUCCESS and s not in WARNING_STATUSES
         }
         if failed:
             if metrics is not None:
                 metrics.instances_exported.labels(peer=peer.name, outcome="failed").inc(len(failed))
             detail = ", ".join(f"0x{s:04X}" for s in sorted(set(failed.values())))
             if all(0xA700 <= s <= 0xA7FF for s in failed.values()):
-                raise ExportError(
-                    f"peer {peer.name} is out of resources ({detail}); {len(failed)} objects wait"
-                )
+                raise ExportError(f"peer {peer.name} is out of resources ({detail}); {len(failed)} objects wait")
             raise PermanentJobError(f"peer {peer.name} refused {len(failed)} objects with status {detail}")
         return {"peer": peer.name, "sent": sorted(sent), "count": len(sent)}
 

@@ -6,11 +6,14 @@ response out), so a sequential sender waits a few milliseconds per image for not
 on what they are waiting for instead: the DUL thread ``select``s on its socket and a wake-up socket pair
 that is poked whenever something is queued for it; the association thread waits on an event set whenever
 a DIMSE message or an A-RELEASE/A-ABORT primitive is queued. State machine, PDU and DIMSE code are
-pynetdicom's own; only the waiting differs. (The pynetdicom version is pinned to 3.0.x in pyproject.toml;
-``tests/integration/test_scp_*.py`` exercise this module against DCMTK and Orthanc.)
+pynetdicom's own; only the waiting differs, and a P-DATA response in Sta6 is sent by the thread that
+produced it (what the reactor's DT-1 action would do) instead of being handed to the reactor. (The
+pynetdicom version is pinned to 3.0.x in pyproject.toml; ``tests/integration/test_scp_*.py`` exercise
+this module against DCMTK and Orthanc.)
 
 :class:`FastRequestHandler` builds these associations for a ``ThreadedAssociationServer``, sets
-TCP_NODELAY on every accepted socket and reads PDUs with large ``recv_into`` calls.
+TCP_NODELAY on every accepted socket, reads PDUs with large ``recv_into`` calls and, when the server has a
+``fast_store`` callback, routes P-DATA-TF PDUs through the C-STORE fast path (:mod:`dicom_node.faststore`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import queue
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -30,8 +34,11 @@ from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from dicom_node.faststore import FastStorePath
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +88,78 @@ class EventDrivenDUL(DULServiceProvider):
         self._wake_w.setblocking(False)
         self.to_provider_queue = _WakingQueue(self.poke)
         self.event_queue = _WakingQueue(self.poke)
+        self._send_lock = threading.RLock()
+        #: The C-STORE fast path (:mod:`dicom_node.faststore`), set by the request handler; ``None``: off.
+        self.fast_path: FastStorePath | None = None
+
+    def send_pdu(self, primitive: Any) -> None:
+        """Queue a primitive for the reactor, or send a P-DATA straight away from the caller's thread.
+
+        In Sta6 with nothing queued ahead, a P-DATA request is what DT-1 would do on the reactor thread
+        (encode and send a P-DATA-TF, stay in Sta6); doing it here saves a thread hand-off per response.
+        """
+        if isinstance(primitive, P_DATA):
+            with self._send_lock:
+                if (
+                    self.state_machine.current_state == "Sta6"
+                    and self.to_provider_queue.empty()
+                    and self.socket is not None
+                ):
+                    self._send(P_DATA_TF(primitive))
+                    return
+        super().send_pdu(primitive)
+
+    def _send(self, pdu: Any) -> None:
+        with self._send_lock:
+            super()._send(pdu)
+
+    def send_raw(self, data: bytes) -> None:
+        """Send an encoded PDU from any thread (the fast path's responses)."""
+        with self._send_lock:
+            if self.socket is not None:
+                self.socket.send(data)
+
+    def _read_pdu_data(self) -> None:
+        """Read one PDU; on an established association P-DATA-TF goes through the fast path first."""
+        fast = self.fast_path
+        if fast is None or self.state_machine.current_state != "Sta6":
+            super()._read_pdu_data()
+            return
+        sock = cast(AssociationSocket, self.socket)
+        try:
+            header = bytes(sock.recv(6))
+            if len(header) < 6:
+                self.event_queue.put("Evt17")  # transport connection closed
+                return
+            pdu_type, _, length = struct.unpack(">BBL", header)
+            if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+                logger.error("unknown PDU type 0x%02X received", pdu_type)
+                self.event_queue.put("Evt19")
+                return
+            body = bytes(sock.recv(length))
+        except (OSError, TimeoutError):
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != length:
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type != 0x04:
+            self._dispatch(header + body)
+            return
+        leftover = fast.feed(body)
+        if leftover is not None:
+            self._dispatch(leftover)
+
+    def _dispatch(self, raw: bytes) -> None:
+        """Hand a whole encoded PDU to pynetdicom's state machine, as its own reader would."""
+        try:
+            pdu, event = self._decode_pdu(bytearray(raw))
+        except Exception as exc:
+            logger.error("unable to decode a received PDU: %s", exc)
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
 
     def poke(self) -> None:
         """Wake the reactor (something was queued for it)."""
@@ -263,6 +342,10 @@ class FastRequestHandler(RequestHandler):
         # Shared, read-only: pynetdicom deep-copies these per association, which costs ~10 ms for 170 classes.
         assoc.acceptor.supported_contexts = self.server.contexts
         assoc.requestor.address_info = self.remote
+        fast_store = getattr(self.server, "fast_store", None)
+        if fast_store is not None:
+            dul = cast(EventDrivenDUL, assoc.dul)
+            dul.fast_path = FastStorePath(fast_store, assoc, dul.send_raw)
         for event in self.server._handlers:
             if event.is_intervention and self.server._handlers[event]:
                 assoc.bind(event, *self.server._handlers[event])

@@ -139,9 +139,7 @@ def dead_letters(session: Session) -> list[Job]:
     return list(session.scalars(select(Job).where(Job.state == JobState.DEAD).order_by(Job.id)))
 
 
-def list_jobs(
-    session: Session, *, state: str | None = None, kind: str | None = None, limit: int = 200
-) -> list[Job]:
+def list_jobs(session: Session, *, state: str | None = None, kind: str | None = None, limit: int = 200) -> list[Job]:
     """Jobs, newest first, optionally filtered by state and kind."""
     query = select(Job).order_by(Job.id.desc()).limit(limit)
     if state:
@@ -225,9 +223,7 @@ class JobRunner:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
-                logger.warning(
-                    "job worker %s still busy at stop; its job is recovered at the next start", thread.name
-                )
+                logger.warning("job worker %s still busy at stop; its job is recovered at the next start", thread.name)
         self._threads = []
 
     def _work(self) -> None:
@@ -342,10 +338,7 @@ class JobRunner:
             values["result"] = dict(ctx.saved)
         with session_scope(self.engine) as session:
             session.execute(
-                update(Job)
-                .where(Job.id == job.id)
-                .values(**values)
-                .execution_options(synchronize_session=False)
+                update(Job).where(Job.id == job.id).values(**values).execution_options(synchronize_session=False)
             )
         if self.metrics is not None:
             self.metrics.jobs_finished.labels(kind=job.kind, outcome=outcome).inc()

@@ -292,9 +292,7 @@ class ModelRegistry:
 
     @staticmethod
     def _revision(s: Session, name: str, revision: int) -> ModelRevision:
-        rev = s.scalar(
-            select(ModelRevision).where(ModelRevision.name == name, ModelRevision.revision == revision)
-        )
+        rev = s.scalar(select(ModelRevision).where(ModelRevision.name == name, ModelRevision.revision == revision))
         if rev is None:
             raise RegistryError(f"model {name!r} has no revision {revision}")
         return rev

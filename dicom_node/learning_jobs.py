@@ -28,6 +28,11 @@ from dicom_node.services import NodeServices
 logger = logging.getLogger(__name__)
 
 
+def labelled_slice_indices(labels: np.ndarray) -> list[int]:
+    """Indices of the slices that carry at least one label (the slices a correction teaches)."""
+    return [int(z) for z in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))]
+
+
 def learn(services: NodeServices, payload: dict[str, Any]) -> dict[str, Any]:
     """Learn from one approved series; returns the new revision (or why nothing was learned)."""
     from dicom_node.volume import load_series
@@ -41,7 +46,7 @@ def learn(services: NodeServices, payload: dict[str, Any]) -> dict[str, Any]:
         labels = load_npy(result.corrected_labels_path or result.draft_labels_path)
         paths = series_paths(series)
         model_name = result.model
-    labelled = [int(z) for z in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))]
+    labelled = labelled_slice_indices(labels)
     minimum = services.config.segmentation.min_learning_slices
     if len(labelled) < minimum:
         logger.info("series %s: %d labelled slices (< %d); no learning", series_id, len(labelled), minimum)
@@ -54,7 +59,7 @@ def learn(services: NodeServices, payload: dict[str, Any]) -> dict[str, Any]:
     learned = pkg.learn(volume.array, labels, volume.spacing, slices=labelled)
     elapsed = time.perf_counter() - started
     values = sorted(int(lab["value"]) for lab in pkg.labels)
-    local_dice = dice_scores(labels, before, values)["overall"]
+    local_dice = dice_scores(labels, before, values)["overall"] or 0.0
     new_rev = services.registry.add(
         learned,
         source="local",

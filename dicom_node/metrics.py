@@ -35,18 +35,14 @@ class NodeMetrics:
             ["outcome"],
             registry=r,
         )
-        self.associations_active = Gauge(
-            "laurel_associations_active", "Associations currently established", registry=r
-        )
+        self.associations_active = Gauge("laurel_associations_active", "Associations currently established", registry=r)
         self.instances_received = Counter(
             "laurel_instances_received",
             "C-STORE requests by result (stored, duplicate, or the failure kind)",
             ["result"],
             registry=r,
         )
-        self.bytes_received = Counter(
-            "laurel_received_bytes", "Bytes of datasets stored (as received)", registry=r
-        )
+        self.bytes_received = Counter("laurel_received_bytes", "Bytes of datasets stored (as received)", registry=r)
         self.store_seconds = Histogram(
             "laurel_store_seconds",
             "Time from a complete C-STORE request to its durable index commit",
@@ -72,12 +68,8 @@ class NodeMetrics:
         self.segmentation_seconds = Histogram(
             "laurel_segmentation_seconds", "Time to segment one series", ["model"], buckets=_SLOW, registry=r
         )
-        self.studies_approved = Counter(
-            "laurel_studies_approved", "Studies approved by an operator", registry=r
-        )
-        self.studies_rejected = Counter(
-            "laurel_studies_rejected", "Studies rejected by an operator", registry=r
-        )
+        self.studies_approved = Counter("laurel_studies_approved", "Studies approved by an operator", registry=r)
+        self.studies_rejected = Counter("laurel_studies_rejected", "Studies rejected by an operator", registry=r)
         self.review_seconds = Histogram(
             "laurel_review_seconds",
             "Time from PENDING_REVIEW to the operator's decision",
@@ -140,9 +132,7 @@ class NodeMetrics:
             registry=r,
         )
         self.dead_letters = Gauge("laurel_dead_letters", "Jobs in the DEAD state", registry=r)
-        self.studies = Gauge(
-            "laurel_studies", "Studies by state (refreshed by the scheduler)", ["state"], registry=r
-        )
+        self.studies = Gauge("laurel_studies", "Studies by state (refreshed by the scheduler)", ["state"], registry=r)
         self.retention_deleted_files = Counter(
             "laurel_retention_deleted_files", "Received files deleted by the retention rules", registry=r
         )

@@ -68,10 +68,11 @@ class Node:
         self._scheduler: Any = None
         self._started = False
         self._stopped = threading.Event()
-        pynetdicom_logger = logging.getLogger("pynetdicom")
-        if pynetdicom_logger.level == logging.NOTSET:
-            # pynetdicom logs every request at INFO; the node logs what matters itself.
-            pynetdicom_logger.setLevel(logging.WARNING)
+        for chatty in ("pynetdicom", "apscheduler"):
+            # pynetdicom logs every request and APScheduler every run at INFO; the node logs what matters.
+            library_logger = logging.getLogger(chatty)
+            if library_logger.level == logging.NOTSET:
+                library_logger.setLevel(logging.WARNING)
 
     # ------------------------------------------------------------------ extension points
     def add_job_handler(self, kind: str, handler: Handler) -> None:
@@ -139,6 +140,7 @@ class Node:
         self.jobs.stop()
         self.store.close()
         self.engine.dispose()
+        self.store.mark_clean_shutdown()
         self._stopped.set()
         logger.info("node %s stopped", self.config.node.ae_title)
 
@@ -164,9 +166,7 @@ class Node:
         self._scheduler.add_job(run, "interval", seconds=seconds, id=name, name=name, replace_existing=True)
 
     def _complete_studies(self) -> None:
-        completed = complete_settled_studies(
-            self.engine, self.config.node.settle_seconds, metrics=self.metrics
-        )
+        completed = complete_settled_studies(self.engine, self.config.node.settle_seconds, metrics=self.metrics)
         if completed:
             logger.info("studies complete: %s", ", ".join(str(i) for i in completed))
             self.jobs.notify()

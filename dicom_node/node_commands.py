@@ -41,10 +41,10 @@ def _engine_if_exists(cfg: NodeConfig) -> Any:
 
 
 def build_node(cfg: NodeConfig) -> Node:
-    """The node ``laurel serve`` runs: the DICOM spine (plug the workflow's handlers and API in here)."""
-    from dicom_node.node import Node
+    """The node ``laurel serve`` runs: the DICOM spine with the review workflow, its jobs and the API."""
+    from dicom_node.workflow import build_node as build_workflow_node
 
-    return Node(cfg)
+    return build_workflow_node(cfg)
 
 
 def serve(
@@ -63,7 +63,13 @@ def serve(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    node = build_node(cfg)
+    from dicom_node.workflow import WorkflowConfigError
+
+    try:
+        node = build_node(cfg)
+    except WorkflowConfigError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from exc
     node.start()
     try:
         while not stop.wait(1.0):
@@ -94,9 +100,7 @@ def status_report(cfg: NodeConfig) -> dict[str, Any]:
         with session_scope(engine) as session:
             series_counts = {
                 sid: n
-                for sid, n in session.execute(
-                    select(Series.study_id, func.count()).group_by(Series.study_id)
-                ).all()
+                for sid, n in session.execute(select(Series.study_id, func.count()).group_by(Series.study_id)).all()
             }
             instance_counts = {
                 sid: n
@@ -162,9 +166,7 @@ def status(
         typer.echo(f"  study {s['id']:>5}  {s['state']:<15} {counts}{reason}")
     typer.echo("jobs:" if report["jobs"] else "jobs: none")
     for kind, states in sorted(report["jobs"].items()):
-        typer.echo(
-            f"  {kind:<12} " + "  ".join(f"{state} {count}" for state, count in sorted(states.items()))
-        )
+        typer.echo(f"  {kind:<12} " + "  ".join(f"{state} {count}" for state, count in sorted(states.items())))
     typer.echo(f"dead letters: {len(report['dead_letters'])}")
     for d in report["dead_letters"]:
         typer.echo(f"  job {d['id']:>5}  {d['kind']:<12} after {d['attempts']} attempts: {d['last_error']}")
@@ -226,16 +228,12 @@ def send(
         raise typer.Exit(code=1) from exc
     for obj in objects:
         code = report.statuses.get(obj.sop_instance_uid)
-        typer.echo(
-            f"{obj.path}: " + ("not sent (context refused)" if code is None else f"status 0x{code:04X}")
-        )
+        typer.echo(f"{obj.path}: " + ("not sent (context refused)" if code is None else f"status 0x{code:04X}"))
     if not report.ok:
         raise typer.Exit(code=1)
 
 
-def requeue(
-    job_id: int = typer.Argument(..., help="a DEAD or FAILED job"), config: Path = ConfigOption
-) -> None:
+def requeue(job_id: int = typer.Argument(..., help="a DEAD or FAILED job"), config: Path = ConfigOption) -> None:
     """Put a dead letter (or a failed job) back in the queue, due now."""
     from dicom_node.db import session_scope
     from dicom_node.jobs import requeue as requeue_job

@@ -47,9 +47,7 @@ _ITEM = 0xFFFEE000
 _ITEM_DELIMITER = 0xFFFEE00D
 _SEQUENCE_DELIMITER = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 _MAX_DEPTH = 64
 _MAX_INFLATED = 4 << 30
@@ -227,9 +225,7 @@ def _inflate(data: bytes | memoryview) -> bytes:
     try:
         out = inflater.decompress(data, _MAX_INFLATED)
     except zlib.error as exc:
-        raise DatasetRefused(
-            f"the deflated dataset is corrupt: {exc}", StoreStatus.CANNOT_UNDERSTAND
-        ) from exc
+        raise DatasetRefused(f"the deflated dataset is corrupt: {exc}", StoreStatus.CANNOT_UNDERSTAND) from exc
     if inflater.unconsumed_tail:
         raise DatasetRefused("the deflated dataset inflates beyond 4 GiB", StoreStatus.CANNOT_UNDERSTAND)
     if not inflater.eof:
@@ -351,9 +347,7 @@ def _safe_uid(value: str | None, keyword: str) -> str:
     return value
 
 
-def check_instance(
-    header: DatasetHeader, sop_class_uid: str, sop_instance_uid: str, context_uid: str
-) -> None:
+def check_instance(header: DatasetHeader, sop_class_uid: str, sop_instance_uid: str, context_uid: str) -> None:
     """Check that the dataset is what the C-STORE request says it is.
 
     ``sop_class_uid``/``sop_instance_uid`` are the request's Affected SOP Class/Instance UIDs and

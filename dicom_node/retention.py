@@ -122,9 +122,7 @@ def apply_retention(
                     _delete_series_files(member, storage_dir, report, now)
             study.files_deleted_at = now
             report.studies += 1
-            logger.info(
-                "retention: deleted the received files of study %s (finished %s)", study_id, study.finished_at
-            )
+            logger.info("retention: deleted the received files of study %s (finished %s)", study_id, study.finished_at)
     for series_id in series_ids:
         with session_scope(engine) as session:
             series = session.get(Series, series_id)
@@ -141,9 +139,7 @@ def instance_files_exist(engine: Engine, study_id: int) -> bool:
     """Whether any received file of the study is still on disk (for listings)."""
     with session_scope(engine) as session:
         paths = session.scalars(
-            select(Instance.path)
-            .join(Series, Instance.series_id == Series.id)
-            .where(Series.study_id == study_id)
+            select(Instance.path).join(Series, Instance.series_id == Series.id).where(Series.study_id == study_id)
         )
         return any(Path(p).exists() for p in paths)
 

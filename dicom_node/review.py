@@ -40,25 +40,16 @@ class NotFound(LookupError):
 
 
 def dice_scores(reference: np.ndarray, other: np.ndarray, values: list[int]) -> dict[str, Any]:
-    """Dice per label value and the voxel-weighted mean over labels present (Dafne's metric)."""
-    per: dict[str, float] = {}
-    weights: list[float] = []
-    scores: list[float] = []
-    for v in values:
-        a = reference == v
-        b = other == v
-        total = int(a.sum()) + int(b.sum())
-        if total == 0:
-            continue
-        score = 2.0 * float(np.logical_and(a, b).sum()) / total
-        per[str(v)] = round(score, 6)
-        weights.append(float(a.sum()))
-        scores.append(score)
-    wsum = sum(weights)
-    overall = (
-        float(np.dot(weights, scores) / wsum) if wsum > 0 else (float(np.mean(scores)) if scores else 1.0)
-    )
-    return {"overall": round(overall, 6), "per_label": per}
+    """Dice of ``other`` against ``reference`` per label value and overall (the paper's voxel-weighted mean)."""
+    from models.metrics import dice
+
+    scores = dice(other, reference, values)
+    overall = scores.pop("overall")
+    scores.pop("mean", None)
+    return {
+        "overall": round(overall, 6) if overall == overall else None,  # NaN: no labels at all
+        "per_label": {k: round(v, 6) for k, v in scores.items()},
+    }
 
 
 def _study(s: Session, study_id: int) -> Study:
@@ -104,9 +95,7 @@ def put_labels(services: NodeServices, series_id: int, labels: np.ndarray, opera
         series, result = _series_result(s, series_id)
         study = _study(s, series.study_id)
         if study.state != StudyState.PENDING_REVIEW:
-            raise ReviewConflict(
-                f"study {study.id} is {study.state}; labels can only change while PENDING_REVIEW"
-            )
+            raise ReviewConflict(f"study {study.id} is {study.state}; labels can only change while PENDING_REVIEW")
         draft = load_npy(result.draft_labels_path)
         if labels.shape != draft.shape:
             raise InvalidLabels(
@@ -126,17 +115,11 @@ def put_labels(services: NodeServices, series_id: int, labels: np.ndarray, opera
         from dicom_node.db import utcnow
 
         result.corrected_at = utcnow()
-        s.add(
-            AuditEvent(
-                operator=operator, action="correct", study_id=study.id, detail={"series_id": series_id}
-            )
-        )
+        s.add(AuditEvent(operator=operator, action="correct", study_id=study.id, detail={"series_id": series_id}))
     return {"series_id": series_id, "stored": True}
 
 
-def approve(
-    services: NodeServices, study_id: int, operator: str, comment: str | None = None
-) -> dict[str, Any]:
+def approve(services: NodeServices, study_id: int, operator: str, comment: str | None = None) -> dict[str, Any]:
     """Approve a study: approved SEGs, Dice statistics, export and learning jobs, audit entry."""
     from dicom_node.seg import build_seg, seg_to_bytes
     from dicom_node.volume import load_series
@@ -144,9 +127,7 @@ def approve(
     with session_scope(services.engine) as s:
         study = _study(s, study_id)
         if study.state != StudyState.PENDING_REVIEW:
-            raise ReviewConflict(
-                f"study {study_id} is {study.state}; only a study PENDING_REVIEW can be approved"
-            )
+            raise ReviewConflict(f"study {study_id} is {study.state}; only a study PENDING_REVIEW can be approved")
         work = [
             (se.id, se.model, series_paths(se))
             for se in study.series
@@ -172,14 +153,14 @@ def approve(
             draft=False,
             algorithm_name=pkg.name,
             algorithm_version=pkg.version,
-            operator=operator,
+            operator=operator if "^" in operator else f"{operator}^",  # PN: the name as the family name
             seg_type=services.config.segmentation.seg_type,
             series_number=APPROVED_SERIES_NUMBER,
         )
         path = services.result_dir(study_id, series_id) / "approved_seg.dcm"
         write_atomic(path, seg_to_bytes(seg))
         values = sorted(int(lab["value"]) for lab in pkg.labels)
-        scores = dice_scores(draft, final, values)
+        scores = dice_scores(final, draft, values)  # the approved labels are the reference
         dice[str(series_id)] = scores
         approved_paths.append(str(path))
         with session_scope(services.engine) as s:

@@ -38,9 +38,7 @@ class Router:
             for rule in rules
         ]
         #: The DICOM keywords the rules look at (the receiver extracts these from every dataset).
-        self.keywords: tuple[str, ...] = tuple(
-            sorted({keyword for rule in self._rules for keyword, _ in rule.match})
-        )
+        self.keywords: tuple[str, ...] = tuple(sorted({keyword for rule in self._rules for keyword, _ in rule.match}))
         #: AE titles that select a model; the SCP answers to these as well as to its own title.
         self.called_ae_titles: frozenset[str] = frozenset(r.called_ae for r in self._rules if r.called_ae)
 
@@ -64,6 +62,4 @@ class Router:
 
 def unrouted_series(session: Session) -> list[Series]:
     """Series no rule routed to a model, oldest first (kept for retention.unrouted_days)."""
-    return list(
-        session.scalars(select(Series).where(Series.state == SeriesState.UNROUTED).order_by(Series.id))
-    )
+    return list(session.scalars(select(Series).where(Series.state == SeriesState.UNROUTED).order_by(Series.id)))

@@ -150,9 +150,7 @@ class AssociationPolicy:
             return Decision(CALLED_AE_NOT_RECOGNISED, f"called AE title {called!r} is not one of ours")
         candidates = self._senders.get(calling)
         if not candidates:
-            return Decision(
-                CALLING_AE_NOT_RECOGNISED, f"calling AE title {calling!r} is not a peer allowed to send"
-            )
+            return Decision(CALLING_AE_NOT_RECOGNISED, f"calling AE title {calling!r} is not a peer allowed to send")
         for peer, addresses in candidates:
             if ip in addresses:
                 return Decision(None, peer=peer.name)
@@ -168,8 +166,7 @@ def storage_contexts() -> list[PresentationContext]:
 
     contexts = [build_context(VERIFICATION, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
     contexts.extend(
-        build_context(str(cx.abstract_syntax), list(TRANSFER_SYNTAXES))
-        for cx in AllStoragePresentationContexts
+        build_context(str(cx.abstract_syntax), list(TRANSFER_SYNTAXES)) for cx in AllStoragePresentationContexts
     )
     return contexts
 
@@ -186,6 +183,8 @@ class StoreSCP:
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self._established: set[int] = set()
+        #: Handle C-STORE on the DUL thread (:mod:`dicom_node.faststore`); False: pynetdicom's own path.
+        self.fast_path = True
         self._lock = threading.Lock()
 
     @property
@@ -245,6 +244,8 @@ class StoreSCP:
         ):
             server.unbind(event, handler)
         server.daemon_threads = True
+        if self.fast_path:
+            server.fast_store = self._receive  # type: ignore[attr-defined]
         self._ae = ae
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="laurel-scp", daemon=True)
@@ -316,9 +317,7 @@ class StoreSCP:
         if self.metrics is not None:
             self.metrics.associations.labels(outcome="accepted").inc()
             self.metrics.associations_active.inc()
-        logger.info(
-            "association %x from peer %s (%s) called %s", id(assoc), decision.peer, address, called.strip()
-        )
+        logger.info("association %x from peer %s (%s) called %s", id(assoc), decision.peer, address, called.strip())
 
     def _on_close(self, event: Event) -> None:
         assoc = event.assoc
@@ -337,33 +336,46 @@ class StoreSCP:
     def _on_echo(self, event: Event) -> int:
         return int(StoreStatus.SUCCESS)
 
+    def _receive(
+        self, assoc: Any, abstract_syntax: str, transfer_syntax: str, sop_class: str, sop_instance: str, data: bytes
+    ) -> tuple[int, str | None]:
+        """The domain call behind both C-STORE paths: store one dataset, return (status, comment)."""
+        context = getattr(assoc, "context", None) or {}
+        item = Incoming(
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_instance,
+            context_uid=abstract_syntax,
+            transfer_syntax=transfer_syntax,
+            data=data,
+            calling_ae=context.get("calling_ae") or str(assoc.requestor.ae_title).strip(),
+            called_ae=context.get("called_ae") or self.config.node.ae_title,
+            association_id=id(assoc),
+        )
+        result = self.store.receive(item)
+        return int(result.status), result.comment
+
     def _on_store(self, event: Event) -> int | Dataset:
+        """pynetdicom's EVT_C_STORE (used when the fast path hands a message over)."""
         request = event.request
         sop_instance_uid = str(getattr(request, "AffectedSOPInstanceUID", "") or "")
         try:
-            assoc = event.assoc
-            context = getattr(assoc, "context", {}) or {}
-            cx = event.context
             stream = getattr(request, "DataSet", None)
             if not isinstance(stream, BytesIO):
                 return _status(StoreStatus.CANNOT_UNDERSTAND, "the C-STORE request has no dataset")
-            item = Incoming(
-                sop_class_uid=str(getattr(request, "AffectedSOPClassUID", "") or ""),
-                sop_instance_uid=sop_instance_uid,
-                context_uid=str(cx.abstract_syntax),
-                transfer_syntax=_transfer_syntax(cx),
-                data=stream.getvalue(),
-                calling_ae=context.get("calling_ae") or str(assoc.requestor.ae_title).strip(),
-                called_ae=context.get("called_ae") or self.config.node.ae_title,
-                association_id=id(assoc),
+            status, comment = self._receive(
+                event.assoc,
+                str(event.context.abstract_syntax),
+                _transfer_syntax(event.context),
+                str(getattr(request, "AffectedSOPClassUID", "") or ""),
+                sop_instance_uid,
+                stream.getvalue(),
             )
-            result = self.store.receive(item)
         except Exception:
             logger.exception("C-STORE of SOP instance %s failed", sop_instance_uid)
             return _status(StoreStatus.PROCESSING_FAILURE, "the node failed to process the request")
-        if result.status == StoreStatus.SUCCESS:
+        if status == StoreStatus.SUCCESS:
             return int(StoreStatus.SUCCESS)
-        return _status(result.status, result.comment)
+        return _status(StoreStatus(status), comment)
 
 
 def _transfer_syntax(context: Any) -> str:

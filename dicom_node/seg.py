@@ -70,9 +70,7 @@ def draft_series_description(algorithm_name: str, algorithm_version: str) -> str
 
 def approved_series_description(algorithm_name: str, algorithm_version: str, operator: str) -> str:
     """SeriesDescription of an approved SEG (never contains the word draft)."""
-    return _lo(
-        f"Approved muscle segmentation ({algorithm_name} v{algorithm_version}, reviewed by {operator})"
-    )
+    return _lo(f"Approved muscle segmentation ({algorithm_name} v{algorithm_version}, reviewed by {operator})")
 
 
 def build_seg(
@@ -160,9 +158,7 @@ def _validate_labels(volume: SeriesVolume, labels: np.ndarray, labs: Sequence[La
     if not isinstance(labels, np.ndarray) or labels.dtype != np.uint8:
         raise ValueError("labels must be a numpy array of dtype uint8")
     if labels.shape != volume.shape:
-        raise ValueError(
-            f"labels have shape {labels.shape}, the series volume has shape {volume.shape} (z, y, x)"
-        )
+        raise ValueError(f"labels have shape {labels.shape}, the series volume has shape {volume.shape} (z, y, x)")
     allowed = np.zeros(256, dtype=bool)
     allowed[0] = True
     allowed[[lab.value for lab in labs]] = True
@@ -274,9 +270,7 @@ def _segment_label_values(seg: Dataset, region: str | None) -> dict[int, int]:
                 if len(options) == 1:
                     hit = options[0]
         if hit is None:
-            log.warning(
-                "segment %d (%s) matches no catalogue muscle; ignored", number, item.get("SegmentLabel")
-            )
+            log.warning("segment %d (%s) matches no catalogue muscle; ignored", number, item.get("SegmentLabel"))
             continue
         matched[number] = hit
     regions = {r for r, _ in matched.values()}
@@ -311,9 +305,7 @@ def _referenced_instances(seg: Dataset) -> set[str]:
     return uids
 
 
-def _labels_by_reference(
-    seg: hd.seg.Segmentation, volume: SeriesVolume, mapping: dict[int, int]
-) -> np.ndarray | None:
+def _labels_by_reference(seg: hd.seg.Segmentation, volume: SeriesVolume, mapping: dict[int, int]) -> np.ndarray | None:
     """Labels taken through the frames' references to the volume's source images; None if not referenced."""
     if not set(volume.source_sop_instance_uids()) & _referenced_instances(seg):
         return None
@@ -334,9 +326,7 @@ def _labels_by_reference(
                 )
             )
         return np.asarray(
-            seg.get_pixels_by_source_instance(
-                source_sop_instance_uids=volume.source_sop_instance_uids(), **kwargs
-            )
+            seg.get_pixels_by_source_instance(source_sop_instance_uids=volume.source_sop_instance_uids(), **kwargs)
         )
 
     try:
@@ -358,9 +348,7 @@ def _labels_by_reference(
     return _combine(std, numbers, mapping, volume)
 
 
-def _combine(
-    stack: np.ndarray, numbers: list[int], mapping: dict[int, int], volume: SeriesVolume
-) -> np.ndarray:
+def _combine(stack: np.ndarray, numbers: list[int], mapping: dict[int, int], volume: SeriesVolume) -> np.ndarray:
     """``stack`` is (segments, z, y, x) of values in 0..1; later segments win on overlap (logged)."""
     out = np.zeros(volume.shape, dtype=np.uint8)
     overlap = 0
@@ -373,9 +361,7 @@ def _combine(
     return out
 
 
-def _labels_by_position(
-    seg: hd.seg.Segmentation, volume: SeriesVolume, mapping: dict[int, int]
-) -> np.ndarray:
+def _labels_by_position(seg: hd.seg.Segmentation, volume: SeriesVolume, mapping: dict[int, int]) -> np.ndarray:
     """Place each SEG frame on the volume grid by its plane position (same pixel grid required)."""
     seg_for = seg.get("FrameOfReferenceUID")
     if seg_for and volume.FrameOfReferenceUID and str(seg_for) != volume.FrameOfReferenceUID:

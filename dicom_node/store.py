@@ -1,9 +1,18 @@
 """Durable instance storage: durable before acknowledged.
 
 Each received dataset is written exactly as it arrived (file meta + encoded dataset, never decoded) to a
-temporary file in ``storage_dir/.incoming``, fsync'd, renamed to
-``storage_dir/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, its directory fsync'd, and
-indexed; only then does :meth:`Store.receive` return Success.
+temporary file in ``storage_dir/.incoming``, renamed to
+``storage_dir/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, then the file and its folder
+are fsync'd (in parallel: concurrent fsyncs share one filesystem journal commit, which saves a sync per
+image), and the instance is indexed; only then does :meth:`Store.receive` return Success. A process crash
+at any point leaves either no file or a complete one (the rename follows the complete write); a power
+loss between the rename and the fsyncs can leave a partial file that was never acknowledged, which the
+recovery scan at the next start removes (see below).
+
+Durability of the index: the store's own connection commits with SQLite ``synchronous=NORMAL`` (a commit
+survives a process crash, not necessarily a power loss), because the files are the record: after an unclean
+stop (no ``.clean-shutdown`` marker) :func:`dicom_node.recovery.recover_unindexed` indexes every complete
+received file the index lacks. Every other connection of the node keeps ``synchronous=FULL``.
 
 Group commit: associations that store at the same time share one index transaction. The thread that gets
 the commit lock first takes every pending instance (its own and those queued behind it), renames them,
@@ -13,7 +22,9 @@ commit that holds its instance. Same SOP Instance UID again: the first copy stay
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import logging
 import os
 import struct
@@ -21,6 +32,8 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +56,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INCOMING_DIR = ".incoming"
+CLEAN_MARKER = ".clean-shutdown"
 _OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -79,6 +93,7 @@ class _Pending:
     tmp: Path
     final: Path
     size: int = 0
+    fd: int | None = None
     done: bool = False
     duplicate: bool = False
     error: BaseException | None = None
@@ -89,6 +104,28 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def _wait_all(futures: list[Future[None]], *, raise_errors: bool = True) -> None:
+    """Wait for every future; raise the first error (unless told not to)."""
+    first: BaseException | None = None
+    for future in futures:
+        exc = future.exception()
+        if exc is not None and first is None:
+            first = exc
+    if first is not None and raise_errors:
+        raise first
+
+
+def _fsync_file(fd: int | None, path: Path) -> None:
+    if fd is not None:
+        os.fsync(fd)
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -149,6 +186,8 @@ class Store:
         self._commit_lock = threading.Lock()
         self._assoc_studies: dict[int, set[int]] = defaultdict(set)
         self._raw: Any = None
+        self._sync_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="laurel-fsync")
+        self._known_dirs: set[Path] = set()
         self._paramstyle = engine.dialect.paramstyle
         to_db = DateTime().bind_processor(engine.dialect)
         self._stamp: Any = to_db if to_db is not None else (lambda value: value)
@@ -174,13 +213,39 @@ class Store:
                 "%d studies had associations open at the last stop; their settle time restarts",
                 result.rowcount,
             )
+        marker = self.storage_dir / CLEAN_MARKER
+        if marker.exists():
+            marker.unlink()
+            _fsync_dir(self.storage_dir)
+        else:
+            from dicom_node.recovery import recover_unindexed
+
+            recover_unindexed(self)
+
+    def mark_clean_shutdown(self) -> None:
+        """Record that the index was closed cleanly (no recovery scan at the next start)."""
+        marker = self.storage_dir / CLEAN_MARKER
+        marker.touch()
+        _fsync_dir(self.storage_dir)
+
+    def index_existing(self, item: Incoming, header: DatasetHeader, path: Path) -> bool:
+        """Index a complete file already at its final ``path`` (recovery); ``False`` if it was indexed."""
+        pending = _Pending(item, header, path, path, path.stat().st_size)  # fd None: fsync'd by path
+        self._commit(pending)
+        self.association_closed(item.association_id)
+        return not pending.duplicate
 
     def close(self) -> None:
-        """Return the index connection to the pool."""
+        """Return the index connection to the pool (as a FULL-synchronous connection again); final."""
         with self._commit_lock:
             raw, self._raw = self._raw, None
             if raw is not None:
+                if self.engine.dialect.name == "sqlite":
+                    cur = raw.cursor()
+                    cur.execute("PRAGMA synchronous=FULL")
+                    cur.close()
                 raw.close()
+        self._sync_pool.shutdown(wait=True)
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         """Where an instance lives."""
@@ -201,10 +266,10 @@ class Store:
         series_uid = header.text("SeriesInstanceUID") or ""
         final = self.path_for(study_uid, series_uid, item.sop_instance_uid)
         try:
-            tmp, size = self._write_temp(item)
+            tmp, fd, size = self._write_temp(item)
         except OSError as exc:
             return self._os_failure(item, exc)
-        pending = _Pending(item, header, tmp, final, size)
+        pending = _Pending(item, header, tmp, final, size, fd)
         try:
             self._commit(pending)
         except OSError as exc:
@@ -215,6 +280,8 @@ class Store:
             logger.exception("could not index SOP instance %s", item.sop_instance_uid)
             self._count("error")
             return StoreResult(StoreStatus.PROCESSING_FAILURE, "the node could not index the instance")
+        finally:
+            os.close(fd)
         if self.metrics is not None:
             self.metrics.store_seconds.observe(time.perf_counter() - started)
             if not pending.duplicate:
@@ -235,21 +302,40 @@ class Store:
         self._count("out_of_resources")
         return StoreResult(StoreStatus.OUT_OF_RESOURCES, "storage error")
 
-    def _write_temp(self, item: Incoming) -> tuple[Path, int]:
+    def _write_temp(self, item: Incoming) -> tuple[Path, int, int]:
+        """Write the file in ``.incoming``; returns its path, its still open descriptor (to fsync) and size."""
         fd, name = tempfile.mkstemp(suffix=".part", dir=self.incoming_dir)
         tmp = Path(name)
         meta = encode_file_meta(item)
         try:
-            try:
-                _write_all(fd, meta)
-                _write_all(fd, item.data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _write_all(fd, meta)
+            _write_all(fd, item.data)
         except BaseException:
+            os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
-        return tmp, len(meta) + len(item.data)
+        return tmp, fd, len(meta) + len(item.data)
+
+    def _start_sync(self, pending: list[_Pending], dirs: set[Path]) -> list[Future[None]]:
+        """fsync the placed files and their folders in parallel (concurrent fsyncs share a journal commit)."""
+        tasks: list[Callable[[], None]] = [functools.partial(_fsync_file, p.fd, p.final) for p in pending]
+        tasks.extend(functools.partial(_fsync_dir, d) for d in sorted(dirs))
+        return [self._sync_pool.submit(task) for task in tasks]
+
+    def _place(self, p: _Pending) -> list[Path]:
+        """Rename a written file into place; returns folders created on the way (their parents need fsync)."""
+        folder = p.final.parent
+        created: list[Path] = []
+        if folder not in self._known_dirs:
+            created = self._ensure_dirs(folder)
+        try:
+            os.replace(p.tmp, p.final)
+        except FileNotFoundError:  # the folder went away (retention removed an empty one): make it again
+            self._known_dirs.discard(folder)
+            created = self._ensure_dirs(folder)
+            os.replace(p.tmp, p.final)
+        self._known_dirs.add(folder)
+        return created
 
     # ------------------------------------------------------------------ group commit
     def _commit(self, pending: _Pending) -> None:
@@ -272,7 +358,12 @@ class Store:
 
     def _cursor(self) -> Any:
         if self._raw is None:
-            self._raw = self.engine.raw_connection()
+            raw = self.engine.raw_connection()
+            if self.engine.dialect.name == "sqlite":
+                cur = raw.cursor()
+                cur.execute("PRAGMA synchronous=NORMAL")  # this connection only; see the module docstring
+                cur.close()
+            self._raw = raw
         return self._raw.cursor()
 
     def _sql(self, statement: str) -> str:
@@ -289,9 +380,8 @@ class Store:
         placed: list[_Pending] = []
         new_pairs: set[tuple[int, int]] = set()
         cur = self._cursor()
+        syncing: list[Future[None]] = []
         try:
-            study_ids = self._study_ids(cur, batch, stamp)
-            series_ids = self._series_ids(cur, batch, study_ids, stamp)
             seen: set[str] = set()
             fresh: list[_Pending] = []
             for p in batch:
@@ -305,12 +395,13 @@ class Store:
                 p.duplicate = True
             dirs: set[Path] = set()
             for p in fresh:
-                dirs.update(self._ensure_dirs(p.final.parent))
-                os.replace(p.tmp, p.final)
+                dirs.update(self._place(p))
                 placed.append(p)
                 dirs.add(p.final.parent)
-            for d in dirs:
-                _fsync_dir(d)
+            # The fsyncs run on the pool while this thread does the SQL; the commit waits for them.
+            syncing = self._start_sync(fresh, dirs)
+            study_ids = self._study_ids(cur, batch, stamp)
+            series_ids = self._series_ids(cur, batch, study_ids, stamp)
             if fresh:
                 cur.executemany(
                     self._sql(
@@ -348,15 +439,18 @@ class Store:
                     ),
                     (stamp, increment, stamp, sid),
                 )
+            _wait_all(syncing)
             assert self._raw is not None
             self._raw.commit()
         except BaseException:
+            _wait_all(syncing, raise_errors=False)
+            with contextlib.suppress(Exception):
+                cur.close()
             self._rollback()
             for p in placed:
                 p.final.unlink(missing_ok=True)
             raise
-        finally:
-            cur.close()
+        cur.close()
         for assoc_id, sid in new_pairs:
             self._assoc_studies[assoc_id].add(sid)
         for p in batch:
@@ -371,9 +465,10 @@ class Store:
             return
         try:
             raw.rollback()
-            raw.close()  # back to the pool; a fresh checkout next time
         except Exception:
-            logger.debug("index connection discarded after an error", exc_info=True)
+            logger.debug("rollback failed; the index connection is discarded", exc_info=True)
+        # Discard it rather than return a synchronous=NORMAL connection to the pool; reconnect next time.
+        raw.invalidate()
 
     def _ensure_dirs(self, series_dir: Path) -> list[Path]:
         """Create the study and series folders; returns parents whose entries changed (to fsync)."""
@@ -398,9 +493,7 @@ class Store:
             if row is not None:
                 ids[uid] = int(row[0])
                 if row[1] != StudyState.RECEIVING:
-                    logger.info(
-                        "instance for study %s, which is %s: stored, study state unchanged", row[0], row[1]
-                    )
+                    logger.info("instance for study %s, which is %s: stored, study state unchanged", row[0], row[1])
                 continue
             cur.execute(
                 self._sql(
@@ -424,9 +517,7 @@ class Store:
             logger.info("study %s: first instance received (from %s)", ids[uid], p.item.calling_ae)
         return ids
 
-    def _series_ids(
-        self, cur: Any, batch: list[_Pending], study_ids: dict[str, int], stamp: Any
-    ) -> dict[str, int]:
+    def _series_ids(self, cur: Any, batch: list[_Pending], study_ids: dict[str, int], stamp: Any) -> dict[str, int]:
         ids: dict[str, int] = {}
         for p in batch:
             h = p.header
@@ -484,9 +575,7 @@ class Store:
                     update(Study)
                     .where(Study.id.in_(studies))
                     .values(
-                        associations_open=case(
-                            (Study.associations_open > 0, Study.associations_open - 1), else_=0
-                        ),
+                        associations_open=case((Study.associations_open > 0, Study.associations_open - 1), else_=0),
                         associations_ended_at=now,
                         updated_at=now,
                     )

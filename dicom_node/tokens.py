@@ -45,9 +45,7 @@ def operator_for(session: Session, token: str) -> str | None:
 
 def revoke_tokens(session: Session, operator: str) -> int:
     """Revoke every token of ``operator``; returns how many. The caller commits."""
-    rows = session.scalars(
-        select(ApiToken).where(ApiToken.operator == operator, ApiToken.revoked_at.is_(None))
-    ).all()
+    rows = session.scalars(select(ApiToken).where(ApiToken.operator == operator, ApiToken.revoked_at.is_(None))).all()
     for row in rows:
         row.revoked_at = utcnow()
     return len(rows)

@@ -169,9 +169,7 @@ def load_series(paths: Sequence[Path]) -> SeriesVolume:
         try:
             datasets.append(pydicom.dcmread(p))
         except Exception as exc:
-            raise UnsupportedSeries(
-                f"a file of the series is not readable DICOM ({Path(p).name}: {exc})"
-            ) from exc
+            raise UnsupportedSeries(f"a file of the series is not readable DICOM ({Path(p).name}: {exc})") from exc
     return load_datasets(datasets)
 
 
@@ -253,9 +251,7 @@ def load_datasets(datasets: Sequence[Dataset]) -> SeriesVolume:
 def _check_same_series(datasets: Sequence[Dataset]) -> None:
     uids = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
     if len(uids) > 1:
-        raise UnsupportedSeries(
-            f"the images belong to {len(uids)} different series; send one series at a time"
-        )
+        raise UnsupportedSeries(f"the images belong to {len(uids)} different series; send one series at a time")
 
 
 def _check_modality(datasets: Sequence[Dataset]) -> None:
@@ -300,9 +296,7 @@ def reorientation(iop: np.ndarray) -> tuple[InPlaneTransform, np.ndarray, np.nda
     normal = np.cross(row, col)
     norm = float(np.linalg.norm(normal))
     if norm < 1e-6:
-        raise UnsupportedSeries(
-            "the image orientation of the series is invalid (row and column directions align)"
-        )
+        raise UnsupportedSeries("the image orientation of the series is invalid (row and column directions align)")
     normal = normal / norm
     tilt = math.degrees(math.acos(min(1.0, abs(float(normal[2])))))
     if tilt > MAX_AXIAL_TILT_DEG:
@@ -353,8 +347,7 @@ def _check_in_plane_alignment(
         d = frames[i].position - p0
         if abs(float(np.dot(d, row))) > 0.5 * sc or abs(float(np.dot(d, col))) > 0.5 * sr:
             raise UnsupportedSeries(
-                "the slices are shifted against each other within the image plane; "
-                "send a series acquired as one stack"
+                "the slices are shifted against each other within the image plane; send a series acquired as one stack"
             )
 
 
@@ -468,9 +461,7 @@ def _decode(
         if stack.ndim == 2:
             stack = stack[None]
         if stack.ndim != 3 or stack.shape[0] != len(frames):
-            raise UnsupportedSeries(
-                "the multi-frame image holds colour or inconsistent frames; send greyscale MR"
-            )
+            raise UnsupportedSeries("the multi-frame image holds colour or inconsistent frames; send greyscale MR")
         for z, i in enumerate(order):
             f = frames[i]
             out[z] = stack[int(f.frame_number or 1) - 1].astype(np.float32) * f.slope + f.intercept
@@ -479,9 +470,7 @@ def _decode(
             f = frames[i]
             px = _pixels(f.ds)
             if px.shape != (f.rows, f.columns):
-                raise UnsupportedSeries(
-                    "an image of the series is colour or not a single frame; send greyscale MR"
-                )
+                raise UnsupportedSeries("an image of the series is colour or not a single frame; send greyscale MR")
             out[z] = px.astype(np.float32) * f.slope + f.intercept
     return np.ascontiguousarray(in_plane.forward(out))
 

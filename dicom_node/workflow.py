@@ -82,9 +82,7 @@ def build_services(node: Node, client: FederationClient | None = None) -> NodeSe
         cfg.node.storage_dir / "node_signing_key.pem",
         trusted_keys=trusted,
     )
-    return NodeServices(
-        config=cfg, engine=node.engine, metrics=node.metrics, registry=registry, federation=client
-    )
+    return NodeServices(config=cfg, engine=node.engine, metrics=node.metrics, registry=registry, federation=client)
 
 
 def attach(node: Node, services: NodeServices) -> None:

@@ -61,9 +61,7 @@ def serve(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--ve
 @app.command("add-site")
 def add_site(
     name: str = typer.Argument(..., help="the site (hospital) name"),
-    models: str | None = typer.Option(
-        None, "--models", help="comma-separated models it may use (default: all)"
-    ),
+    models: str | None = typer.Option(None, "--models", help="comma-separated models it may use (default: all)"),
     config: Path = ConfigOption,
 ) -> None:
     """Add a site and print its API key ONCE (the server keeps only a hash)."""
@@ -131,9 +129,7 @@ def list_sites(config: Path = ConfigOption, as_json: bool = typer.Option(False, 
     for s in sites:
         seen = "never" if s.last_seen_at is None else s.last_seen_at.strftime("%Y-%m-%d %H:%M")
         status = "REVOKED" if s.revoked else "active"
-        typer.echo(
-            f"{s.name:24} {status:8} models={','.join(s.models) if s.models else 'all':20} last seen {seen}"
-        )
+        typer.echo(f"{s.name:24} {status:8} models={','.join(s.models) if s.models else 'all':20} last seen {seen}")
 
 
 @app.command()

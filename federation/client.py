@@ -76,9 +76,7 @@ def parse_public_key(value: Ed25519PublicKey | str | bytes | Path) -> Ed25519Pub
     """An Ed25519 public key from a key object, base64 of the raw 32 bytes, PEM text, or a PEM file path."""
     if isinstance(value, Ed25519PublicKey):
         return value
-    if isinstance(value, Path) or (
-        isinstance(value, str) and value.endswith(".pem") and Path(value).is_file()
-    ):
+    if isinstance(value, Path) or (isinstance(value, str) and value.endswith(".pem") and Path(value).is_file()):
         value = Path(value).read_bytes()
     data = value.encode() if isinstance(value, str) else bytes(value)
     if b"-----BEGIN" in data:
@@ -193,9 +191,7 @@ class FederationClient:
                 if retry_after.isdigit():
                     delay = min(self.backoff_max, float(retry_after))
             if attempt < self.retries:
-                log.info(
-                    "federation %s %s failed (%s); retry %d/%d", method, path, last, attempt + 1, self.retries
-                )
+                log.info("federation %s %s failed (%s); retry %d/%d", method, path, last, attempt + 1, self.retries)
                 time.sleep(delay)
         raise FederationUnavailable(f"{method} {path} failed after {self.retries + 1} attempt(s): {last}")
 
@@ -245,9 +241,7 @@ class FederationClient:
         return load(data, trusted_keys=[self.public_key], allow_zoo=False)
 
     # -- updates -------------------------------------------------------------------------------------
-    def upload_encoded(
-        self, weights_npz: bytes, metadata: dict[str, Any], idempotency_key: str | None = None
-    ) -> str:
+    def upload_encoded(self, weights_npz: bytes, metadata: dict[str, Any], idempotency_key: str | None = None) -> str:
         """Upload an already encoded update (see :func:`encode_weights`); returns the update id."""
         key = idempotency_key or uuid.uuid4().hex
         resp = self._request(
@@ -258,9 +252,7 @@ class FederationClient:
             headers={"Idempotency-Key": key},
         )
         update_id = str(resp.json()["update_id"])
-        log.info(
-            "uploaded update %s (%s base %s)", update_id, metadata.get("model"), metadata.get("base_version")
-        )
+        log.info("uploaded update %s (%s base %s)", update_id, metadata.get("model"), metadata.get("base_version"))
         return update_id
 
     def upload_update(
@@ -308,9 +300,7 @@ class FederationClient:
 
     def stats(self, model: str | None = None) -> dict[str, Any]:
         """Usage statistics and per-model summaries."""
-        result: dict[str, Any] = self._json(
-            "GET", "/api/v1/stats", params={"model": model} if model else None
-        )
+        result: dict[str, Any] = self._json("GET", "/api/v1/stats", params={"model": model} if model else None)
         return result
 
 

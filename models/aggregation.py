@@ -44,7 +44,10 @@ def delta(weights: Weights, base: Weights) -> list[np.ndarray]:
 def apply_delta(base: Weights, change: Weights, scale: float = 1.0) -> list[np.ndarray]:
     """``base + scale · change``."""
     _check(base, change, "apply_delta")
-    return [_out(np.asarray(b, np.float64) + scale * np.asarray(d, np.float64), b) for b, d in zip(base, change, strict=True)]
+    return [
+        _out(np.asarray(b, np.float64) + scale * np.asarray(d, np.float64), b)
+        for b, d in zip(base, change, strict=True)
+    ]
 
 
 def scale(weights: Weights, factor: float) -> list[np.ndarray]:
@@ -122,7 +125,9 @@ def partial_merge(
     ]
 
 
-def representation_mask(layer_names: Sequence[str], representation: Sequence[str] = DEFAULT_REPRESENTATION) -> list[bool]:
+def representation_mask(
+    layer_names: Sequence[str], representation: Sequence[str] = DEFAULT_REPRESENTATION
+) -> list[bool]:
     """Which weights belong to the representation block."""
     prefixes = tuple(representation)
     return [name.startswith(prefixes) for name in layer_names]

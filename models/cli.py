@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -23,7 +24,7 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="machine-read
     from models.zoo import DEFINITIONS, list_packages
 
     shipped = {row["name"]: row for row in list_packages()}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, defn in DEFINITIONS.items():
         row = shipped.get(name, {})
         rows.append(

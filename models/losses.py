@@ -39,9 +39,7 @@ def border_mask(labels: np.ndarray, width: int = 1) -> np.ndarray:
     return (low != np.iinfo(np.uint8).max) & (high != low)
 
 
-def weight_maps(
-    labels: np.ndarray, n_classes: int, border_weight: float = 3.0, border_width: int = 1
-) -> np.ndarray:
+def weight_maps(labels: np.ndarray, n_classes: int, border_weight: float = 3.0, border_width: int = 1) -> np.ndarray:
     """Per-pixel loss weights (float32, shape of ``labels``): class balance + muscle-border emphasis."""
     lab = np.asarray(labels, dtype=np.uint8)
     w = class_weights(lab, n_classes)[lab]

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -101,8 +101,8 @@ class PackageCode:
     Instances are shared by every package with identical code (cached by the code's sha256).
     """
 
-    _cache: dict[str, PackageCode] = {}
-    _cache_lock = threading.Lock()
+    _cache: ClassVar[dict[str, PackageCode]] = {}
+    _cache_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, sources: Mapping[str, str]) -> None:
         self.sources = {str(k): str(v) for k, v in sources.items()}
@@ -168,7 +168,7 @@ class PackageCode:
         fn = getattr(self._module(module), attr, None)
         if not callable(fn):
             raise PackageError(f"package code has no function {ref}")
-        return fn  # type: ignore[no-any-return]
+        return fn
 
 
 def _now() -> str:
@@ -197,7 +197,8 @@ def framework_versions() -> dict[str, str | None]:
 def weights_to_npz(weights: Sequence[np.ndarray]) -> bytes:
     """Weights as ``.npz`` bytes (arrays ``w000``, ``w001``, ...)."""
     buf = io.BytesIO()
-    np.savez(buf, **{f"w{i:03d}": np.asarray(w) for i, w in enumerate(weights)})
+    arrays: dict[str, Any] = {f"w{i:03d}": np.asarray(w) for i, w in enumerate(weights)}
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 
@@ -388,7 +389,9 @@ class ModelPackage:
             raise PackageError(f"{len(weights)} weight arrays; this model has {len(self.weights)}")
         for i, (new, old) in enumerate(zip(weights, self.weights, strict=True)):
             if np.shape(new) != old.shape:
-                raise PackageError(f"weight {i} ({self.weight_names[i]}) has shape {np.shape(new)}, expected {old.shape}")
+                raise PackageError(
+                    f"weight {i} ({self.weight_names[i]}) has shape {np.shape(new)}, expected {old.shape}"
+                )
         fields: dict[str, Any] = {
             "family_id": self.family_id,
             "name": self.name,

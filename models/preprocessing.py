@@ -67,7 +67,8 @@ class InputSpec:
         unknown = set(data) - {"spacing", "patch", "limbs", "percentiles", "bias_field"}
         if unknown:
             raise ValueError(f"unknown input spec fields {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**fields)
 
 
 @dataclass
@@ -103,7 +104,10 @@ def foreground_mask(volume: np.ndarray) -> np.ndarray:
     vol = np.asarray(volume, dtype=np.float32)
     sample = vol[:, ::4, ::4]
     hi = float(np.percentile(sample, 99.5)) if sample.size else 0.0
-    return vol > 0.1 * hi if hi > 0 else np.zeros(vol.shape, dtype=bool)
+    if hi <= 0:
+        return np.zeros(vol.shape, dtype=bool)
+    mask: np.ndarray = np.greater(vol, np.float32(0.1 * hi))
+    return mask
 
 
 def find_limbs(volume: np.ndarray, limbs: str = "auto") -> list[tuple[str, int, int]]:
@@ -118,8 +122,10 @@ def find_limbs(volume: np.ndarray, limbs: str = "auto") -> list[tuple[str, int, 
 
 def tissue_projection(fg: np.ndarray) -> np.ndarray:
     """Columns/rows that are tissue in at least 30 % of the slices (drops noise specks)."""
-    proj = fg.mean(axis=0) > 0.3
-    return proj if proj.any() else fg.any(axis=0)
+    proj: np.ndarray = np.greater(fg.mean(axis=0), 0.3)
+    if not proj.any():
+        proj = np.asarray(np.any(fg, axis=0), dtype=bool)
+    return proj
 
 
 def _split(proj: np.ndarray, limbs: str) -> list[tuple[str, int, int]]:
@@ -148,7 +154,7 @@ def _split(proj: np.ndarray, limbs: str) -> list[tuple[str, int, int]]:
     if limbs == "left":
         return [("left", 0, width)]
     if two:
-        lo, hi = sorted(int(round(c)) for c in centroids)
+        lo, hi = sorted(int(np.rint(c)) for c in centroids)
         split = lo + int(np.argmin(profile[lo:hi])) if hi > lo else width // 2
     else:
         cols = np.nonzero(profile)[0]
@@ -266,8 +272,8 @@ def preprocess(
                 logger.warning("the %s limb is larger than the model's field of view; edges are cut", side)
         else:
             cy, cx = (sub_fg.shape[0] - 1) / 2.0, (sub_fg.shape[1] - 1) / 2.0
-        limb.y0 = int(round(cy - ispec.patch[0] / 2.0 * ratio[0]))
-        limb.x0 = int(round(cx - ispec.patch[1] / 2.0 * ratio[1]))
+        limb.y0 = int(np.rint(cy - ispec.patch[0] / 2.0 * ratio[0]))
+        limb.x0 = int(np.rint(cx - ispec.patch[1] / 2.0 * ratio[1]))
         out.append(_resample(_limb_view(norm, limb)[zs], limb, ratio, ispec.patch))
         found.append(limb)
     patches = np.concatenate(out, axis=0)[..., None].astype(np.float32)

@@ -106,12 +106,13 @@ def initial_weights(config: Mapping[str, Any], seed: int = 0) -> tuple[list[np.n
     """Weights of a freshly initialised network (deterministic for ``seed``) and their names."""
     import keras
 
-    bundle = _get_bundle(config)
-    with bundle.lock:
+    network.configure_threads()
+    patch = tuple(int(p) for p in config["input_spec"]["patch"])
+    with _BUNDLES_LOCK:
         keras.utils.set_random_seed(seed)
         fresh = network.build_network(
             int(config["n_muscles"]) + 1,
-            tuple(int(p) for p in config["input_spec"]["patch"]),  # type: ignore[arg-type]
+            (patch[0], patch[1]),
             {**network.DEFAULT_NETWORK, **config.get("network", {})},
         )
         return [np.asarray(w) for w in fresh.get_weights()], network.weight_names(fresh)

@@ -78,3 +78,7 @@ def storescp_factory(tmp_path: Path) -> Iterator[Callable[..., DcmtkStorescp]]:
 def study(tmp_path: Path) -> StudyFiles:
     """A synthetic MR study on disk: 3 series × 3 instances (32×32)."""
     return write_study(tmp_path / "study", series=3, instances=3)
+
+
+# Whole-node fixtures (spine + workflow + API): workflow_node_factory, node_api.
+pytest_plugins = ["tests.workflow_fixtures"]

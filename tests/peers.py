@@ -26,6 +26,7 @@ import requests
 import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     ExplicitVRLittleEndian,
     MRImageStorage,
     generate_uid,
@@ -54,7 +55,7 @@ def free_port() -> int:
 def wait_until(
     predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, message: str = "condition"
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy (returned); fail the test after ``timeout``."""
+    """Poll ``predicate`` until it returns something truthy (returned); ``AssertionError`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while True:
@@ -62,12 +63,12 @@ def wait_until(
             value = predicate()
         except Exception as exc:  # the peer may not be up yet
             last_error = exc
-            value = None  # type: ignore[assignment]
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
             detail = f" (last error: {last_error!r})" if last_error else ""
-            pytest.fail(f"timed out after {timeout} s waiting for {message}{detail}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}{detail}")
         time.sleep(interval)
 
 
@@ -108,7 +109,7 @@ def make_image(
     """A small synthetic image instance (uint16, explicit VR little endian) with file meta."""
     uid = generate_uid()
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
@@ -217,6 +218,19 @@ def write_study(
 
 
 # ---------------------------------------------------------------------------------------------- DICOM SCU helpers
+@dataclass(frozen=True)
+class EchoOutcome:
+    """What a C-ECHO attempt got: the status, or the A-ASSOCIATE-RJ (result, source, reason)."""
+
+    echo_status: int | None
+    rejection: tuple[int, int, int] | None
+
+    @property
+    def is_rejected(self) -> bool:
+        """The association was rejected."""
+        return self.rejection is not None
+
+
 def c_echo(
     port: int,
     called_ae: str = "LAUREL",
@@ -224,8 +238,8 @@ def c_echo(
     *,
     host: str = "127.0.0.1",
     bind_address: tuple[str, int] | None = None,
-) -> Any:
-    """C-ECHO with pynetdicom; returns the (pynetdicom) association after release/rejection for inspection."""
+) -> EchoOutcome:
+    """C-ECHO with pynetdicom (optionally from another local address); returns status or rejection."""
     from pynetdicom import AE
 
     ae = AE(ae_title=calling_ae)
@@ -234,11 +248,11 @@ def c_echo(
     assoc = ae.associate(host, port, ae_title=called_ae, bind_address=bind_address)
     if assoc.is_established:
         status = assoc.send_c_echo()
-        assoc.echo_status = int(status.Status) if "Status" in status else None
         assoc.release()
-    else:
-        assoc.echo_status = None
-    return assoc
+        return EchoOutcome(int(status.Status) if "Status" in status else None, None)
+    rj = assoc.acceptor.primitive if assoc.is_rejected else None
+    rejection = None if rj is None else (int(rj.result or 0), int(rj.result_source or 0), int(rj.diagnostic or 0))
+    return EchoOutcome(None, rejection)
 
 
 def echo_ok(port: int, called_ae: str = "LAUREL", calling_ae: str = "STORESCU") -> bool:
@@ -275,6 +289,9 @@ def store_raw(
             return [None] * len(paths)
         try:
             for path in paths:
+                if not assoc.is_established:  # the peer went away: the rest is not sent
+                    statuses.append(None)
+                    continue
                 status = assoc.send_c_store(path)
                 code = int(status.Status) if "Status" in status else None
                 statuses.append(code)
@@ -405,8 +422,10 @@ class OrthancProcess(ManagedProcess):
         dicom_port: int | None = None,
         http_port: int | None = None,
         modalities: dict[str, tuple[str, str, int]] | None = None,
+        extra_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(workdir, "orthanc")
+        self.extra_config = dict(extra_config or {})
         self.aet = aet
         self.dicom_port = dicom_port or free_port()
         self.http_port = http_port or free_port()
@@ -441,6 +460,7 @@ class OrthancProcess(ManagedProcess):
             "OrthancExplorerEnabled": False,
             "WebDavEnabled": False,
         }
+        config.update(self.extra_config)
         self.config_path.write_text(json.dumps(config, indent=2))
         return self.config_path
 
@@ -580,7 +600,9 @@ class NodeProcess(ManagedProcess):
         self._spawn([sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config_path)], env)
         calling = next(p["ae_title"] for p in self.settings["peers"] if p.get("send_to_us", True))
         wait_until(
-            lambda: self.alive and port_open(self.port) and echo_ok(self.port, self.settings["node"]["ae_title"], calling),
+            lambda: (
+                self.alive and port_open(self.port) and echo_ok(self.port, self.settings["node"]["ae_title"], calling)
+            ),
             timeout,
             0.1,
             f"the node on port {self.port} (log: {self.log_path})",

@@ -9,9 +9,7 @@ import typer
 
 def demo(
     workdir: Path = typer.Option(Path("var/demo"), "--workdir", help="folder for everything the demo makes"),
-    keep: bool = typer.Option(
-        False, "--keep", help="leave the servers running at the end (Ctrl+C stops them)"
-    ),
+    keep: bool = typer.Option(False, "--keep", help="leave the servers running at the end (Ctrl+C stops them)"),
 ) -> None:
     """Run the whole loop: PACS → node → draft → approval → PACS, learning, federation merge, sync."""
     from dicom_node.demo.run import run_demo

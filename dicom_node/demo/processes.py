@@ -41,9 +41,7 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
         if value:
             return value
         time.sleep(interval)
-    raise TimeoutError(
-        f"timed out after {timeout:.0f} s waiting for {what}" + (f" ({last_exc})" if last_exc else "")
-    )
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" ({last_exc})" if last_exc else ""))
 
 
 def laurel_command() -> list[str]:

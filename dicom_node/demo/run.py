@@ -60,9 +60,7 @@ class Site:
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         """An authenticated GET on the node API."""
-        r = requests.get(
-            self.api + path, headers={"Authorization": f"Bearer {self.token}"}, timeout=60, **kwargs
-        )
+        r = requests.get(self.api + path, headers={"Authorization": f"Bearer {self.token}"}, timeout=60, **kwargs)
         r.raise_for_status()
         return r
 
@@ -193,9 +191,7 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
                 s.name: _run([*laurel_command(), "federation", "add-site", s.name, "--config", str(fed_yaml)])
                 for s in sites
             }
-            pubkey = _run(
-                [*laurel_command(), "federation", "public-key", "--config", str(fed_yaml)]
-            ).splitlines()[-1]
+            pubkey = _run([*laurel_command(), "federation", "public-key", "--config", str(fed_yaml)]).splitlines()[-1]
             fed = Child(
                 "federation",
                 [*laurel_command(), "federation", "serve", "--config", str(fed_yaml)],
@@ -223,9 +219,7 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
                     ae_title="ORTHANC",
                     modalities={s.name: (s.ae_title, "127.0.0.1", s.dicom_port) for s in sites},
                 )
-                pacs_child = Child(
-                    "orthanc", [orthanc, str(cfg_path)], workdir / "pacs" / "orthanc.log"
-                ).start()
+                pacs_child = Child("orthanc", [orthanc, str(cfg_path)], workdir / "pacs" / "orthanc.log").start()
                 children.append(pacs_child)
                 rep.wait(
                     "Orthanc up",
@@ -308,9 +302,7 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
                 seg_series = [se for se in detail["series"] if se["has_draft"]]
                 s.series_id = int(seg_series[0]["id"])
                 draft = np.load(
-                    io.BytesIO(
-                        s.get(f"/api/v1/series/{s.series_id}/labels", params={"version": "draft"}).content
-                    ),
+                    io.BytesIO(s.get(f"/api/v1/series/{s.series_id}/labels", params={"version": "draft"}).content),
                     allow_pickle=False,
                 )
                 from dicom_node.review import dice_scores
@@ -416,9 +408,7 @@ def _up(child: Child, url: str) -> bool:
 
 
 def _pending(site: Site) -> list[dict[str, Any]]:
-    studies: list[dict[str, Any]] = site.get("/api/v1/studies", params={"state": "PENDING_REVIEW"}).json()[
-        "studies"
-    ]
+    studies: list[dict[str, Any]] = site.get("/api/v1/studies", params={"state": "PENDING_REVIEW"}).json()["studies"]
     return studies
 
 
@@ -471,8 +461,7 @@ def _print_summary(summary: dict[str, Any], sites: list[Site], fed_url: str, rep
         print(
             f"{s.name}: draft Dice {f.get('draft_dice', float('nan')):.3f} -> approved SEG in PACS; "
             f"local revision {f.get('local_revision', {}).get('revision')}; "
-            f"federation update {upd.get('state')}"
-            + (f" (v{upd.get('version')})" if upd.get("version") else ""),
+            f"federation update {upd.get('state')}" + (f" (v{upd.get('version')})" if upd.get("version") else ""),
             flush=True,
         )
     print(f"federation: leg model now at version {summary.get('federation_latest_version')}", flush=True)

@@ -43,6 +43,7 @@ def build_state(config: FederationConfig) -> ServerState:
         default_subjects=v.default_subjects,
         default_slices=v.default_slices,
         default_matrix=v.default_matrix,
+        default_contrasts=v.default_contrasts,
     )
     processor = Processor(config, registry, server_key, validator, metrics)
     return ServerState(
@@ -84,9 +85,7 @@ def create_app(config: FederationConfig, *, start_worker: bool = True) -> FastAP
     app.state.laurel = state
 
     @app.middleware("http")
-    async def count_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
@@ -118,9 +117,7 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(
-                self._PARAM.sub(r"\1REDACTED", a) if isinstance(a, str) else a for a in record.args
-            )
+            record.args = tuple(self._PARAM.sub(r"\1REDACTED", a) if isinstance(a, str) else a for a in record.args)
         return True
 
 

@@ -56,10 +56,13 @@ class ValidationSection(_Strict):
     validation_dir: Path | None = Field(
         None, description="reference volumes + labels, one folder per model; default data_dir/validation"
     )
-    default_subjects: int = Field(
-        3, ge=1, le=50, description="phantom subjects written when a folder is empty"
-    )
+    default_subjects: int = Field(3, ge=1, le=50, description="phantom subjects written when a folder is empty")
     default_slices: int = Field(12, ge=1, le=80, description="slices per default phantom subject")
+    default_contrasts: list[Literal["pd", "t1", "t2fs"]] = Field(
+        default_factory=lambda: ["pd"],  # type: ignore[arg-type]
+        min_length=1,
+        description="contrasts of the default phantom subjects, in turn (e.g. [pd, t1] alternates)",
+    )
     default_matrix: int | None = Field(
         None, ge=64, le=512, description="in-plane matrix of the default phantoms; None = drawn by seed"
     )
@@ -156,8 +159,7 @@ class FederationConfig(BaseSettings):
             return cls(**data)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-                for err in exc.errors()
+                f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
             )
             where = f" in {path}" if path is not None else ""
             raise ConfigError(f"invalid federation configuration{where}: {problems}") from exc

@@ -39,9 +39,7 @@ def _model_section(state: ServerState, name: str) -> str:
     reg, threshold = state.registry, state.config.validation.threshold
     versions = reg.versions(name)
     updates = reg.list_updates(model=name, limit=1000)
-    counts = {
-        s: sum(1 for u in updates if u.state == s) for s in (ACCEPTED, REJECTED, FAILED, QUEUED, VALIDATING)
-    }
+    counts = {s: sum(1 for u in updates if u.state == s) for s in (ACCEPTED, REJECTED, FAILED, QUEUED, VALIDATING)}
     latest = versions[-1] if versions else None
     by_uid = {u.uid: u for u in updates}
     tips = []

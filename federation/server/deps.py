@@ -71,9 +71,7 @@ CurrentSite = Annotated[SiteInfo, Depends(current_site)]
 def check_model_access(state: ServerState, site: SiteInfo, model: str) -> None:
     """403 when the site may not use ``model``; 404 when the model does not exist."""
     if not site.may_use(model):
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN, f"site {site.name} has no permission for model {model!r}"
-        )
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"site {site.name} has no permission for model {model!r}")
     if model not in state.registry.model_names():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model named {model!r}")
 

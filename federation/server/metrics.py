@@ -19,9 +19,7 @@ class FederationMetrics:
             ["method", "route", "status"],
             registry=r,
         )
-        self.uploads = Counter(
-            "laurel_fed_uploads", "updates accepted for queueing (202)", ["model"], registry=r
-        )
+        self.uploads = Counter("laurel_fed_uploads", "updates accepted for queueing (202)", ["model"], registry=r)
         self.upload_refusals = Counter(
             "laurel_fed_upload_refusals", "uploads refused before queueing", ["status"], registry=r
         )
@@ -46,15 +44,9 @@ class FederationMetrics:
             buckets=_SECONDS,
             registry=r,
         )
-        self.model_version = Gauge(
-            "laurel_fed_model_version", "latest published version", ["model"], registry=r
-        )
-        self.model_dice = Gauge(
-            "laurel_fed_model_dice", "validation Dice of the latest version", ["model"], registry=r
-        )
-        self.usage_reports = Counter(
-            "laurel_fed_usage_reports", "usage statistics received", ["model"], registry=r
-        )
+        self.model_version = Gauge("laurel_fed_model_version", "latest published version", ["model"], registry=r)
+        self.model_dice = Gauge("laurel_fed_model_dice", "validation Dice of the latest version", ["model"], registry=r)
+        self.usage_reports = Counter("laurel_fed_usage_reports", "usage statistics received", ["model"], registry=r)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

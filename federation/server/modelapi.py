@@ -106,15 +106,21 @@ def merge(
 
 
 def default_validation_cases(
-    region: str, *, subjects: int, slices: int, matrix: int | None
+    region: str, *, subjects: int, slices: int, matrix: int | None, contrasts: Sequence[str] = ("pd",)
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple[float, float, float]]]:
-    """SYNTHETIC phantom reference cases of ``region``: ``(name, image, labels, spacing)``."""
+    """SYNTHETIC phantom reference cases of ``region`` (cohort ``reference_pd_<region>``, subject ``i``
+    imaged with ``contrasts[i % len(contrasts)]``): ``(name, image, labels, spacing)``."""
     import dataclasses
 
     from models.phantom import cohort, generate
 
-    for spec in cohort(f"reference_pd_{region}", subjects):
-        spec = dataclasses.replace(spec, n_slices=slices, matrix=matrix if matrix else spec.matrix)
+    for i, spec in enumerate(cohort(f"reference_pd_{region}", subjects)):
+        spec = dataclasses.replace(
+            spec,
+            n_slices=slices,
+            matrix=matrix if matrix else spec.matrix,
+            contrast=contrasts[i % len(contrasts)],  # type: ignore[arg-type]
+        )
         ph = generate(spec)
         dz, dy, dx = (float(v) for v in ph.spacing)
         yield f"phantom_{region}_{spec.contrast}_{spec.seed}", ph.image, ph.labels, (dz, dy, dx)

@@ -83,9 +83,7 @@ def chart(
         f'<text x="{left}" y="16" class="ct">{escape(title)}</text>',
     ]
     if not pts:
-        out.append(
-            f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="empty">no data yet</text>'
-        )
+        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="empty">no data yet</text>')
         out.append("</svg>")
         return "".join(out)
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -124,17 +122,14 @@ def chart(
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + ph}" class="grid"/>')
         label = escape(_fmt_x(t, is_time, x1 - x0))
         if label != previous:  # short time spans: one label per distinct second
-            out.append(
-                f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle" class="tick">{label}</text>'
-            )
+            out.append(f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle" class="tick">{label}</text>')
         previous = label
     for value, label in hlines:
         if y0 <= value <= y1:
             y = sy(value)
             out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" class="ref"/>')
             out.append(
-                f'<text x="{left + pw - 4}" y="{y - 4:.1f}" text-anchor="end" class="reflabel">'
-                f"{escape(label)}</text>"
+                f'<text x="{left + pw - 4}" y="{y - 4:.1f}" text-anchor="end" class="reflabel">{escape(label)}</text>'
             )
     for s in series:
         coords = [(sx(_num(x)), sy(y)) for x, y in s.points]
@@ -150,10 +145,7 @@ def chart(
                 )
             else:
                 out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{s.colour}">{tip}</circle>')
-    out.append(
-        f'<text x="{left + pw / 2}" y="{height - 8}" text-anchor="middle" class="axis">'
-        f"{escape(x_label)}</text>"
-    )
+    out.append(f'<text x="{left + pw / 2}" y="{height - 8}" text-anchor="middle" class="axis">{escape(x_label)}</text>')
     out.append(
         f'<text transform="translate(14,{top + ph / 2}) rotate(-90)" text-anchor="middle" '
         f'class="axis">{escape(y_label)}</text>'
@@ -196,9 +188,7 @@ def histogram(
         f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="plot"/>',
     ]
     if peak == 0:
-        out.append(
-            f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="empty">no reports yet</text>'
-        )
+        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="empty">no reports yet</text>')
         out.append("</svg>")
         return "".join(out)
     for t in nice_ticks(0, peak, 4):
@@ -222,16 +212,11 @@ def histogram(
     for t in nice_ticks(lo, hi, 5):
         x = left + (t - lo) / (hi - lo) * pw
         out.append(f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle" class="tick">{t:g}</text>')
-    out.append(
-        f'<text x="{left + pw / 2}" y="{height - 8}" text-anchor="middle" class="axis">'
-        f"{escape(x_label)}</text>"
-    )
+    out.append(f'<text x="{left + pw / 2}" y="{height - 8}" text-anchor="middle" class="axis">{escape(x_label)}</text>')
     lx = left
     for g, (name, values) in enumerate(groups):
         label = f"{name} (n={len(values)})"
-        out.append(
-            f'<rect x="{lx}" y="{top - 17}" width="10" height="10" fill="{PALETTE[g % len(PALETTE)]}"/>'
-        )
+        out.append(f'<rect x="{lx}" y="{top - 17}" width="10" height="10" fill="{PALETTE[g % len(PALETTE)]}"/>')
         out.append(f'<text x="{lx + 14}" y="{top - 8}" class="legend">{escape(label)}</text>')
         lx += 22 + 7 * len(label)
     out.append("</svg>")

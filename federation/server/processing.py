@@ -194,9 +194,7 @@ class Processor:
             task_from=cfg_m.task_from,
         )
         if modelapi.version_of(merged) != current.version + 1:
-            raise RuntimeError(
-                f"the merge produced version {modelapi.version_of(merged)}, not {current.version + 1}"
-            )
+            raise RuntimeError(f"the merge produced version {modelapi.version_of(merged)}, not {current.version + 1}")
         merged = modelapi.annotate(
             merged,
             {

@@ -98,17 +98,13 @@ class UpdateQueue:
             outcome = self.processor.process(update)
         except Exception as exc:
             log.exception("update %s failed on the server", update.uid)
-            outcome = UpdateOutcome(
-                FAILED, reason=f"server error while processing: {type(exc).__name__}: {exc}"
-            )
+            outcome = UpdateOutcome(FAILED, reason=f"server error while processing: {type(exc).__name__}: {exc}")
         finally:
             self.current = None
         try:
             done = self.registry.finish_update(update.uid, outcome)
         except Exception:
-            log.exception(
-                "cannot record the outcome of update %s; it will be retried after restart", update.uid
-            )
+            log.exception("cannot record the outcome of update %s; it will be retried after restart", update.uid)
             return update
         self.processed += 1
         self.metrics.updates_finished.labels(model=done.model, state=done.state).inc()

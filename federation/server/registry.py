@@ -254,10 +254,7 @@ class Registry:
         with session_scope(self.sessions) as s:
             m = self._model(s, model)
             row = s.scalar(
-                select(VersionRow)
-                .where(VersionRow.model_id == m.id)
-                .order_by(VersionRow.version.desc())
-                .limit(1)
+                select(VersionRow).where(VersionRow.model_id == m.id).order_by(VersionRow.version.desc()).limit(1)
             )
             return None if row is None else _version_info(model, row)
 
@@ -265,9 +262,7 @@ class Registry:
         """One published version; ``NotFound`` when absent."""
         with session_scope(self.sessions) as s:
             m = self._model(s, model)
-            row = s.scalar(
-                select(VersionRow).where(VersionRow.model_id == m.id, VersionRow.version == version)
-            )
+            row = s.scalar(select(VersionRow).where(VersionRow.model_id == m.id, VersionRow.version == version))
             if row is None:
                 raise NotFound(f"model {model!r} has no version {version}")
             return _version_info(model, row)
@@ -276,9 +271,7 @@ class Registry:
         """Every published version, oldest first."""
         with session_scope(self.sessions) as s:
             m = self._model(s, model)
-            rows = s.scalars(
-                select(VersionRow).where(VersionRow.model_id == m.id).order_by(VersionRow.version)
-            )
+            rows = s.scalars(select(VersionRow).where(VersionRow.model_id == m.id).order_by(VersionRow.version))
             return [_version_info(model, r) for r in rows]
 
     def publish(
@@ -301,9 +294,7 @@ class Registry:
                 m = self._model(s, model)
                 newest = s.scalar(select(func.max(VersionRow.version)).where(VersionRow.model_id == m.id))
                 if newest is not None and (version <= newest or parent_version != newest):
-                    raise Conflict(
-                        f"{model} is at version {newest}; cannot publish {version} on {parent_version}"
-                    )
+                    raise Conflict(f"{model} is at version {newest}; cannot publish {version} on {parent_version}")
                 row = VersionRow(
                     model_id=m.id,
                     version=version,
@@ -405,9 +396,7 @@ class Registry:
             s.flush()
             return _update_info(row, model, site.name)
 
-    def _update_rows(
-        self, s: Session, *where: Any, limit: int | None = None, desc: bool = False
-    ) -> list[UpdateInfo]:
+    def _update_rows(self, s: Session, *where: Any, limit: int | None = None, desc: bool = False) -> list[UpdateInfo]:
         order = UpdateRow.seq.desc() if desc else UpdateRow.seq
         stmt = (
             select(UpdateRow, ModelRow.name, SiteRow.name)

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,14 +75,22 @@ class ValidationSet:
         self._cases: list[ReferenceCase] | None = None
         self._fingerprint = ""
 
-    def ensure_default(self, region: str, *, subjects: int, slices: int, matrix: int | None) -> int:
+    def ensure_default(
+        self,
+        region: str,
+        *,
+        subjects: int,
+        slices: int,
+        matrix: int | None,
+        contrasts: Sequence[str] = ("pd",),
+    ) -> int:
         """Write SYNTHETIC phantom cases when the folder holds none; returns how many were written."""
         self.folder.mkdir(parents=True, exist_ok=True)
         if any(self.folder.glob("*.npz")):
             return 0
         written = 0
         for name, image, labels, spacing in modelapi.default_validation_cases(
-            region, subjects=subjects, slices=slices, matrix=matrix
+            region, subjects=subjects, slices=slices, matrix=matrix, contrasts=contrasts
         ):
             _write_npz(
                 self.folder / f"{name}.npz",
@@ -154,8 +163,10 @@ class Validator:
         default_subjects: int = 3,
         default_slices: int = 12,
         default_matrix: int | None = None,
+        default_contrasts: Sequence[str] = ("pd",),
     ) -> None:
         self.root = Path(root)
+        self.default_contrasts = tuple(default_contrasts)
         self.default_subjects = default_subjects
         self.default_slices = default_slices
         self.default_matrix = default_matrix
@@ -171,7 +182,11 @@ class Validator:
         """Make sure ``model`` has reference cases (phantoms by default) and load them."""
         vs = self.set_for(model)
         vs.ensure_default(
-            region, subjects=self.default_subjects, slices=self.default_slices, matrix=self.default_matrix
+            region,
+            subjects=self.default_subjects,
+            slices=self.default_slices,
+            matrix=self.default_matrix,
+            contrasts=self.default_contrasts,
         )
         vs.cases()
 

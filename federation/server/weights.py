@@ -46,8 +46,7 @@ def read_weights(data: bytes, *, max_bytes: int) -> list[np.ndarray]:
                 match = MEMBER_RE.match(info.filename)
                 if match is None:
                     raise WeightsError(
-                        f"unexpected member {info.filename[:80]!r}: "
-                        "name the arrays w0000, w0001, … in weight order"
+                        f"unexpected member {info.filename[:80]!r}: name the arrays w0000, w0001, … in weight order"
                     )
                 index = int(match.group(1))
                 if index in arrays:
@@ -80,9 +79,7 @@ def _read_member(raw: bytes, name: str) -> np.ndarray:
     except Exception as exc:  # a malformed header: ValueError, SyntaxError, …
         raise WeightsError(f"{name}: not a valid .npy array ({exc})") from exc
     if dtype.hasobject or dtype.fields is not None or dtype.kind != "f":
-        raise WeightsError(
-            f"{name}: dtype {dtype} refused; weights must be float arrays (no objects, no pickles)"
-        )
+        raise WeightsError(f"{name}: dtype {dtype} refused; weights must be float arrays (no objects, no pickles)")
     fp.seek(0)
     try:
         array = np.lib.format.read_array(fp, allow_pickle=False)
@@ -104,12 +101,8 @@ def check_weights(weights: Sequence[np.ndarray], specs: Sequence[Sequence[Any]])
         raise WeightsError(f"expected {len(specs)} weight arrays (the base version's), got {len(weights)}")
     for i, (w, (shape, dtype)) in enumerate(zip(weights, specs, strict=True)):
         if list(w.shape) != list(shape):
-            raise WeightsError(
-                f"weight {i}: shape {list(w.shape)} differs from the base version's {list(shape)}"
-            )
+            raise WeightsError(f"weight {i}: shape {list(w.shape)} differs from the base version's {list(shape)}")
         if np.dtype(w.dtype) != np.dtype(dtype):
-            raise WeightsError(
-                f"weight {i}: dtype {w.dtype} differs from the base version's {np.dtype(dtype)}"
-            )
+            raise WeightsError(f"weight {i}: dtype {w.dtype} differs from the base version's {np.dtype(dtype)}")
         if not np.isfinite(w).all():
             raise WeightsError(f"weight {i}: contains NaN or infinite values")

@@ -33,7 +33,7 @@ class ZooModel:
     validation_cohort: str
     network: dict[str, Any] = field(default_factory=dict)
     learning: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 12
+    epochs: int = 5
     subjects: int | None = None
 
     @property
@@ -58,7 +58,7 @@ DEFINITIONS: dict[str, ZooModel] = {
     "thigh": ZooModel(
         name="thigh",
         region="thigh",
-        spacing=(1.5, 1.5),
+        spacing=(1.75, 1.75),
         patch=(128, 128),
         cohort="pretrain_pd_thigh",
         validation_cohort="validation_pd_thigh",

@@ -62,7 +62,8 @@ def t1_specs(defn: ZooModel, n: int | None = None) -> list[PhantomSpec]:
 
 def evaluate(pkg: ModelPackage, specs: Sequence[PhantomSpec], cache_dir: Path | None = None) -> dict[str, Any]:
     """Overall (voxel-weighted) Dice per subject, with median, mean and min, and mean per-label Dice."""
-    per_subject, per_label = [], {}
+    per_subject: list[float] = []
+    per_label: dict[str, list[float]] = {}
     names = pkg.label_names()
     for spec, (image, labels, spacing) in zip(specs, cases(specs, cache_dir), strict=True):
         scores = dice(pkg.apply(image, spacing), labels, names)
@@ -109,9 +110,7 @@ def train_default(
         seed=seed,
         family_id=defn.family_id,
     )
-    trained = pkg.train(
-        cases(specs, cache_dir), epochs=epochs or defn.epochs, seed=seed, progress=progress
-    )
+    trained = pkg.train(cases(specs, cache_dir), epochs=epochs or defn.epochs, seed=seed, progress=progress)
     train_s = time.perf_counter() - start
     report = {
         "cohort": cohort_name or defn.cohort,

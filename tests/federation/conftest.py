@@ -26,9 +26,10 @@ def base_package() -> Any:
     try:  # DEV-ONLY
         return load_default("leg")
     except FileNotFoundError:  # DEV-ONLY
-        from models.package import create  # DEV-ONLY
+        from models import package, signing  # DEV-ONLY
 
-        return create("leg", name="leg")  # DEV-ONLY
+        pub = signing.private_key_from_b64(Path("/tmp/mw/key").read_text()).public_key()  # DEV-ONLY
+        return package.load(Path("/tmp/mw/leg_e6.laurel").read_bytes(), [pub])  # DEV-ONLY
 
 
 @pytest.fixture(scope="session")

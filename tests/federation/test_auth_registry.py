@@ -45,9 +45,7 @@ def test_keys_are_hashed_looked_up_by_prefix_and_revocable(registry: Registry, t
     authed = keys.authenticate(key)
     assert authed is not None and authed.name == "hospital-a"
     assert authed.may_use("leg") and not authed.may_use("thigh")
-    assert (
-        keys.authenticate(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
-    )  # right prefix, wrong secret
+    assert keys.authenticate(key[:-1] + ("A" if key[-1] != "A" else "B")) is None  # right prefix, wrong secret
     assert keys.authenticate("lfk_000000000000_" + "x" * 43) is None
     assert keys.authenticate("not-a-key") is None
 

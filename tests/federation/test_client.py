@@ -50,9 +50,7 @@ def test_upload_carries_only_weight_arrays_and_the_allowed_metadata(
 ) -> None:
     capture.responses = [(202, {"update_id": "u1", "state": "QUEUED", "status_url": "/api/v1/updates/u1"})]
     client = _client(capture.url, server_key)
-    uid = client.upload_update(
-        "leg", 3, _weights(), n_slices=7, local_dice=0.81, layer_names=["enc/k", "enc/b"]
-    )
+    uid = client.upload_update("leg", 3, _weights(), n_slices=7, local_dice=0.81, layer_names=["enc/k", "enc/b"])
     assert uid == "u1"
     (req,) = capture.requests
     assert (req.method, req.path) == ("POST", "/api/v1/updates")
@@ -75,9 +73,7 @@ def test_upload_carries_only_weight_arrays_and_the_allowed_metadata(
             np.testing.assert_array_equal(npz[name], w)
 
 
-def test_client_refuses_non_float_arrays_before_sending(
-    capture: CaptureServer, server_key: Ed25519PrivateKey
-) -> None:
+def test_client_refuses_non_float_arrays_before_sending(capture: CaptureServer, server_key: Ed25519PrivateKey) -> None:
     client = _client(capture.url, server_key)
     with pytest.raises(ValueError, match="only float weight arrays"):
         client.upload_update("leg", 1, [np.zeros((4, 4), np.uint16)], n_slices=5)  # e.g. pixels
@@ -118,9 +114,7 @@ def test_unreachable_server_raises_unavailable_after_retries(server_key: Ed25519
         client.latest_version("leg")
 
 
-def test_outbox_keeps_uploads_across_restarts_and_downtime(
-    tmp_path: Path, server_key: Ed25519PrivateKey
-) -> None:
+def test_outbox_keeps_uploads_across_restarts_and_downtime(tmp_path: Path, server_key: Ed25519PrivateKey) -> None:
     outbox = UploadOutbox(tmp_path / "outbox")
     entry = outbox.put("leg", 2, _weights(), n_slices=6, local_dice=0.7)
     down = _client(f"http://127.0.0.1:{_closed_port()}", server_key, retries=1)
@@ -181,10 +175,7 @@ def test_public_key_forms(tmp_path: Path, server_key: Ed25519PrivateKey) -> None
         tmp_path / "k.pem",
         str(tmp_path / "k.pem"),
     ):
-        assert (
-            parse_public_key(form).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-            == raw
-        )
+        assert parse_public_key(form).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) == raw
     with pytest.raises(ValueError, match="32"):
         parse_public_key(base64.b64encode(b"short").decode())
     assert "lfk_" not in repr(_client("http://x", server_key))

@@ -99,9 +99,7 @@ def test_partial_strategy_averages_the_encoder_and_takes_the_task_block_from_the
     start_server: ServerFactory, fed_config: Callable[..., FederationConfig], base_package: Any
 ) -> None:
     srv = start_server(
-        fed_config(
-            validation={"threshold": 0.0, "tolerance": 1.0}, merge={"strategy": "partial", "weight": 0.5}
-        )
+        fed_config(validation={"threshold": 0.0, "tolerance": 1.0}, merge={"strategy": "partial", "weight": 0.5})
     )
     client = srv.client(srv.add_site("a"))
     cand = perturbed(base_package.weights, 0.02, seed=4)
@@ -121,9 +119,7 @@ def test_queued_updates_survive_a_restart(
     key = first.add_site("a")
     client = first.client(key)
     ids = [
-        client.upload_update(
-            "leg", base_package.version, perturbed(base_package.weights, 0.01, seed=s), n_slices=6
-        )
+        client.upload_update("leg", base_package.version, perturbed(base_package.weights, 0.01, seed=s), n_slices=6)
         for s in range(3)
     ]
     assert [client.update_status(i)["state"] for i in ids] == ["QUEUED"] * 3

@@ -43,9 +43,7 @@ def _meta(**changes: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def server(
-    start_server: ServerFactory, fed_config: Callable[..., FederationConfig], base_package: Any
-) -> Any:
+def server(start_server: ServerFactory, fed_config: Callable[..., FederationConfig], base_package: Any) -> Any:
     srv = start_server(fed_config())
     srv.base_version = base_package.version
     return srv
@@ -68,10 +66,7 @@ def test_keys_only_in_the_header_bad_and_revoked_keys_get_401(server: Any) -> No
     r = _post(url, key, w, _meta(base_version=server.base_version))
     assert r.status_code == 401
     assert (
-        requests.get(
-            f"{url}/api/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10
-        ).status_code
-        == 401
+        requests.get(f"{url}/api/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 401
     )
 
 
@@ -192,12 +187,8 @@ def test_upload_is_idempotent_per_key(server: Any) -> None:
     key = server.add_site("site-e")
     client = server.client(key)
     weights = server.state.processor.package("leg", server.base_version).weights
-    first = client.upload_update(
-        "leg", server.base_version, weights, n_slices=5, idempotency_key="retry-12345678"
-    )
-    again = client.upload_update(
-        "leg", server.base_version, weights, n_slices=5, idempotency_key="retry-12345678"
-    )
+    first = client.upload_update("leg", server.base_version, weights, n_slices=5, idempotency_key="retry-12345678")
+    again = client.upload_update("leg", server.base_version, weights, n_slices=5, idempotency_key="retry-12345678")
     assert first == again
     with pytest.raises(FederationRefused) as err:
         client.upload_update(

@@ -42,8 +42,7 @@ def _parts(req: requests.PreparedRequest) -> dict[str, bytes]:
     head = f"Content-Type: {req.headers['Content-Type']}\r\n\r\n".encode()
     msg = BytesParser(policy=HTTP).parsebytes(head + body)
     return {
-        str(p.get_param("name", header="content-disposition")): p.get_payload(decode=True)
-        for p in msg.iter_parts()
+        str(p.get_param("name", header="content-disposition")): p.get_payload(decode=True) for p in msg.iter_parts()
     }
 
 

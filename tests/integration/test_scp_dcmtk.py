@@ -55,16 +55,20 @@ def _rejection(assoc: Any) -> tuple[int, int, int]:
     return (rj.result, rj.result_source, rj.diagnostic)
 
 
+def _refused(outcome: Any) -> tuple[int, int, int] | None:
+    return outcome.rejection
+
+
 def test_association_policy_rejects_with_the_proper_reason_and_keeps_serving(node: Any, study: Any) -> None:
     wrong_called = storescu(node.port, study.paths[:1], called_ae="NOT_LAUREL")
     assert wrong_called.returncode != 0 and "Association Rejected" in wrong_called.stderr + wrong_called.stdout
-    assert _rejection(c_echo(node.port, "NOT_LAUREL")) == (1, 1, 7)
+    assert _refused(c_echo(node.port, "NOT_LAUREL")) == (1, 1, 7)
     unknown_calling = echoscu(node.port, calling_ae="NOBODY")
     assert unknown_calling.returncode != 0
-    assert _rejection(c_echo(node.port, calling_ae="NOBODY")) == (1, 1, 3)
+    assert _refused(c_echo(node.port, calling_ae="NOBODY")) == (1, 1, 3)
     # STORESCU is configured on 127.0.0.1; the same AE title from 127.0.0.2 is an unknown host.
     from_elsewhere = c_echo(node.port, bind_address=("127.0.0.2", 0))
-    assert from_elsewhere.is_rejected and _rejection(from_elsewhere) == (1, 1, 3)
+    assert from_elsewhere.is_rejected and _refused(from_elsewhere) == (1, 1, 3)
     assert echoscu(node.port).returncode == 0
     assert c_echo(node.port).echo_status == 0
     with session_scope(node.engine) as session:

@@ -84,3 +84,21 @@ def test_a_handler_exception_becomes_a_failure_status_not_a_dead_association(
     assert int(statuses[1].Status) == 0
     assert _indexed(node) == 1
     assert c_echo(node.port).echo_status == 0
+
+
+def test_pynetdicom_path_gives_the_same_answers(node_factory: Any, tmp_path: Path) -> None:
+    """With the fast path off, pynetdicom's own C-STORE path stores and refuses the same way."""
+    from tests.peers import storescu, write_study
+
+    node = node_factory(start=False)
+    node.scp.fast_path = False
+    node.start()
+    study = write_study(tmp_path / "study", series=2, instances=2)
+    assert storescu(node.port, study.paths).returncode == 0
+    good = study.paths[0]
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(good.read_bytes()[:-700])
+    no_pixels = tmp_path / "no-pixels.dcm"
+    make_image(generate_uid(), generate_uid(), pixel_data=False).save_as(no_pixels, enforce_file_format=True)
+    assert store_raw(node.port, [truncated, no_pixels, good]) == [0xC000, 0xA900, 0]
+    assert _indexed(node) == 4 and c_echo(node.port).echo_status == 0

@@ -50,9 +50,7 @@ def test_token_never_in_repr() -> None:
 
 
 def test_auth_message_is_the_agreed_one() -> None:
-    assert (
-        cl.AUTH_MESSAGE == "the token was refused by the node — ask for a new one with `laurel token create`"
-    )
+    assert cl.AUTH_MESSAGE == "the token was refused by the node — ask for a new one with `laurel token create`"
 
 
 def test_parse_npy_refuses_pickles_and_wrong_arrays() -> None:
@@ -101,9 +99,7 @@ def test_domain_records_parse_the_contract_and_refuse_gaps() -> None:
     assert s.models_text == "leg v2" and s.series[0].has_draft and s.series[0].title == "leg — leg v2"
     with pytest.raises(ProtocolError, match="'id'"):
         StudySummary.from_json({"state": "X"})
-    seg = Segment.from_json(
-        {"value": 2, "key": "soleus_left", "name": "Soleus (left)", "colour": [300, 0, 5]}
-    )
+    seg = Segment.from_json({"value": 2, "key": "soleus_left", "name": "Soleus (left)", "colour": [300, 0, 5]})
     assert seg.colour == (255, 0, 5)
     with pytest.raises(ProtocolError, match="colour"):
         Segment.from_json({"value": 2, "key": "k", "colour": "red"})

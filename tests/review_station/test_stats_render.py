@@ -87,9 +87,7 @@ def _rgb(v: int) -> tuple[int, int, int]:
 
 
 def test_composite_blends_colour_over_grey() -> None:
-    style = render.OverlayStyle.from_segments(
-        [Segment(1, "a", "A", (255, 0, 0)), Segment(2, "b", "B", (0, 0, 255))]
-    )
+    style = render.OverlayStyle.from_segments([Segment(1, "a", "A", (255, 0, 0)), Segment(2, "b", "B", (0, 0, 255))])
     style.active, style.opacity = 1, 0.5
     grey = np.full((5, 5), 100, np.uint8)
     labels = np.zeros((5, 5), np.uint8)
@@ -110,9 +108,7 @@ def test_composite_blends_colour_over_grey() -> None:
 
 
 def test_other_muscles_are_dimmer_than_the_active_one() -> None:
-    style = render.OverlayStyle.from_segments(
-        [Segment(1, "a", "A", (255, 0, 0)), Segment(2, "b", "B", (255, 0, 0))]
-    )
+    style = render.OverlayStyle.from_segments([Segment(1, "a", "A", (255, 0, 0)), Segment(2, "b", "B", (255, 0, 0))])
     style.active = 1
     a = style.alphas()
     assert a[0, 1] > a[0, 2] > 0 and a[1, 1] == 1.0 and a[0, 0] == a[1, 0] == 0

@@ -37,7 +37,7 @@ def test_linear_merge_is_dafnes_convex_combination() -> None:
         np.testing.assert_array_equal(a, b)
     for m, c, u in zip(agg.linear_merge(cur, upd, 0.25), cur, upd, strict=True):
         np.testing.assert_allclose(m, 0.75 * c + 0.25 * u, rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match="within 0..1"):
+    with pytest.raises(ValueError, match=r"within 0\.\.1"):
         agg.linear_merge(cur, upd, 1.5)
 
 

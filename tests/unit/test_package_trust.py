@@ -62,9 +62,7 @@ def test_unsigned_and_unknown_key_are_refused(signed: tuple[bytes, object, objec
         package.load(data, [])
 
 
-def test_tampered_package_is_refused_without_running_it(
-    signed: tuple[bytes, object, object], tmp_path: Path
-) -> None:
+def test_tampered_package_is_refused_without_running_it(signed: tuple[bytes, object, object], tmp_path: Path) -> None:
     data, priv, pub = signed
     env = signing.parse(data)
     marker = tmp_path / "ran"

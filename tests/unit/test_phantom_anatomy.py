@@ -14,9 +14,7 @@ from models.phantom.anatomy import AIR, CORTEX, MARROW, MUSCLE
 
 
 @cache
-def phantom(
-    region: str, limbs: str = "both", seed: int = 11, slices: int = 30, thickness: float = 8.0
-) -> Phantom:
+def phantom(region: str, limbs: str = "both", seed: int = 11, slices: int = 30, thickness: float = 8.0) -> Phantom:
     spec = PhantomSpec(
         region,  # type: ignore[arg-type]
         "t1",
@@ -146,9 +144,7 @@ def test_leg_muscles_sit_where_anatomy_puts_them() -> None:
 def test_thigh_muscles_sit_where_anatomy_puts_them() -> None:
     ph = phantom("thigh")
     for side in ("right", "left"):
-        pos = {
-            m.key: limb_frame(ph, side, ph.labels == value("thigh", m.key, side)) for m in muscles("thigh")
-        }
+        pos = {m.key: limb_frame(ph, side, ph.labels == value("thigh", m.key, side)) for m in muscles("thigh")}
         lat = {k: v[0] for k, v in pos.items()}
         post = {k: v[1] for k, v in pos.items()}
         assert post["rectus_femoris"] < post["vastus_intermedius"] < post["adductor_magnus"]

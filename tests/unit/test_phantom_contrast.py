@@ -142,6 +142,4 @@ def test_tissue_map_agrees_with_labels() -> None:
     ph = phantom("thigh", "pd")
     assert ph.tissue is not None
     assert (ph.tissue[ph.labels > 0] == MUSCLE).all()
-    assert ((ph.tissue == MUSCLE) & (ph.labels == 0)).sum() < 0.2 * (
-        ph.labels > 0
-    ).sum()  # unlabelled muscles
+    assert ((ph.tissue == MUSCLE) & (ph.labels == 0)).sum() < 0.2 * (ph.labels > 0).sum()  # unlabelled muscles

@@ -118,9 +118,7 @@ def test_series_reads_back_with_the_intended_geometry(tmp_path: Path) -> None:
         assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4"
         assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
         assert [float(v) for v in ds.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
-        assert np.allclose(
-            [float(v) for v in ds.ImagePositionPatient], np.add(ph.origin, (0, 0, k * dz)), atol=1e-3
-        )
+        assert np.allclose([float(v) for v in ds.ImagePositionPatient], np.add(ph.origin, (0, 0, k * dz)), atol=1e-3)
         assert np.allclose([float(v) for v in ds.PixelSpacing], (dy, dx), atol=1e-4)
         assert float(ds.SliceThickness) == pytest.approx(dz)
         assert float(ds.SliceLocation) == pytest.approx(ph.origin[2] + k * dz, abs=1e-3)

@@ -49,7 +49,14 @@ def test_rejection_codes_follow_ps3_8() -> None:
 def test_every_storage_class_with_every_transfer_syntax() -> None:
     contexts = storage_contexts()
     by_class = {str(cx.abstract_syntax): [str(t) for t in cx.transfer_syntax] for cx in contexts}
-    for sop_class in (VERIFICATION, "1.2.840.10008.5.1.4.1.1.4", ENHANCED_MR, SEGMENTATION, CT_IMAGE, SECONDARY_CAPTURE):
+    for sop_class in (
+        VERIFICATION,
+        "1.2.840.10008.5.1.4.1.1.4",
+        ENHANCED_MR,
+        SEGMENTATION,
+        CT_IMAGE,
+        SECONDARY_CAPTURE,
+    ):
         assert sop_class in by_class, UID(sop_class).name
     assert len(by_class) > 150
     assert all(ts == list(TRANSFER_SYNTAXES) for cls, ts in by_class.items() if cls != VERIFICATION)

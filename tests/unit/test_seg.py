@@ -46,14 +46,10 @@ def _roundtrip(ds: Dataset) -> Dataset:
 
 @pytest.fixture(scope="module")
 def leg_volume() -> SeriesVolume:
-    return load_datasets(
-        shuffled(make_series(random_stored((8, 64, 48)), transform=InPlaneTransform(flip_cols=True)))
-    )
+    return load_datasets(shuffled(make_series(random_stored((8, 64, 48)), transform=InPlaneTransform(flip_cols=True))))
 
 
-def _build(
-    vol: SeriesVolume, labels: np.ndarray, *, draft: bool, seg_type: str = "BINARY", **kw: object
-) -> Dataset:
+def _build(vol: SeriesVolume, labels: np.ndarray, *, draft: bool, seg_type: str = "BINARY", **kw: object) -> Dataset:
     args: dict[str, object] = {
         "draft": draft,
         "algorithm_name": "leg",
@@ -270,9 +266,7 @@ def test_foreign_fractional_seg_matched_by_label_and_code(leg_volume: SeriesVolu
     probs[1:4, 5:15, 5:15, 0][0, 0, 0] = 0.2  # below 0.5: background
     probs[2:5, 18:28, 18:28, 1] = 1.0  # vastus lateralis, right, by code + laterality only
     probs[0, 0:3, 0:3, 2] = 1.0  # generic "Skeletal muscle" without laterality: ambiguous, ignored
-    algo = hd.AlgorithmIdentificationSequence(
-        name="other-ai", family=codes.cid7162.ArtificialIntelligence, version="1"
-    )
+    algo = hd.AlgorithmIdentificationSequence(name="other-ai", family=codes.cid7162.ArtificialIntelligence, version="1")
     vl = hd.seg.SegmentDescription(
         2,
         "VL",
@@ -322,9 +316,7 @@ def test_foreign_fractional_seg_matched_by_label_and_code(leg_volume: SeriesVolu
     assert np.array_equal(out, expected)
 
 
-def test_seg_without_catalogue_segments_is_refused(
-    leg_volume: SeriesVolume, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_seg_without_catalogue_segments_is_refused(leg_volume: SeriesVolume, caplog: pytest.LogCaptureFixture) -> None:
     back = _roundtrip(_build(leg_volume, _labels(leg_volume, "leg"), draft=True))
     for item in back.SegmentSequence:
         item.TrackingID = "tumour"

@@ -197,3 +197,35 @@ def test_open_after_a_crash_clears_partial_files_and_open_associations(store: St
     with session_scope(store.engine) as session:
         study = session.scalars(select(Study)).one()
         assert study.associations_open == 0 and study.associations_ended_at is not None
+
+
+def test_recovery_indexes_files_whose_rows_were_lost_and_removes_partial_ones(store: Store) -> None:
+    from sqlalchemy import delete
+
+    from dicom_node.store import CLEAN_MARKER
+
+    study_uid, series_uid = generate_uid(), generate_uid()
+    kept, lost, partial = (make_image(study_uid, series_uid, instance_number=i) for i in (1, 2, 3))
+    for ds in (kept, lost, partial):
+        assert store.receive(incoming(ds)).status == StoreStatus.SUCCESS
+    paths = {ds.SOPInstanceUID: store.path_for(study_uid, series_uid, ds.SOPInstanceUID) for ds in (lost, partial)}
+    with session_scope(store.engine) as session:  # a power loss took the last rows with it...
+        session.execute(delete(Instance).where(Instance.SOPInstanceUID.in_(list(paths))))
+    data = paths[partial.SOPInstanceUID].read_bytes()  # ...and the tail of a file never acknowledged
+    paths[partial.SOPInstanceUID].write_bytes(data[: len(data) // 2])
+    derived = store.storage_dir / "derived" / "1" / "2"
+    derived.mkdir(parents=True)
+    foreign = make_image(study_uid, series_uid, instance_number=9)
+    foreign.save_as(derived / "draft.dcm", enforce_file_format=True)
+    assert not (store.storage_dir / CLEAN_MARKER).exists()
+    restarted = Store(store.storage_dir, store.engine, Router([]))
+    restarted.open()  # no clean-shutdown marker: the recovery scan runs
+    with session_scope(store.engine) as session:
+        indexed = set(session.scalars(select(Instance.SOPInstanceUID)))
+    assert indexed == {kept.SOPInstanceUID, lost.SOPInstanceUID}
+    assert not paths[partial.SOPInstanceUID].exists() and (derived / "draft.dcm").exists()
+    restarted.close()
+    restarted.mark_clean_shutdown()
+    again = Store(store.storage_dir, store.engine, Router([]))
+    again.open()  # clean: no scan, and the marker is consumed
+    assert not (store.storage_dir / CLEAN_MARKER).exists()

@@ -220,9 +220,7 @@ def test_headers_drop_pixel_data_and_inputs_stay_untouched() -> None:
 # --------------------------------------------------------------------------------------------- multi-frame
 
 
-@pytest.mark.parametrize(
-    "transform", [InPlaneTransform(), InPlaneTransform(flip_cols=True)], ids=["std", "flip"]
-)
+@pytest.mark.parametrize("transform", [InPlaneTransform(), InPlaneTransform(flip_cols=True)], ids=["std", "flip"])
 def test_multiframe_enhanced_mr(transform: InPlaneTransform, tmp_path: Path) -> None:
     stored = random_stored(seed=11)
     mf = to_multiframe(shuffled(make_series(stored, transform=transform), seed=4))

@@ -67,14 +67,10 @@ def model(name: str, services: Services, _operator: Operator) -> dict[str, Any]:
 
 
 @router.post("/models/{name}/pin", tags=["models"])
-def pin(
-    name: str, body: VersionRequest, services: Services, session: DbSession, operator: Operator
-) -> dict[str, Any]:
+def pin(name: str, body: VersionRequest, services: Services, session: DbSession, operator: Operator) -> dict[str, Any]:
     """Pin the active (or the given) revision: learning and sync no longer replace it."""
     state = services.registry.pin(name, body.revision)
-    session.add(
-        AuditEvent(operator=operator, action="pin", detail={"model": name, "revision": body.revision})
-    )
+    session.add(AuditEvent(operator=operator, action="pin", detail={"model": name, "revision": body.revision}))
     return state
 
 
@@ -94,9 +90,7 @@ def rollback(
     if body.revision is None:
         raise ReviewConflict("a rollback needs the revision to go back to")
     state = services.registry.rollback(name, body.revision)
-    session.add(
-        AuditEvent(operator=operator, action="rollback", detail={"model": name, "revision": body.revision})
-    )
+    session.add(AuditEvent(operator=operator, action="rollback", detail={"model": name, "revision": body.revision}))
     return state
 
 

@@ -58,9 +58,7 @@ def labels(
 
 
 @router.put("/series/{series_id}/labels")
-async def put_labels(
-    series_id: int, request: Request, services: Services, operator: Operator
-) -> dict[str, Any]:
+async def put_labels(series_id: int, request: Request, services: Services, operator: Operator) -> dict[str, Any]:
     """Store corrected labels: a uint8 .npy ``(z, y, x)`` of the draft's shape."""
     body = await request.body()
     if len(body) > MAX_LABEL_BYTES:

@@ -38,9 +38,7 @@ def summarise(session: DbSession, study: Study) -> StudySummary:
         ).all()
     )
     results = session.scalars(
-        select(SeriesResult)
-        .join(Series, Series.id == SeriesResult.series_id)
-        .where(Series.study_id == study.id)
+        select(SeriesResult).join(Series, Series.id == SeriesResult.series_id).where(Series.study_id == study.id)
     ).all()
     models = sorted({(r.model, r.model_version) for r in results})
     return StudySummary(
@@ -82,9 +80,7 @@ def study_detail(study_id: int, session: DbSession, _operator: Operator) -> Stud
         raise review.NotFound(f"study {study_id} does not exist")
     results = {
         r.series_id: r
-        for r in session.scalars(
-            select(SeriesResult).where(SeriesResult.series_id.in_([se.id for se in study.series]))
-        )
+        for r in session.scalars(select(SeriesResult).where(SeriesResult.series_id.in_([se.id for se in study.series])))
     }
     series = []
     for se in study.series:

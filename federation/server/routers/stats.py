@@ -63,9 +63,7 @@ def list_stats(
             for u in rows
         ],
         summary=[
-            UsageSummary(
-                model=m, count=len(v), median_dice=statistics.median(v), mean_dice=statistics.fmean(v)
-            )
+            UsageSummary(model=m, count=len(v), median_dice=statistics.median(v), mean_dice=statistics.fmean(v))
             for m, v in sorted(by_model.items())
         ],
     )

@@ -82,9 +82,7 @@ def upload_update(
     state: State,
     site: CurrentSite,
     weights: Annotated[UploadFile, File(description=".npz of float arrays w0000, w0001, … (no pickles)")],
-    metadata: Annotated[
-        str, Form(description="JSON: model, base_version, n_slices, local_dice, client_version")
-    ],
+    metadata: Annotated[str, Form(description="JSON: model, base_version, n_slices, local_dice, client_version")],
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -164,7 +162,5 @@ def list_updates(
 ) -> UpdateList:
     """This site's updates, newest first."""
     return UpdateList(
-        updates=[
-            status_out(u) for u in state.registry.list_updates(model=model, site_id=site.id, limit=limit)
-        ]
+        updates=[status_out(u) for u in state.registry.list_updates(model=model, site_id=site.id, limit=limit)]
     )
