@@ -6,12 +6,13 @@ whole ``storescu`` run (association, 500 C-STOREs, release), the same client and
 Every target receives 128 KiB PDUs and TCP_NODELAY=1. Afterwards it checks that each target really holds
 the 500 images, then prints images/s (best and median of the rounds) and the ratios of medians.
 
-* node: the Laurel DICOM spine (``dicom_node.node.Node``: SCP, fsync'd storage, SQLite WAL index with
-  ``synchronous=FULL``, completion scan, job workers) in its own process, as ``laurel serve`` runs it;
+* node: the Laurel DICOM spine (``dicom_node.node.Node``: SCP with its C-STORE fast path, files and their
+  folders fsync'd before Success, SQLite WAL index, completion scan, job workers) in its own process, as
+  ``laurel serve`` runs it (without the segmentation workflow, which does not touch ingest);
 * DCMTK storescp: writes files, no fsync, no index;
 * Orthanc: its SQLite index and storage area (``SyncStorageArea`` fsync on, the default).
 
-Usage: ``python benchmarks/ingest.py [--images 500] [--rounds 3]``  (``make bench``)
+Usage: ``python benchmarks/ingest.py [--images 500] [--rounds 5]``  (``make bench``)
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def rate(count: int, seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--serve-node", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_node:
@@ -206,7 +207,7 @@ def main() -> None:
             f"{PDU // 1024} KiB PDUs, {args.rounds} interleaved rounds, {os.cpu_count()} CPUs"
         )
         labels = {
-            "node": "node (fsync'd files + SQLite WAL FULL index)",
+            "node": "Laurel node (fsync'd files + index)",
             "storescp": "DCMTK storescp (files, no fsync, no index)",
             "orthanc": f"{version} (index + SyncStorageArea)",
         }

@@ -1,8 +1,9 @@
 """Screenshot the federation dashboard with headless Chromium (Debian ``chromium``), no network needed.
 
 ``python scripts/screenshot_dashboard.py [--out docs/img/federation_dashboard.png]`` starts a federation
-server on a free loopback port with a fresh data folder, lets two sites send updates (some accepted, one
-rejected) and usage statistics, then loads ``/dashboard`` in Chromium and writes the PNG.
+server on a free loopback port with a fresh data folder (reference set: one PD and one T1 phantom), lets two
+sites learn from their T1 phantoms and send the updates (one deliberately broken, hence rejected) and usage
+statistics, then loads ``/dashboard`` in Chromium and writes the PNG.
 
 The helpers (:func:`chromium`, :func:`populate`) are used by tests/federation/test_dashboard_browser.py.
 """
@@ -71,26 +72,45 @@ def _noisy(weights: list[np.ndarray], scale: float, seed: int) -> list[np.ndarra
     return [(w * (1.0 + scale * rng.standard_normal(w.shape))).astype(w.dtype) for w in weights]
 
 
-def populate(server: Any, base: Any, *, updates: int = 6) -> None:
-    """A small history: two sites send updates (one of them broken, hence rejected) and usage statistics."""
-    from federation.client import FederationClient
+def populate(server: Any, base: Any, *, updates: int = 6, learn: bool = False) -> None:
+    """A short history from two sites: updates (one of them broken, hence rejected) and usage statistics.
 
-    clients = [
-        FederationClient(server.url, server.state.keys.add_site(name)[1], server.state.server_key.public_key)
+    With ``learn`` each update is a real learning step on the site's own T1 phantom (as a node does after
+    an approval; seconds each); otherwise the current weights with small noise (fast, for tests).
+    """
+    import dataclasses
+
+    from federation.client import FederationClient
+    from models.metrics import dice
+    from models.phantom import cohort, generate
+
+    sites = {
+        name: FederationClient(server.url, server.state.keys.add_site(name)[1], server.state.server_key.public_key)
         for name in ("hospital-a", "hospital-b")
-    ]
+    }
+    cohorts = {"hospital-a": "site_a_t1_leg", "hospital-b": "site_b_t1_leg"}
     rng = np.random.default_rng(7)
     for i in range(updates):
-        client = clients[i % 2]
+        name = list(sites)[i % 2]
+        client = sites[name]
         version = client.latest_version(base.name)
         assert version is not None
         pkg = server.state.processor.package(base.name, version)
-        weights = _noisy(pkg.weights, 0.002, seed=i)
+        local = float(np.clip(rng.normal(0.82, 0.06), 0, 1))
+        n_slices = int(rng.integers(5, 20))
+        if learn:
+            spec = cohort(cohorts[name], i // 2 + 1)[-1]
+            ph = generate(dataclasses.replace(spec, n_slices=6))
+            local = dice(pkg.apply(ph.image, ph.spacing), ph.labels, [lab["value"] for lab in pkg.labels])["overall"]
+            weights, n_slices = pkg.learn(ph.image, ph.labels, ph.spacing).weights, 6
+        else:
+            weights = _noisy(pkg.weights, 0.002, seed=i)
         if i == updates // 2:  # a broken update: its output layer votes background everywhere
             weights[pkg.weight_names.index("head_conv/bias")][0] += 1000.0
-        uid = client.upload_update(base.name, version, weights, n_slices=int(rng.integers(5, 20)))
+        uid = client.upload_update(base.name, version, weights, n_slices=n_slices, local_dice=local)
         client.wait_for_update(uid, timeout=600, poll=0.1)
-        for _ in range(3):
+        client.post_stats(base.name, version, local, n_slices=n_slices)
+        for _ in range(2):
             client.post_stats(base.name, version, float(np.clip(rng.normal(0.82, 0.06), 0, 1)), n_slices=12)
 
 
@@ -99,6 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "federation_dashboard.png")
     parser.add_argument("--updates", type=int, default=6)
+    parser.add_argument("--no-learn", action="store_true", help="perturbed weights instead of learning steps")
     args = parser.parse_args()
 
     from federation.server.app import BackgroundServer
@@ -110,15 +131,20 @@ def main() -> None:
         cfg = FederationConfig.load(
             None,
             server={"data_dir": tmp, "port": 0},
-            validation={"default_subjects": 1, "default_slices": 6},
+            validation={
+                "default_subjects": 2,
+                "default_slices": 6,
+                "default_contrasts": ["pd", "t1"],
+                "tolerance": 0.05,
+            },
             models=[],
         )
         server = BackgroundServer(cfg, host="127.0.0.1", port=0)
         server.state.processor.publish_initial(base.name, base)
         server.start()
         try:
-            populate(server, base, updates=args.updates)
-            chromium(f"{server.url}/dashboard", screenshot=args.out)
+            populate(server, base, updates=args.updates, learn=not args.no_learn)
+            chromium(f"{server.url}/dashboard", screenshot=args.out, window=(1400, 1900))
         finally:
             server.stop()
     print(f"wrote {args.out}")

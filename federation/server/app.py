@@ -80,6 +80,8 @@ def create_app(config: FederationConfig, *, start_worker: bool = True) -> FastAP
         title="Laurel federation server",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load scripts from a CDN; /openapi.json stays
+        redoc_url=None,
         description="Validates, merges and publishes what the sites learn (weights only, never images).",
     )
     app.state.laurel = state

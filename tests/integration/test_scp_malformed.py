@@ -102,3 +102,39 @@ def test_pynetdicom_path_gives_the_same_answers(node_factory: Any, tmp_path: Pat
     make_image(generate_uid(), generate_uid(), pixel_data=False).save_as(no_pixels, enforce_file_format=True)
     assert store_raw(node.port, [truncated, no_pixels, good]) == [0xC000, 0xA900, 0]
     assert _indexed(node) == 4 and c_echo(node.port).echo_status == 0
+
+
+def test_disk_full_answers_out_of_resources_and_the_association_goes_on(
+    node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from dicom_node import store as store_module
+
+    real_write_all = store_module._write_all
+    calls = {"n": 0}
+
+    def disk_full_once(fd: int, data: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # in the middle of the first instance's dataset
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(store_module, "_write_all", disk_full_once)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    statuses = store_datasets(node.port, [make_image(study_uid, series_uid, instance_number=i) for i in (1, 2)])
+    assert [int(s.Status) for s in statuses] == [StoreStatus.OUT_OF_RESOURCES, 0]
+    assert statuses[0].ErrorComment == "out of disk space"
+    assert _indexed(node) == 1 and len(_files(node)) == 1
+
+
+def test_stored_files_are_as_valid_as_what_was_sent(node: Any, tmp_path: Path) -> None:
+    from pydicom import dcmread
+
+    from tests.peers import dciodvfy, storescu, write_study
+
+    study = write_study(tmp_path / "study", series=1, instances=1)
+    assert storescu(node.port, study.paths).returncode == 0
+    (stored,) = _files(node)
+    assert dcmread(stored).file_meta.SourceApplicationEntityTitle == "STORESCU"
+    assert set(dciodvfy(stored)) <= set(dciodvfy(study.paths[0]))  # our file meta adds no error

@@ -91,7 +91,10 @@ def test_transfer_syntax_is_stored_as_received(
         instance = session.scalars(select(Instance)).one()
         stored = Path(instance.path)
         assert instance.TransferSyntaxUID == ts
-    assert _dataset_bytes(stored) == _dataset_bytes(path)  # byte for byte as the sender encoded it
+    received, sent = _dataset_bytes(stored), _dataset_bytes(path)
+    if name == "deflated" and len(sent) % 2:
+        sent += b"\x00"  # an odd deflate stream travels padded to even length (PS3.5 A.5)
+    assert received == sent  # byte for byte as the sender encoded it
     decoded = dcmread(stored).pixel_array  # decode on demand (pylibjpeg / openjpeg / rle)
     if lossless:
         assert np.array_equal(decoded, original)
