@@ -13,7 +13,7 @@ Each segment carries
   from StudyInstanceUID + key (stable between the draft and the approved SEG of one study),
 * RecommendedDisplayCIELabValue from the catalogue colour, algorithm identification = model name + version.
 
-Drafts: SegmentAlgorithmType AUTOMATIC, SeriesDescription "UNREVIEWED AI DRAFT – <model> v<version>",
+Drafts: SegmentAlgorithmType AUTOMATIC, SeriesDescription "UNREVIEWED AI DRAFT - <model> v<version>",
 ContentLabel "AIDRAFT". Approved: SEMIAUTOMATIC, ContentCreatorName = operator, ContentLabel "MUSCLES", no
 "draft" anywhere. Frames reference the source images (highdicom derives this from ``source_images``).
 
@@ -59,13 +59,18 @@ def _code(value: tuple[str, str, str]) -> Any:
 
 
 def _lo(text: str) -> str:
-    """Fit a string into a DICOM LO value (64 characters)."""
-    return text if len(text) <= _LO_MAX else text[: _LO_MAX - 1] + "…"
+    """Fit a string into a DICOM LO value: at most 64 bytes once encoded (validators count bytes of UTF-8)."""
+    if len(text.encode("utf-8")) <= _LO_MAX:
+        return text
+    cut = text
+    while len(cut.encode("utf-8")) > _LO_MAX - 3:
+        cut = cut[:-1]
+    return cut + "..."
 
 
 def draft_series_description(algorithm_name: str, algorithm_version: str) -> str:
     """SeriesDescription of a draft SEG."""
-    return _lo(f"UNREVIEWED AI DRAFT – {algorithm_name} v{algorithm_version}")
+    return _lo(f"UNREVIEWED AI DRAFT - {algorithm_name} v{algorithm_version}")
 
 
 def approved_series_description(algorithm_name: str, algorithm_version: str, operator: str) -> str:

@@ -166,6 +166,7 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     children: list[Child] = []
+    stops: list[Callable[[], None]] = []
     summary: dict[str, Any] = {"workdir": str(workdir)}
     print("Laurel demo — every image here is a SYNTHETIC phantom; no patient data is used.\n", flush=True)
     try:
@@ -233,6 +234,8 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
                 from dicom_node.demo.standin import StandInPacs
 
                 pacs_store = StandInPacs("ORTHANC", pacs_port, workdir / "pacs").start()
+                stops.append(pacs_store.stop)
+                rep.note(f"stand-in PACS: DICOM 127.0.0.1:{pacs_port}")
 
         # 3. Two nodes.
         with rep.step("Starting two Laurel nodes (SCP + API + jobs)"):
@@ -400,6 +403,8 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
         if not keep:
             for child in reversed(children):
                 child.stop()
+            for stop in stops:
+                stop()
 
 
 def _up(child: Child, url: str) -> bool:

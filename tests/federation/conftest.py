@@ -23,13 +23,7 @@ def base_package() -> Any:
     """The shipped leg model (the federation's version history starts from it)."""
     from models.zoo import load_default
 
-    try:  # DEV-ONLY
-        return load_default("leg")
-    except FileNotFoundError:  # DEV-ONLY
-        from models import package, signing  # DEV-ONLY
-
-        pub = signing.private_key_from_b64(Path("/tmp/mw/key").read_text()).public_key()  # DEV-ONLY
-        return package.load(Path("/tmp/mw/leg_e6.laurel").read_bytes(), [pub])  # DEV-ONLY
+    return load_default("leg")
 
 
 @pytest.fixture(scope="session")

@@ -75,6 +75,8 @@ def test_serve_bootstraps_from_the_zoo_and_stops_on_sigterm(
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells how the process ended
+    assert proc.returncode in (0, -15), out
+    assert "Application shutdown complete" in out
     assert key not in out and key.split("_", 2)[2] not in out
     assert "bootstrapped leg" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -12,7 +13,7 @@ from models import package, signing
 from models.cli import model_app
 from models.metrics import dice
 from models.phantom import cohort, generate
-from models.zoo import DEFINITIONS, ZOO_DIR, definition, load_default, manifest
+from models.zoo import DEFINITIONS, MANIFEST, ZOO_DIR, definition, load_default, manifest
 
 
 @pytest.mark.parametrize("name", sorted(DEFINITIONS))
@@ -41,7 +42,7 @@ def test_unknown_default_model_is_refused() -> None:
         load_default("arm")
 
 
-def test_cli_list_and_show(tmp_path: object) -> None:
+def test_cli_list_and_show() -> None:
     runner = CliRunner()
     listed = runner.invoke(model_app, ["list", "--json"])
     assert listed.exit_code == 0, listed.output
@@ -55,3 +56,20 @@ def test_cli_list_and_show(tmp_path: object) -> None:
     assert info["name"] == "leg" and info["zoo"] is True and info["payload_sha256"]
     missing = runner.invoke(model_app, ["show", "/nonexistent/model.laurel"])
     assert missing.exit_code == 2
+
+
+@pytest.mark.slow
+def test_cli_train_writes_a_package_outside_the_zoo_without_registering_it(tmp_path: Path) -> None:
+    before = MANIFEST.read_bytes()
+    out = tmp_path / "leg-small.laurel"
+    args = ["train", "--region", "leg", "--cohort", "pretrain_pd_leg", "--out", str(out)]
+    result = CliRunner().invoke(model_app, [*args, "--subjects", "1", "--epochs", "1", "--validation-subjects", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["package"]["size"] == out.stat().st_size
+    assert set(report["report"]) >= {"dice_pd", "dice_t1", "train_seconds"}
+    info = package.read_manifest(out.read_bytes())
+    assert info["version"] == 1 and info["zoo"] is False  # not trusted: it is not the shipped file
+    assert MANIFEST.read_bytes() == before
+    bad = CliRunner().invoke(model_app, ["train", "--region", "arm", "--out", str(out)])
+    assert bad.exit_code == 2

@@ -83,7 +83,7 @@ def test_marking_of_draft_and_approved(leg_volume: SeriesVolume, draft: bool) ->
     algo = back.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert algo.AlgorithmFamilyCodeSequence[0].CodeMeaning == "Artificial Intelligence"
     if draft:
-        assert back.SeriesDescription == "UNREVIEWED AI DRAFT – leg v7"
+        assert back.SeriesDescription == "UNREVIEWED AI DRAFT - leg v7"
         assert back.ContentLabel == DRAFT_CONTENT_LABEL
         assert "unreviewed" in back.ContentDescription.lower()
         assert summary["algorithm_type"] == "AUTOMATIC"
