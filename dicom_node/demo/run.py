@@ -192,7 +192,7 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
                 s.name: _run([*laurel_command(), "federation", "add-site", s.name, "--config", str(fed_yaml)])
                 for s in sites
             }
-            pubkey = _run([*laurel_command(), "federation", "public-key", "--config", str(fed_yaml)]).splitlines()[-1]
+            pubkey = _run([*laurel_command(), "federation", "keygen", "--config", str(fed_yaml)]).splitlines()[-1]
             fed = Child(
                 "federation",
                 [*laurel_command(), "federation", "serve", "--config", str(fed_yaml)],
@@ -379,12 +379,16 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
                 rep.note(
                     f"{s.name}: update {status.get('state')} "
                     + (f"as version {status.get('version')}" if status.get("version") else "")
-                    + (f" (Dice {status['dice']:.3f})" if status.get("dice") is not None else "")
+                    + (
+                        f" (validation Dice {status['merged_dice'] or status['candidate_dice']:.3f})"
+                        if (status.get("merged_dice") or status.get("candidate_dice")) is not None
+                        else ""
+                    )
                     + (f" — {status.get('reason')}" if status.get("reason") else "")
                 )
         with rep.step("Both nodes pull the newest shared version"):
             latest = requests.get(
-                f"{fed_url}/api/v1/models/leg", headers={"X-API-Key": keys[sites[0].name]}, timeout=30
+                f"{fed_url}/api/v1/models/leg", headers={"Authorization": f"Bearer {keys[sites[0].name]}"}, timeout=30
             ).json()
             newest = int(latest.get("latest_version") or 0)
             for s in sites:
@@ -398,13 +402,27 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
             summary["federation_latest_version"] = newest
         summary["sites"] = {s.name: {k: v for k, v in s.facts.items() if k != "approved_at"} for s in sites}
         _print_summary(summary, sites, fed_url, rep)
+        if keep:
+            _wait_for_interrupt()
         return summary
     finally:
-        if not keep:
-            for child in reversed(children):
-                child.stop()
-            for stop in stops:
-                stop()
+        for child in reversed(children):
+            child.stop()
+        for stop in stops:
+            stop()
+
+
+def _wait_for_interrupt() -> None:
+    """Block until Ctrl+C (SIGINT) or SIGTERM."""
+    import signal
+    import threading
+
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    print("servers running; Ctrl+C stops them", flush=True)
+    while not done.wait(1.0):
+        pass
 
 
 def _up(child: Child, url: str) -> bool:
@@ -448,7 +466,9 @@ def _done_job(site: Site, kind: str) -> dict[str, Any] | None:
 def _terminal(fed_url: str, keys: dict[str, str], site: str, update_id: str | None) -> dict[str, Any] | None:
     if update_id is None:
         raise RuntimeError(f"{site}: the upload job recorded no update id")
-    r = requests.get(f"{fed_url}/api/v1/updates/{update_id}", headers={"X-API-Key": keys[site]}, timeout=10)
+    r = requests.get(
+        f"{fed_url}/api/v1/updates/{update_id}", headers={"Authorization": f"Bearer {keys[site]}"}, timeout=10
+    )
     body: dict[str, Any] = r.json()
     return body if body.get("state") in ("ACCEPTED", "REJECTED", "FAILED") else None
 
@@ -471,10 +491,10 @@ def _print_summary(summary: dict[str, Any], sites: list[Site], fed_url: str, rep
         )
     print(f"federation: leg model now at version {summary.get('federation_latest_version')}", flush=True)
     print(f"total time: {time.monotonic() - rep.t0:.1f} s\n", flush=True)
-    print("Next steps:", flush=True)
-    print(f"  review station:  .venv/bin/laurel review --node {sites[0].api} --token <token>", flush=True)
+    print("Next steps (with `laurel demo --keep` the servers keep running until Ctrl+C):", flush=True)
     print(
-        "                   (run `laurel demo --keep` to keep the processes running; tokens in the demo log)",
+        f"  review station:  .venv/bin/laurel review --node {sites[0].api} --token {sites[0].token}",
         flush=True,
     )
+    print("                   (a token of the demo profile only; real nodes: `laurel token create`)", flush=True)
     print(f"  dashboard:       {fed_url}/dashboard", flush=True)
