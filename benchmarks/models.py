@@ -12,12 +12,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# this file is called models.py: put the repository (the `models` package) ahead of benchmarks/
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks")]
 
 TARGET_SLICES_PER_S = 20.0
 TARGET_LEARN_S = 30.0

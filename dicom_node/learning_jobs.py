@@ -109,6 +109,7 @@ def upload(services: NodeServices, payload: dict[str, Any]) -> dict[str, Any]:
             pkg.weights,
             n_slices=int(payload["n_slices"]),
             local_dice=float(payload["local_dice"]),
+            idempotency_key=f"{services.config.node.ae_title}:{rev.sha256}",  # a retry never merges twice
         )
     except FederationRefused as exc:
         services.metrics.federation_uploads.labels(outcome="refused").inc()

@@ -68,9 +68,7 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def parse_npy(
-    data: bytes, *, dtype: type | None = None, ndim: int | None = None, what: str = "array"
-) -> np.ndarray:
+def parse_npy(data: bytes, *, dtype: type | None = None, ndim: int | None = None, what: str = "array") -> np.ndarray:
     """Read an ``.npy`` body, refusing pickles and anything but the expected dtype and dimensions."""
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
@@ -85,9 +83,7 @@ def parse_npy(
     return arr
 
 
-def _floats3(
-    header: str | None, name: str, default: tuple[float, float, float] | None
-) -> tuple[float, float, float]:
+def _floats3(header: str | None, name: str, default: tuple[float, float, float] | None) -> tuple[float, float, float]:
     if header is None:
         if default is None:
             raise InvalidResponse(f"the node's volume answer lacks the {name} header")
@@ -142,9 +138,7 @@ class NodeClient:
             self._adopt(session)
 
     def _adopt(self, session: requests.Session) -> requests.Session:
-        retry = Retry(
-            total=2, connect=2, read=0, status=0, other=0, backoff_factor=0.2, allowed_methods={"GET"}
-        )
+        retry = Retry(total=2, connect=2, read=0, status=0, other=0, backoff_factor=0.2, allowed_methods={"GET"})
         session.mount("http://", HTTPAdapter(max_retries=retry))
         session.mount("https://", HTTPAdapter(max_retries=retry))
         self._local.session = session
@@ -298,9 +292,7 @@ class NodeClient:
 
     def approve(self, study_id: int, comment: str | None = None) -> dict[str, Any]:
         """``POST /api/v1/studies/{id}/approve``; the operator is the token's."""
-        body = self._json(
-            "POST", f"/api/v1/studies/{int(study_id)}/approve", json={"comment": comment or None}
-        )
+        body = self._json("POST", f"/api/v1/studies/{int(study_id)}/approve", json={"comment": comment or None})
         return body if isinstance(body, dict) else {"result": body}
 
     def reject(self, study_id: int, reason: str) -> dict[str, Any]:

@@ -77,9 +77,7 @@ class RejectDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Reject study")
         lay = QVBoxLayout(self)
-        info = QLabel(
-            f"<b>Reject {study_text}?</b><p>Nothing of it will be sent to the PACS or learnt from.</p>"
-        )
+        info = QLabel(f"<b>Reject {study_text}?</b><p>Nothing of it will be sent to the PACS or learnt from.</p>")
         info.setWordWrap(True)
         lay.addWidget(info)
         lay.addWidget(QLabel("Reason (required):"))
@@ -91,9 +89,7 @@ class RejectDialog(QDialog):
         self.reject_button = QPushButton("Reject")
         self.buttons.addButton(self.reject_button, QDialogButtonBox.AcceptRole)
         self.reject_button.setEnabled(False)
-        self.reason.textChanged.connect(
-            lambda: self.reject_button.setEnabled(0 < len(self.reason_text()) <= MAX_TEXT)
-        )
+        self.reason.textChanged.connect(lambda: self.reject_button.setEnabled(0 < len(self.reason_text()) <= MAX_TEXT))
         self.buttons.accepted.connect(self._accept_if_reason)
         self.buttons.rejected.connect(self.reject)
         lay.addWidget(self.buttons)

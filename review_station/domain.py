@@ -127,8 +127,7 @@ class StudySummary:
     def from_json(cls, d: Mapping[str, Any]) -> StudySummary:
         """Parse a ``StudySummary`` (with ``series`` if present)."""
         models = tuple(
-            ModelRef(str(_req(m, "name", "model reference")), _opt_int(m.get("version")))
-            for m in d.get("models") or ()
+            ModelRef(str(_req(m, "name", "model reference")), _opt_int(m.get("version"))) for m in d.get("models") or ()
         )
         series = tuple(SeriesSummary.from_json(s) for s in d.get("series") or ())
         return cls(

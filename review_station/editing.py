@@ -119,9 +119,7 @@ class EditSession:
         """Continue the stroke to ``point`` (y, x); returns the box covered by this segment."""
         if self._stroke is None:
             return None
-        box = tools.stroke(
-            self.labels[self._stroke_z], self._stroke_last, point, self._stroke_radius, **self._stroke
-        )
+        box = tools.stroke(self.labels[self._stroke_z], self._stroke_last, point, self._stroke_radius, **self._stroke)
         self._stroke_last = (float(point[0]), float(point[1]))
         return box
 
@@ -152,9 +150,7 @@ class EditSession:
         for z, s in sorted(new.items()):
             self._check_z(z)
             if s.shape != self.labels.shape[1:] or s.dtype != np.uint8:
-                raise ValueError(
-                    f"slice {z + 1}: expected uint8 {self.labels.shape[1:]}, got {s.dtype} {s.shape}"
-                )
+                raise ValueError(f"slice {z + 1}: expected uint8 {self.labels.shape[1:]}, got {s.dtype} {s.shape}")
             diffs.append(diff_slice(z, self.labels[z], s))
             self.labels[z] = s
         return self.history.record(description, diffs)

@@ -52,9 +52,7 @@ def load_local(volume: Path, labels: Path | None = None) -> tuple[Volume, np.nda
             lab_arr = lmeta["labels"]
             spacing = spacing or _spacing(lmeta)
             if "label_values" in lmeta and "label_keys" in lmeta:
-                keys = {
-                    int(v): str(k) for v, k in zip(lmeta["label_values"], lmeta["label_keys"], strict=True)
-                }
+                keys = {int(v): str(k) for v, k in zip(lmeta["label_values"], lmeta["label_keys"], strict=True)}
         if lab_arr.shape != arr.shape:
             raise ValueError(f"labels {lab_arr.shape} and volume {arr.shape} differ in shape")
         if lab_arr.dtype != np.uint8:

@@ -347,9 +347,7 @@ class MainWindow(QMainWindow):
         except (OSError, ValueError) as exc:
             self.show_error("Cannot open the files", exc)
             return
-        summary = SeriesSummary(
-            0, "", volume.name, "MR", vol.image.shape[0], None, None, "", None, True, False
-        )
+        summary = SeriesSummary(0, "", volume.name, "MR", vol.image.shape[0], None, None, "", None, True, False)
         self.open_study_id = None
         self.local_path = labels
         self.review.load(None, [SeriesData(summary, EditSession(vol.image, lab, vol.spacing), segments)],
@@ -362,9 +360,7 @@ class MainWindow(QMainWindow):
         vol, _ = QFileDialog.getOpenFileName(self, "Volume (.npy, float (z, y, x))", "", "NumPy (*.npy)")
         if not vol:
             return
-        lab, _ = QFileDialog.getOpenFileName(
-            self, "Labels (optional)", str(Path(vol).parent), "Labels (*.npy *.npz)"
-        )
+        lab, _ = QFileDialog.getOpenFileName(self, "Labels (optional)", str(Path(vol).parent), "Labels (*.npy *.npz)")
         self.open_local(Path(vol), Path(lab) if lab else None)
 
     def ask_save_local(self) -> None:

@@ -211,9 +211,7 @@ class ToolPanel(QWidget):
             item = QListWidgetItem(colour_icon(s.colour), f"{s.name}  [{s.value}]")
             item.setData(Qt.ItemDataRole.UserRole, s.value)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(
-                Qt.CheckState.Unchecked if hidden and s.value in hidden else Qt.CheckState.Checked
-            )
+            item.setCheckState(Qt.CheckState.Unchecked if hidden and s.value in hidden else Qt.CheckState.Checked)
             self.muscles.addItem(item)
             if s.value == active:
                 self.muscles.setCurrentItem(item)

@@ -65,9 +65,7 @@ def muscle_statistics(
         n = int(counts[seg.value])
         if n == 0:
             nan = math.nan
-            rows.append(
-                MuscleStats(seg.value, seg.key, seg.name, 0, 0, 0.0, nan, nan, nan, nan, nan, nan, nan)
-            )
+            rows.append(MuscleStats(seg.value, seg.key, seg.name, 0, 0, 0.0, nan, nan, nan, nan, nan, nan, nan))
             continue
         mask = labels == seg.value
         values = image[mask].astype(np.float64)

@@ -33,9 +33,7 @@ def _check_labels(labels: np.ndarray, ndim: tuple[int, ...] = (2, 3)) -> None:
     if labels.dtype != np.uint8:
         raise TypeError(f"label arrays are uint8, got {labels.dtype}")
     if labels.ndim not in ndim:
-        raise ValueError(
-            f"expected a label array with {' or '.join(map(str, ndim))} dimensions, got {labels.ndim}"
-        )
+        raise ValueError(f"expected a label array with {' or '.join(map(str, ndim))} dimensions, got {labels.ndim}")
 
 
 def _check_value(value: int) -> None:
@@ -291,9 +289,7 @@ def interpolate(
     m0, m1 = labels[z0] == label, labels[z1] == label
     if not m0.any() or not m1.any():
         empty = z0 if not m0.any() else z1
-        raise ValueError(
-            f"slice {empty + 1} does not contain this muscle: interpolation needs it on both ends"
-        )
+        raise ValueError(f"slice {empty + 1} does not contain this muscle: interpolation needs it on both ends")
     d0, d1 = signed_distance(m0, sampling), signed_distance(m1, sampling)
     targets = range(z0 + 1, z1) if slices is None else [z for z in slices if z0 < z < z1]
     out = labels.copy()
@@ -359,9 +355,7 @@ def register_slices(
     reg2.SetMetricSamplingStrategy(reg2.RANDOM)
     reg2.SetMetricSamplingPercentage(0.2, seed)
     reg2.SetInterpolator(sitk.sitkLinear)
-    reg2.SetOptimizerAsLBFGSB(
-        gradientConvergenceTolerance=1e-5, numberOfIterations=20, maximumNumberOfCorrections=5
-    )
+    reg2.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=20, maximumNumberOfCorrections=5)
     reg2.SetShrinkFactorsPerLevel([4])
     reg2.SetSmoothingSigmasPerLevel([1.0])
     reg2.SetMovingInitialTransform(affine)
@@ -395,11 +389,7 @@ def propagate(
     n = labels.shape[0]
     if not (0 <= z_from < n and 0 <= z_to < n) or z_from == z_to:
         raise ValueError(f"need two different slices within 1..{n}, got {z_from + 1} and {z_to + 1}")
-    src = (
-        labels[z_from]
-        if label is None
-        else np.where(labels[z_from] == label, labels[z_from], 0).astype(np.uint8)
-    )
+    src = labels[z_from] if label is None else np.where(labels[z_from] == label, labels[z_from], 0).astype(np.uint8)
     if not src.any():
         raise ValueError(f"slice {z_from + 1} has nothing to propagate")
     transform = register_slices(image[z_to], image[z_from], spacing=spacing, method=method)

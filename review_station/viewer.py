@@ -445,11 +445,7 @@ class SliceCanvas(QWidget):
         self.paint_count += 1
 
     def _paint_cursor(self, p: QPainter) -> None:
-        if (
-            self._mouse is None
-            or self.tool not in ("paint", "erase")
-            or self._drag in ("window", "pan", "zoom")
-        ):
+        if self._mouse is None or self.tool not in ("paint", "erase") or self._drag in ("window", "pan", "zoom"):
             return
         y, x = self.widget_to_image(self._mouse)
         r = self.radius

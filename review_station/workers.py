@@ -38,9 +38,7 @@ class Task(QRunnable):
 
     def run(self) -> None:
         try:
-            result = self.fn(
-                lambda text, done, total: self.signals.progress.emit(text, int(done), int(total))
-            )
+            result = self.fn(lambda text, done, total: self.signals.progress.emit(text, int(done), int(total)))
         except Exception as exc:
             log.info("task %s failed: %s", self.name, type(exc).__name__)
             self.signals.failed.emit(exc)

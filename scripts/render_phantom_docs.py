@@ -108,9 +108,7 @@ def render_labels(region: str, out: Path) -> Path:
         for e in labels
         if e.side == "right"
     ]
-    ax.legend(
-        handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, title="right/left value"
-    )
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, title="right/left value")
     fig.subplots_adjust(0, 0, 0.72, 1)
     path = out / f"phantom_{region}_labels.png"
     fig.savefig(path)
@@ -125,16 +123,12 @@ def render_fat(out: Path) -> Path:
     fat = {"soleus_right": 0.6, "gastrocnemius_medialis_right": 0.35, "gastrocnemius_medialis_left": 0.8}
     panels = []
     for infiltration in ({}, fat):
-        ph = generate(
-            PhantomSpec("leg", "t1", SEEDS["leg"], n_slices=30, matrix=432, fat_infiltration=infiltration)
-        )
+        ph = generate(PhantomSpec("leg", "t1", SEEDS["leg"], n_slices=30, matrix=432, fat_infiltration=infiltration))
         k = _slice_at(ph, LEVEL["leg"])
         rows, cols = _crop(ph, k)
         panels.append(ph.image[k][rows, cols])
     hi = float(np.percentile(panels[0], 99.5))
-    fig, axes = plt.subplots(
-        1, 2, figsize=(13, 13 * panels[0].shape[0] / panels[0].shape[1] / 2 + 0.3), dpi=90
-    )
+    fig, axes = plt.subplots(1, 2, figsize=(13, 13 * panels[0].shape[0] / panels[0].shape[1] / 2 + 0.3), dpi=90)
     for ax, img, title in zip(axes, panels, ("healthy", "fatty replacement (labels unchanged)"), strict=True):
         ax.imshow(img, cmap="gray", vmin=0, vmax=hi, interpolation="nearest")
         _stamp(ax, f"leg T1 · {title}")

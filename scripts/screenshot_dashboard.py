@@ -110,15 +110,16 @@ def populate(server: Any, base: Any, *, updates: int = 6, learn: bool = False) -
         uid = client.upload_update(base.name, version, weights, n_slices=n_slices, local_dice=local)
         client.wait_for_update(uid, timeout=600, poll=0.1)
         client.post_stats(base.name, version, local, n_slices=n_slices)
-        for _ in range(2):
-            client.post_stats(base.name, version, float(np.clip(rng.normal(0.82, 0.06), 0, 1)), n_slices=12)
+        if not learn:  # without learning there is no draft to measure: plausible numbers to draw
+            for _ in range(2):
+                client.post_stats(base.name, version, float(np.clip(rng.normal(0.82, 0.06), 0, 1)), n_slices=12)
 
 
 def main() -> None:
     """Build a server with a short history and screenshot its dashboard."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "federation_dashboard.png")
-    parser.add_argument("--updates", type=int, default=6)
+    parser.add_argument("--updates", type=int, default=8)
     parser.add_argument("--no-learn", action="store_true", help="perturbed weights instead of learning steps")
     args = parser.parse_args()
 

@@ -74,10 +74,7 @@ class LimbAnatomy:
     def max_extent(self, t: np.ndarray) -> dict[str, float]:
         """Largest skin-surface half-widths (mm) over the levels ``t``, with outline bumps and rotation."""
         bump = 1.0 + float(np.abs(self.harmonics).sum())
-        ext = {
-            k: float(interpolate(self.outline[k], t).max()) * bump
-            for k in ("a_lat", "a_med", "b_ant", "b_post")
-        }
+        ext = {k: float(interpolate(self.outline[k], t).max()) * bump for k in ("a_lat", "a_med", "b_ant", "b_post")}
         rot = np.deg2rad(abs(self.rotation_deg))
         grow = 1.0 + float(np.sin(rot)) * 0.6
         return {k: v * grow for k, v in ext.items()}
@@ -357,9 +354,7 @@ def render_limb(
             c3 = 4 * c**3 - 3 * c
             s3 = 3 * s_ - 4 * s_**3
             ang = 3 * b.lobe_angle
-            shape_f = 1.0 + np.float32(b.lobe_amp) * (
-                c3 * np.float32(np.cos(ang)) + s3 * np.float32(np.sin(ang))
-            )
+            shape_f = 1.0 + np.float32(b.lobe_amp) * (c3 * np.float32(np.cos(ang)) + s3 * np.float32(np.sin(ang)))
         crest = b.crest_amp
         if crest > 0:
             shape_f = shape_f + np.float32(crest) * np.exp(np.float32(9.0) * (dv / db - 1.0))

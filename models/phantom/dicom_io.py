@@ -119,14 +119,12 @@ def laterality(ph: Phantom) -> str:
     return {"both": "B", "left": "L", "right": "R"}[ph.spec.limbs]
 
 
-def common_attributes(
-    ph: Phantom, study: StudyInfo, series_number: int, series_uid_: str
-) -> dict[str, object]:
+def common_attributes(ph: Phantom, study: StudyInfo, series_number: int, series_uid_: str) -> dict[str, object]:
     """Patient, study, series, frame of reference and equipment attributes shared by every instance."""
     acq = ph.acquisition
-    series_time = (
-        dt.datetime.strptime(study.StudyTime, "%H%M%S") + dt.timedelta(minutes=4 * series_number)
-    ).strftime("%H%M%S")
+    series_time = (dt.datetime.strptime(study.StudyTime, "%H%M%S") + dt.timedelta(minutes=4 * series_number)).strftime(
+        "%H%M%S"
+    )
     attrs: dict[str, object] = {
         "SpecificCharacterSet": "ISO_IR 100",
         "PatientName": study.PatientName,

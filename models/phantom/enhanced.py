@@ -76,9 +76,7 @@ def _shared_groups(ph: Phantom, wc: float, ww: float) -> Dataset:
                 )
             ]
         ),
-        PixelValueTransformationSequence=Sequence(
-            [_item(RescaleIntercept=0, RescaleSlope=1, RescaleType="US")]
-        ),
+        PixelValueTransformationSequence=Sequence([_item(RescaleIntercept=0, RescaleSlope=1, RescaleType="US")]),
         FrameVOILUTSequence=Sequence(
             [
                 _item(
@@ -309,7 +307,5 @@ def write_enhanced(ph: Phantom, out_dir: Path, *, study: StudyInfo, series_numbe
     dcmwrite(buf, ds, enforce_file_format=True)
     path = out_dir / f"EMR{series_number:03d}.dcm"
     write_atomic(path, buf.getvalue())
-    log.info(
-        "wrote a synthetic Enhanced MR instance of %d frames (series %d) to %s", nz, series_number, out_dir
-    )
+    log.info("wrote a synthetic Enhanced MR instance of %d frames (series %d) to %s", nz, series_number, out_dir)
     return [path]

@@ -39,9 +39,7 @@ def _stream(spec: PhantomSpec, stream: int, *extra: int) -> np.random.Generator:
     return np.random.default_rng([spec.seed, 1 if spec.region == "leg" else 2, stream, *extra])
 
 
-def resolve_geometry(
-    spec: PhantomSpec, limbs: dict[str, LimbAnatomy]
-) -> tuple[Geometry, dict[str, LimbAnatomy]]:
+def resolve_geometry(spec: PhantomSpec, limbs: dict[str, LimbAnatomy]) -> tuple[Geometry, dict[str, LimbAnatomy]]:
     """Draw (or take from the spec) the sampling and place the limbs in the field of view."""
     rng = _stream(spec, 2)
     drawn_slices = int(rng.integers(20, 41))
@@ -68,9 +66,7 @@ def resolve_geometry(
     ext = {s: limbs[s].max_extent(levels) for s in sides}
     height = max(e["b_ant"] + e["b_post"] for e in ext.values())
     if spec.limbs == "both":
-        width = (
-            ext["right"]["a_lat"] + ext["right"]["a_med"] + gap + ext["left"]["a_med"] + ext["left"]["a_lat"]
-        )
+        width = ext["right"]["a_lat"] + ext["right"]["a_med"] + gap + ext["left"]["a_med"] + ext["left"]["a_lat"]
     else:
         e = ext[spec.limbs]
         width = e["a_lat"] + e["a_med"]

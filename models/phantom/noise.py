@@ -19,13 +19,10 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], cell: tuple[f
     coarse = ndimage.gaussian_filter(coarse, sig, mode="wrap")
     std = float(coarse.std()) or 1.0
     coarse /= std
-    factors = tuple(
-        (n + 2 * max(c, 1.0)) / (k - 1) for n, c, k in zip(shape, cell, coarse_shape, strict=True)
-    )
+    factors = tuple((n + 2 * max(c, 1.0)) / (k - 1) for n, c, k in zip(shape, cell, coarse_shape, strict=True))
     # sample the coarse grid at voxel centres, offset one cell in, so every voxel interpolates inside
     coords = [
-        np.arange(n, dtype=np.float32) / f + max(c, 1.0) / f
-        for n, f, c in zip(shape, factors, cell, strict=True)
+        np.arange(n, dtype=np.float32) / f + max(c, 1.0) / f for n, f, c in zip(shape, factors, cell, strict=True)
     ]
     return _separable_linear(coarse, coords)
 
