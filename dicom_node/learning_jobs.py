@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Any
@@ -109,7 +110,8 @@ def upload(services: NodeServices, payload: dict[str, Any]) -> dict[str, Any]:
             pkg.weights,
             n_slices=int(payload["n_slices"]),
             local_dice=float(payload["local_dice"]),
-            idempotency_key=f"{services.config.node.ae_title}:{rev.sha256}",  # a retry never merges twice
+            # the same key on every retry of this job: the server never merges this update twice
+            idempotency_key=hashlib.sha256(f"{services.config.node.ae_title}:{rev.sha256}".encode()).hexdigest(),
         )
     except FederationRefused as exc:
         services.metrics.federation_uploads.labels(outcome="refused").inc()
