@@ -68,8 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     to_review: list[float] = []
     to_pacs: list[float] = []
     try:
-        node.services.registry.active("leg")  # load the model once, as a running node has
+        from dicom_node.workflow import warm_models
+
+        warm_models(node.services)  # what a node does once at start, so the first study pays no graph build
+
+        def idle() -> bool:
+            jobs = requests.get(url + "/api/v1/jobs", headers=headers, timeout=30).json()["jobs"]
+            return all(j["state"] in ("DONE", "DEAD") for j in jobs)
+
         for i in range(args.repeats):
+            wait_until(idle, 600, 0.2, "the previous study's jobs (export, learning) to finish")
             ph = generate(PhantomSpec(region="leg", contrast="t1", seed=9000 + i, n_slices=40, matrix=432))
             files = write_series(ph, work / f"study{i}")
             cmd = [

@@ -65,6 +65,7 @@ class Node:
         self._api_server: Any = None
         self._api_thread: threading.Thread | None = None
         self._periodic: list[tuple[str, Callable[[], None], float]] = []
+        self._on_start: list[tuple[str, Callable[[], None]]] = []
         self._scheduler: Any = None
         self._started = False
         self._stopped = threading.Event()
@@ -84,6 +85,10 @@ class Node:
         self._periodic.append((name, fn, seconds))
         if self._scheduler is not None:
             self._schedule(name, fn, seconds)
+
+    def add_on_start(self, name: str, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once in a background thread when the node has started (e.g. warming the models)."""
+        self._on_start.append((name, fn))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -123,7 +128,16 @@ class Node:
         if self.config.api.enabled:
             self._start_api()
         self._started = True
+        for name, fn in self._on_start:
+            threading.Thread(target=self._run_once, args=(name, fn), name=f"laurel-{name}", daemon=True).start()
         logger.info("node %s started", self.config.node.ae_title)
+
+    @staticmethod
+    def _run_once(name: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception:
+            logger.exception("start-up task %s failed", name)
 
     def stop(self) -> None:
         """Stop everything in the reverse order; safe to call twice."""

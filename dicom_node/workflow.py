@@ -101,6 +101,7 @@ def attach(node: Node, services: NodeServices) -> None:
     node.add_job_handler("learn", lambda _ctx, p: learning_jobs.learn(services, p))
     node.add_job_handler("upload", lambda _ctx, p: learning_jobs.upload(services, p))
     node.add_job_handler("sync", lambda _ctx, p: learning_jobs.sync(services, p))
+    node.add_on_start("warm-models", lambda: warm_models(services))
     if services.federation is not None and node.config.federation is not None:
         interval = node.config.federation.sync_interval_seconds
 
@@ -109,6 +110,24 @@ def attach(node: Node, services: NodeServices) -> None:
             node.enqueue("sync", {}, dedupe_key=f"sync:{bucket}")
 
         node.add_periodic("federation-sync", queue_sync, interval)
+
+
+def warm_models(services: NodeServices) -> None:
+    """Load every routed model and run it once on a tiny volume, so the first study does not wait for
+    TensorFlow to build its graph (seconds on a CPU)."""
+    import numpy as np
+
+    for name in sorted({rule.model for rule in services.config.routing}):
+        try:
+            _rev, pkg = services.registry.active(name)
+        except Exception:
+            logger.exception("model %s could not be loaded", name)
+            continue
+        volume = np.zeros((2, 64, 64), dtype=np.float32)
+        volume[:, 16:48, 16:48] = 100.0
+        started = time.perf_counter()
+        pkg.apply(volume, (5.0, 1.0, 1.0))
+        logger.info("model %s warmed up in %.1f s", name, time.perf_counter() - started)
 
 
 def build_node(cfg: NodeConfig) -> Node:
