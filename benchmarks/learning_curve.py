@@ -65,8 +65,17 @@ def mixed_model(dice: np.ndarray) -> dict[str, float]:
             "dataset": np.tile(np.arange(n_sub), n_gen),
         }
     )
+    df = df[df["generation"] > 0]  # generation 0 is 0 by construction: it carries no information
     model = smf.mixedlm("rel ~ 0 + generation", df, groups=df["dataset"], re_formula="0 + generation")
-    fit = model.fit(method=["lbfgs", "powell"], reml=True)
+    fit = None
+    for method in ("lbfgs", "powell", "nm", "bfgs"):
+        try:
+            fit = model.fit(method=method, reml=True)
+            break
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            print(f"mixedlm with {method} failed ({exc}); trying the next optimiser", flush=True)
+    if fit is None:
+        raise RuntimeError("the mixed model could not be fitted with any optimiser")
     slope = float(fit.params["generation"])
     return {
         "slope": slope,
