@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from models import package, signing
-from models.package import ModelPackage, PackageCode, PackageError
+from models.code import CODE_MODULES, PackageCode
+from models.package import ModelPackage, PackageError
 from tests.helpers_models import SPACING, synthetic_limbs, tiny_package
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +67,7 @@ def test_payload_is_plain_data_with_the_code_as_source() -> None:
     globals_ = [arg for op, arg, _ in pickletools.genops(payload) if op.name in ("GLOBAL", "STACK_GLOBAL")]
     assert globals_ == [], f"payload references importable objects: {globals_}"
     state = dill.loads(payload)  # noqa: S301 - our own bytes, checked above to hold no globals
-    assert set(state["code"]) == set(package.CODE_MODULES)
+    assert set(state["code"]) == set(CODE_MODULES)
     assert "def build_network" in state["code"]["models.network"]
     assert "def learn_volume" in state["code"]["models.training"]
     again = ModelPackage.from_state(state)
