@@ -50,7 +50,7 @@ def _register() -> None:
     from review_station.cli import review
 
     node_commands.register(app)
-    review_commands.register(app)
+    review_commands.register(app, model_app)
     app.add_typer(model_app, name="model", help="segmentation models: list, show, train, pin, rollback")
     app.add_typer(federation_app, name="federation", help="the federation server and its sites")
     app.command("phantom", help="write a SYNTHETIC MR phantom series with ground-truth labels")(phantom)

@@ -6,7 +6,7 @@
 - ``upload`` {model, revision}: sends that revision's weights (never images) to the federation; the job is
   the durable outbox: it is retried with backoff while the server is down and survives restarts.
 - ``sync`` {}: pulls every newer shared version the federation published (signature checked before the
-  package is loaded); a pinned model stores it without activating it.
+  package is loaded); pinned models are skipped.
 """
 
 from __future__ import annotations
@@ -130,6 +130,8 @@ def sync(services: NodeServices, payload: dict[str, Any]) -> dict[str, Any]:
     for name in names:
         latest = client.latest_version(name)
         state = services.registry.state(name)
+        if state["pinned"]:
+            continue  # a pinned model is left alone until a person unpins it
         have = max((r["federation_version"] for r in state["revisions"] if r["source"] != "local"), default=0)
         if latest is None or latest <= have:
             continue
