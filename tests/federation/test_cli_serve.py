@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 import requests
 
 from federation.client import FederationClient
+from tests.peers import wait_until
 
 pytestmark = pytest.mark.slow  # a fresh Python with TensorFlow, and the zoo model's validation
 
@@ -57,16 +57,12 @@ def test_serve_bootstraps_from_the_zoo_and_stops_on_sigterm(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
+
+        def healthy() -> bool:
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become healthy"
-            time.sleep(0.2)
+            return requests.get(f"{url}/health", timeout=2).status_code == 200
+
+        wait_until(healthy, 240, 0.2, "the federation server to become healthy")
         client = FederationClient(url, key, public, timeout=30)
         assert client.latest_version("leg") == base_package.version
         pkg = client.download("leg")
