@@ -11,7 +11,6 @@ receives results, ``learn`` (incremental learning on the approved slices) and, f
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -228,8 +227,3 @@ def mark_exported_if_done(s: Session, study_id: int, *, running_job_id: int | No
     study = s.get(Study, study_id)
     if study is not None and study.state == StudyState.APPROVED:
         set_study_state(s, study, StudyState.EXPORTED)
-
-
-def approved_paths_exist(paths: list[str]) -> bool:
-    """Whether every approved SEG file of an export is still on disk."""
-    return all(Path(p).exists() for p in paths)
