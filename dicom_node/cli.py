@@ -63,6 +63,15 @@ def _register() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: errors a sysadmin can fix are one line and a non-zero exit, no traceback."""
+    from dicom_node.startup import explain
+
     _register()
-    app()
+    try:
+        app()
+    except Exception as exc:
+        message = explain(exc)
+        if message is None:
+            raise
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+        raise SystemExit(1) from None

@@ -51,6 +51,9 @@ class NodeSection(_Strict):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the index; default: SQLite (WAL) in storage_dir/laurel.db"
     )
+    database_busy_seconds: float = Field(
+        30.0, gt=0, le=600, description="how long a SQLite write waits for another process's lock before failing"
+    )
     settle_seconds: float = Field(10.0, gt=0, le=3600)
     completion_scan_seconds: float = Field(1.0, gt=0, le=60)
     max_associations: int = Field(8, ge=1, le=256)
@@ -61,6 +64,12 @@ class NodeSection(_Strict):
     @classmethod
     def _ae(cls, v: str) -> str:
         return validate_ae_title(v)
+
+    def engine(self) -> Any:
+        """An engine on the index (schema migrated), with this node's busy timeout."""
+        from dicom_node.db import make_engine
+
+        return make_engine(self.db_url, busy_seconds=self.database_busy_seconds)
 
     @property
     def db_url(self) -> str:

@@ -1,7 +1,12 @@
 """The node's index: SQLAlchemy 2 models of studies, series, instances and jobs.
 
 SQLite in WAL mode by default (``synchronous=FULL``: a commit is on disk when it returns), any SQLAlchemy URL
-otherwise (PostgreSQL is the tested alternative). All times are naive UTC (:func:`utcnow`).
+otherwise (PostgreSQL is the tested alternative). All times are naive UTC (:func:`utcnow`). The schema is
+created and upgraded by Alembic (:func:`migrate`, scripts in ``dicom_node/migrations``), never by
+``create_all`` on a database that already holds data.
+
+Files are recorded relative to ``node.storage_dir`` (:func:`stored_path` / :func:`resolve_path`), so a
+backup of the storage folder restored at another path works as it is.
 
 Study state changes go through :func:`set_study_state` only: it checks the transition, stamps
 ``completed_at`` / ``finished_at`` and records the reason, so a restart resumes exactly where the process
@@ -219,34 +224,161 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat() + "Z"
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cur = dbapi_connection.cursor()
+def stored_path(root: Path, path: Path | str) -> str:
+    """How the index records ``path``: relative to ``root`` (POSIX) when inside it, else absolute."""
+    path = Path(path)
     try:
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA foreign_keys=ON")
-    finally:
-        cur.close()
+        return path.resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
-def make_engine(url: str, *, create: bool = True) -> Engine:
+def resolve_path(root: Path, stored: str) -> Path:
+    """The file a recorded path names: relative paths live under ``root``; absolute ones (0.1 rows) as they are."""
+    path = Path(stored)
+    return path if path.is_absolute() else Path(root) / path
+
+
+def relativize_paths(engine: Engine, storage_dir: Path, models_dir: Path) -> int:
+    """Rewrite absolute paths recorded by Laurel 0.1 under ``storage_dir`` (``models_dir`` for packages) as
+    relative ones, so the storage folder can move; returns how many rows changed. Idempotent."""
+    from sqlalchemy import text
+
+    columns = {
+        "instance": ["path"],
+        "series_result": ["draft_labels_path", "draft_seg_path", "corrected_labels_path", "approved_seg_path"],
+        "model_revision": ["path"],
+    }
+    changed = 0
+    with engine.begin() as conn:
+        for table, names in columns.items():
+            root = (models_dir if table == "model_revision" else storage_dir).resolve().as_posix().rstrip("/") + "/"
+            for name in names:
+                result = conn.execute(
+                    # table and column names are the constants above; the values are bound
+                    text(f"UPDATE {table} SET {name} = substr({name}, :n) WHERE substr({name}, 1, :m) = :root"),  # noqa: S608
+                    {"n": len(root) + 1, "m": len(root), "root": root},
+                )
+                changed += int(result.rowcount or 0)
+    if changed:
+        logger.info("%d file paths recorded by Laurel 0.1 are now relative to the storage folder", changed)
+    return changed
+
+
+def _sqlite_pragmas(busy_seconds: float) -> Any:
+    def apply(dbapi_connection: Any, _record: Any) -> None:
+        cur = dbapi_connection.cursor()
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
+            cur.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cur.close()
+
+    return apply
+
+
+def import_table_modules() -> None:
+    """Import every module that adds tables to :class:`Base` (the metadata is complete afterwards)."""
+    import dicom_node.learning
+    import dicom_node.review_tables  # noqa: F401
+
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: The revision this code needs; a database at another revision is upgraded by :func:`migrate`.
+#: Revision ``0001`` is the schema of Laurel 0.1, which had no ``alembic_version`` table.
+HEAD_REVISION = "0002"
+_BASELINE_REVISION = "0001"
+
+
+class SchemaError(RuntimeError):
+    """The index cannot be used with this version of Laurel; the message says what to do."""
+
+
+def _alembic_config(connection: Any) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision of the index (``None``: empty; ``0001``: a 0.1 index without Alembic)."""
+    from sqlalchemy import inspect
+
+    with engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+        if "alembic_version" in tables:
+            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        return _BASELINE_REVISION if "study" in tables else None
+
+
+def migrate(engine: Engine) -> None:
+    """Create or upgrade the schema to :data:`HEAD_REVISION` with Alembic (a no-op when it is there)."""
+    from alembic import command
+
+    revision = current_revision(engine)
+    if revision == HEAD_REVISION:
+        return
+    with engine.begin() as conn:
+        cfg = _alembic_config(conn)
+        if revision is None:
+            # An empty database: create the head schema and record it (what Alembic advises; the test
+            # suite checks that the migrations from empty give exactly this schema).
+            import_table_modules()
+            Base.metadata.create_all(conn)
+            command.stamp(cfg, "head")
+            return
+        if revision == _BASELINE_REVISION and not _has_version_table(conn):
+            command.stamp(cfg, _BASELINE_REVISION)  # a 0.1 index: its tables are revision 0001
+        try:
+            command.upgrade(cfg, "head")
+        except Exception as exc:
+            if "Can't locate revision" in str(exc):
+                raise SchemaError(
+                    f"the index is at schema revision {revision}, which this version of Laurel does not know "
+                    f"(it needs {HEAD_REVISION}); it was written by a newer Laurel: upgrade Laurel"
+                ) from exc
+            raise
+    logger.info("index schema upgraded from %s to %s", revision or "empty", HEAD_REVISION)
+
+
+def _has_version_table(conn: Any) -> bool:
+    from sqlalchemy import inspect
+
+    return "alembic_version" in inspect(conn).get_table_names()
+
+
+def make_engine(url: str, *, create: bool = True, busy_seconds: float = 30.0) -> Engine:
     """An engine for ``url``; SQLite gets WAL, ``synchronous=FULL``, a busy timeout and foreign keys.
 
-    With ``create`` the folder of a SQLite file and the tables are created (idempotent).
+    With ``create`` the folder of a SQLite file is created and the schema migrated to the head revision.
+    ``busy_seconds``: how long a SQLite statement waits for another process's write lock before it fails.
     """
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"future": True}
     if parsed.get_backend_name() == "sqlite":
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_seconds}
         database = parsed.database
         if create and database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, **kwargs)
     if parsed.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(busy_seconds))
     if create:
-        Base.metadata.create_all(engine)
+        try:
+            migrate(engine)
+        except Exception as exc:
+            engine.dispose()
+            from dicom_node.startup import StartupError, explain
+
+            message = explain(exc, url)
+            if message is not None and not isinstance(exc, SchemaError):
+                raise StartupError(message) from exc
+            raise
     return engine
 
 

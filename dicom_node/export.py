@@ -13,6 +13,9 @@ association), sets TCP_NODELAY, sends each object and checks every response:
 
 Idempotent: each delivered SOP Instance UID is checkpointed in the job, so a retry sends only what is
 still missing, and the dedupe key (peer + the sorted paths) keeps the same outbox from being queued twice.
+A crash between the peer's Success and the checkpoint sends that object once more, with the same SOP
+Instance UID: a PACS keeps one copy (Orthanc and DCMTK's storescp do; the restart tests count them).
+Paths in the payload are relative to ``node.storage_dir`` (absolute ones, from 0.1 jobs, work as they are).
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from dicom_node.config import NodeConfig, Peer
-from dicom_node.db import Job
+from dicom_node.db import Job, resolve_path
 from dicom_node.fastnet import set_nodelay
-from dicom_node.jobs import Handler, JobContext, PermanentJobError, enqueue
+from dicom_node.jobs import Handler, JobContext, PermanentJobError, enqueue, fault_point
 from dicom_node.metrics import NodeMetrics
 
 if TYPE_CHECKING:
@@ -249,14 +252,17 @@ def export_handler(config: NodeConfig, metrics: NodeMetrics | None = None) -> Ha
         objects: list[ObjectToSend] = []
         for raw in payload.get("paths", []):
             try:
-                obj = describe(raw)
+                obj = describe(resolve_path(config.node.storage_dir, str(raw)))
             except ValueError as exc:
                 raise PermanentJobError(str(exc)) from exc
             if obj.sop_instance_uid not in sent:
                 objects.append(obj)
         started = time.perf_counter()
 
+        fault_point("export.before_send", ctx)
+
         def stored(obj: ObjectToSend, status: int) -> None:
+            fault_point("export.after_send", ctx)
             sent.add(obj.sop_instance_uid)
             ctx.checkpoint({"sent": sorted(sent)})
             if metrics is not None:

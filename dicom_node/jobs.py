@@ -13,7 +13,11 @@ retention  ``{}``                                 :func:`dicom_node.retention.re
 Lifecycle: ``QUEUED`` → ``RUNNING`` → ``DONE``; a handler exception → ``FAILED`` with ``next_run_at`` after an
 exponential backoff with full jitter (``uniform(0, min(max, base * 2**attempts))``), claimed again when due;
 after ``max_attempts`` attempts, or at once for :class:`PermanentJobError`, → ``DEAD`` (a dead letter that a
-person can requeue with ``laurel requeue JOB_ID``). A job is claimed with
+person can requeue with ``laurel requeue JOB_ID``); a kind may register what a dead letter means for the
+rest of the state (``on_dead``: e.g. a dead ``segment`` job marks its study FAILED with the reason).
+:class:`JobDeferred` puts a job back for a while without spending an attempt (the resource it needs is
+busy: e.g. another job holds the model's learning lease); :class:`JobInterrupted` (or a fault point reached
+while the node stops) puts it back at once. A job is claimed with
 ``UPDATE job SET state='RUNNING' WHERE id=? AND state=<as read>`` (exactly one claimer sees rowcount 1, on
 SQLite and PostgreSQL alike). Jobs left RUNNING by a crash go back to QUEUED when the runner starts (one
 runner process per database, as ``laurel serve`` runs it).
@@ -51,6 +55,25 @@ class JobInterrupted(Exception):
     """Raised by a handler that stopped because the node stops: queued again, no attempt spent."""
 
 
+class JobDeferred(Exception):
+    """Raised by a handler that cannot run yet (a resource is busy): queued again after ``delay`` seconds,
+    no attempt spent."""
+
+    def __init__(self, reason: str, delay: float = 5.0) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+def fault_point(name: str, ctx: JobContext) -> None:
+    """A named fault point inside a job (see :mod:`models.faults`); a stop while held interrupts the job."""
+    from models.faults import FaultInterrupted, reach
+
+    try:
+        reach(name, ctx.stop_event)
+    except FaultInterrupted as exc:
+        raise JobInterrupted(str(exc)) from exc
+
+
 @dataclass
 class JobContext:
     """What a handler gets besides its payload."""
@@ -80,6 +103,8 @@ class JobContext:
 
 
 Handler = Callable[[JobContext, dict[str, Any]], dict[str, Any] | None]
+#: Called with the session, the job's payload and its last error when a job becomes a dead letter.
+DeadHandler = Callable[[Session, dict[str, Any], str], None]
 
 
 def enqueue(
@@ -155,7 +180,9 @@ def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random | N
     return (rng or random).uniform(0, ceiling)
 
 
-def recover_interrupted(session: Session, max_attempts: int) -> int:
+def recover_interrupted(
+    session: Session, max_attempts: int, dead_handlers: Mapping[str, DeadHandler] | None = None
+) -> int:
     """Jobs left RUNNING by a crash: back to QUEUED, or DEAD when they have used all their attempts."""
     now = utcnow()
     count = 0
@@ -165,6 +192,8 @@ def recover_interrupted(session: Session, max_attempts: int) -> int:
             job.state = JobState.DEAD
             job.last_error = f"interrupted by a node stop or crash on each of {job.attempts} attempts"
             job.finished_at = now
+            if dead_handlers and job.kind in dead_handlers:
+                dead_handlers[job.kind](session, dict(job.payload or {}), job.last_error)
         else:
             job.state = JobState.QUEUED
             job.next_run_at = now
@@ -189,6 +218,7 @@ class JobRunner:
     ) -> None:
         self.engine = engine
         self.handlers: dict[str, Handler] = dict(handlers or {})
+        self.dead_handlers: dict[str, DeadHandler] = {}
         self.config = config or JobsSection()
         self.metrics = metrics
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
@@ -201,6 +231,10 @@ class JobRunner:
         self.handlers[kind] = handler
         self.notify()
 
+    def on_dead(self, kind: str, handler: DeadHandler) -> None:
+        """What a dead letter of ``kind`` means for the rest of the state (run in the DEAD transaction)."""
+        self.dead_handlers[kind] = handler
+
     def notify(self) -> None:
         """Something was queued: look now instead of at the next poll."""
         self._wake.set()
@@ -208,7 +242,7 @@ class JobRunner:
     def start(self) -> None:
         """Recover interrupted jobs and start the workers."""
         with session_scope(self.engine) as session:
-            recover_interrupted(session, self.config.max_attempts)
+            recover_interrupted(session, self.config.max_attempts, self.dead_handlers)
         self._stop.clear()
         for n in range(self.config.workers):
             thread = threading.Thread(target=self._work, name=f"laurel-jobs-{n}", daemon=True)
@@ -275,6 +309,13 @@ class JobRunner:
         self._run(job)
         return True
 
+    def _on_dead(self, session: Session, job: Job, error: str) -> None:
+        try:
+            with session.begin_nested():
+                self.dead_handlers[job.kind](session, dict(job.payload or {}), error)
+        except Exception:
+            logger.exception("job %s (%s): recording what its dead letter means failed", job.id, job.kind)
+
     def _run(self, job: Job) -> None:
         handler = self.handlers[job.kind]
         ctx = JobContext(job.id, job.kind, job.attempts, self.engine, dict(job.result or {}), self._stop)
@@ -287,6 +328,15 @@ class JobRunner:
             outcome = "interrupted"
             values = {"state": JobState.QUEUED, "attempts": max(0, job.attempts - 1), "next_run_at": utcnow()}
             logger.info("job %s (%s) interrupted by the stop; queued again", job.id, job.kind)
+        except JobDeferred as exc:
+            outcome = "deferred"
+            values = {
+                "state": JobState.QUEUED,
+                "attempts": max(0, job.attempts - 1),
+                "next_run_at": utcnow() + timedelta(seconds=exc.delay),
+                "last_error": f"deferred: {exc}",
+            }
+            logger.info("job %s (%s) deferred %.1f s: %s", job.id, job.kind, exc.delay, exc)
         except PermanentJobError as exc:
             outcome = "dead"
             values = {
@@ -340,6 +390,8 @@ class JobRunner:
             session.execute(
                 update(Job).where(Job.id == job.id).values(**values).execution_options(synchronize_session=False)
             )
+            if values["state"] == JobState.DEAD and job.kind in self.dead_handlers:
+                self._on_dead(session, job, str(values.get("last_error") or ""))
         if self.metrics is not None:
             self.metrics.jobs_finished.labels(kind=job.kind, outcome=outcome).inc()
             self.metrics.job_seconds.labels(kind=job.kind).observe(time.perf_counter() - started)

@@ -26,13 +26,14 @@ from sqlalchemy.orm import Session
 
 from dicom_node.completion import complete_settled_studies
 from dicom_node.config import NodeConfig
-from dicom_node.db import make_engine, session_scope
+from dicom_node.db import relativize_paths, session_scope
 from dicom_node.export import EXPORT_JOB, export_handler
 from dicom_node.jobs import Handler, JobRunner, enqueue
 from dicom_node.metrics import NodeMetrics
 from dicom_node.retention import RETENTION_JOB, retention_handler
 from dicom_node.routing import Router
 from dicom_node.scp import StoreSCP
+from dicom_node.startup import StorageLock
 from dicom_node.store import Store
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,13 @@ class Node:
         self.config = config
         self.metrics = metrics or NodeMetrics()
         config.node.storage_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = make_engine(config.node.db_url)
+        self._storage_lock = StorageLock(config.node.storage_dir)
+        self._storage_lock.acquire()  # one node per storage folder; released by stop() or by the kernel
+        try:
+            self.engine = config.node.engine()
+        except BaseException:
+            self._storage_lock.release()
+            raise
         self.router = Router(config.routing)
         self.store = Store(config.node.storage_dir, self.engine, self.router, self.metrics)
         self.scp = StoreSCP(config, self.store, self.metrics)
@@ -115,6 +122,7 @@ class Node:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.store.open()
+        relativize_paths(self.engine, self.config.node.storage_dir, self.config.models_dir)
         self.jobs.start()
         scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         self._scheduler = scheduler
@@ -155,6 +163,7 @@ class Node:
         self.store.close()
         self.engine.dispose()
         self.store.mark_clean_shutdown()
+        self._storage_lock.release()
         self._stopped.set()
         logger.info("node %s stopped", self.config.node.ae_title)
 

@@ -32,12 +32,10 @@ def _engine_if_exists(cfg: NodeConfig) -> Any:
     """The index engine, or ``None`` when a SQLite index does not exist yet (nothing received)."""
     from sqlalchemy.engine import make_url
 
-    from dicom_node.db import make_engine
-
     url = make_url(cfg.node.db_url)
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
         return None
-    return make_engine(cfg.node.db_url)
+    return cfg.node.engine()
 
 
 def build_node(cfg: NodeConfig) -> Node:

@@ -1,17 +1,18 @@
 """The ``segment`` job: a complete study's routed series → volume → model → draft SEG → PENDING_REVIEW.
 
 The draft is kept on the node (never sent anywhere) as ``draft_labels.npy`` and ``draft_seg.dcm`` in the
-series' result folder, with a :class:`~dicom_node.review_tables.SeriesResult` row. A series the model
-cannot take (a single slice, not axial, not MR, unreadable) is marked FAILED with a sentence a person can
-read; the study goes to PENDING_REVIEW when at least one series has a draft, else to FAILED with the
-reasons of every series.
+series' result folder, with a :class:`~dicom_node.review_tables.SeriesResult` row committed after both files
+are in place (paths relative to ``storage_dir``). Killed at any point, the job runs again: a series that
+already has its draft row is skipped, one without it is segmented again (the files are replaced whole).
+A series the model cannot take (a single slice, not axial, not MR, unreadable) is marked FAILED with a
+sentence a person can read; the study goes to PENDING_REVIEW when at least one series has a draft, else to
+FAILED with the reasons of every series. A ``segment`` job that gives up (dead letter) fails its study.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_node.db import Series, SeriesState, Study, StudyState, session_scope, set_study_state
+from dicom_node.jobs import JobContext, fault_point
+from dicom_node.learning import atomic_write
 from dicom_node.review_tables import SeriesResult
 from dicom_node.services import NodeServices
 
@@ -32,14 +35,8 @@ APPROVED_SERIES_NUMBER = 9200
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file, fsync it and rename it into ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write ``data`` to a temporary file, fsync it and rename it into ``path`` (then fsync the folder)."""
+    atomic_write(path, data)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -54,13 +51,10 @@ def load_npy(path: Path | str) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-def series_paths(series: Series) -> list[Path]:
-    """The stored files of a series' instances."""
-    return [Path(inst.path) for inst in series.instances]
-
-
-def segment_study(services: NodeServices, study_id: int) -> dict[str, Any]:
+def segment_study(services: NodeServices, study_id: int, ctx: JobContext | None = None) -> dict[str, Any]:
     """Segment every routed series of a study; returns a summary for the job's result."""
+    if ctx is not None:
+        fault_point("segment.start", ctx)
     with session_scope(services.engine) as s:
         study = s.get(Study, study_id)
         if study is None:
@@ -72,7 +66,7 @@ def segment_study(services: NodeServices, study_id: int) -> dict[str, Any]:
         completed_at = study.completed_at
     outcome: dict[str, Any] = {"segmented": [], "failed": {}}
     for series_id in routed:
-        reason = _segment_series(services, series_id)
+        reason = _segment_series(services, series_id, ctx)
         if reason is None:
             outcome["segmented"].append(series_id)
         else:
@@ -102,7 +96,14 @@ def _failure_text(s: Session, study: Study, failed: dict[int, str]) -> str:
     return "no series could be segmented — " + "; ".join(parts)
 
 
-def _segment_series(services: NodeServices, series_id: int) -> str | None:
+def mark_segment_dead(services: NodeServices, s: Session, payload: dict[str, Any], error: str) -> None:
+    """A ``segment`` job gave up: its study is FAILED with the reason (never left SEGMENTING for ever)."""
+    study = s.get(Study, int(payload.get("study_id", -1)))
+    if study is not None and study.state in (StudyState.COMPLETE, StudyState.SEGMENTING):
+        set_study_state(s, study, StudyState.FAILED, f"segmentation gave up: {error}")
+
+
+def _segment_series(services: NodeServices, series_id: int, ctx: JobContext | None = None) -> str | None:
     """Segment one series; returns ``None`` on success or the reason it failed."""
     from dicom_node.seg import build_seg, seg_to_bytes
     from dicom_node.volume import UnsupportedSeries, load_series
@@ -114,7 +115,7 @@ def _segment_series(services: NodeServices, series_id: int) -> str | None:
             return None
         model_name = series.model
         assert model_name is not None
-        paths = series_paths(series)
+        paths = services.instance_paths(series)
         study_id = series.study_id
         series.state = SeriesState.SEGMENTING
     started = time.perf_counter()
@@ -138,6 +139,8 @@ def _segment_series(services: NodeServices, series_id: int) -> str | None:
     write_atomic(folder / "draft_labels.npy", npy_bytes(labels.astype(np.uint8)))
     write_atomic(folder / "draft_seg.dcm", seg_to_bytes(seg))
     elapsed = time.perf_counter() - started
+    if ctx is not None:
+        fault_point("segment.after_drafts", ctx)
     with session_scope(services.engine) as s:
         series = s.get(Series, series_id)
         assert series is not None
@@ -145,8 +148,8 @@ def _segment_series(services: NodeServices, series_id: int) -> str | None:
         result.model = pkg.name
         result.model_version = pkg.version
         result.model_revision = rev.revision
-        result.draft_labels_path = str(folder / "draft_labels.npy")
-        result.draft_seg_path = str(folder / "draft_seg.dcm")
+        result.draft_labels_path = services.stored(folder / "draft_labels.npy")
+        result.draft_seg_path = services.stored(folder / "draft_seg.dcm")
         result.draft_seg_sop_uid = str(seg.SOPInstanceUID)
         result.corrected_labels_path = None
         result.segmentation_seconds = elapsed

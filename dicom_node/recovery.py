@@ -3,7 +3,7 @@
 The store acknowledges an instance after its file is fsync'd in place and its index row is committed; the
 store's own index connection commits with ``synchronous=NORMAL`` (see :mod:`dicom_node.store`), so a power
 loss may take the last index rows with it while their files are safe on disk. At the next start (no
-``.clean-shutdown`` marker) this scan walks ``storage_dir/<StudyInstanceUID>/<SeriesInstanceUID>/`` and
+``.clean-shutdown`` marker) this scan walks ``storage_dir/instances/<StudyInstanceUID>/<SeriesInstanceUID>/`` and
 indexes each ``<SOPInstanceUID>.dcm`` that is missing from the index, after the same checks a C-STORE gets.
 A file whose name, folders and content disagree is not ours (e.g. derived results) and is left alone; a file
 that is ours but does not parse to its end was never acknowledged and is removed.
@@ -82,7 +82,9 @@ def recover_unindexed(store: Store) -> RecoveryReport:
     from dicom_node.store import Incoming
 
     report = RecoveryReport()
-    for study_dir in sorted(p for p in store.storage_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    if not store.instances_dir.is_dir():
+        return report
+    for study_dir in sorted(p for p in store.instances_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for series_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
             files = {p.stem: p for p in series_dir.glob("*.dcm")}
             if not files:

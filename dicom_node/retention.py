@@ -25,8 +25,8 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from dicom_node.config import NodeConfig
-from dicom_node.db import FINISHED_STATES, Instance, Series, SeriesState, Study, session_scope, utcnow
-from dicom_node.jobs import Handler, JobContext
+from dicom_node.db import FINISHED_STATES, Instance, Series, SeriesState, Study, resolve_path, session_scope, utcnow
+from dicom_node.jobs import Handler, JobContext, fault_point
 from dicom_node.metrics import NodeMetrics
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _delete_series_files(series: Series, storage_dir: Path, report: RetentionRep
     root = storage_dir.resolve()
     folders: set[Path] = set()
     for instance in series.instances:
-        path = Path(instance.path)
+        path = resolve_path(storage_dir, instance.path)
         try:
             path.resolve().relative_to(root)
         except ValueError:
@@ -81,6 +81,7 @@ def apply_retention(
     *,
     now: datetime | None = None,
     metrics: NodeMetrics | None = None,
+    ctx: JobContext | None = None,
 ) -> RetentionReport:
     """Delete the received files that the retention rules allow to go; returns what went."""
     now = now or utcnow()
@@ -120,6 +121,8 @@ def apply_retention(
             for member in study.series:
                 if member.files_deleted_at is None:
                     _delete_series_files(member, storage_dir, report, now)
+                    if ctx is not None:  # files gone, rows not yet marked: a re-run finishes the study
+                        fault_point("retention.after_delete", ctx)
             study.files_deleted_at = now
             report.studies += 1
             logger.info("retention: deleted the received files of study %s (finished %s)", study_id, study.finished_at)
@@ -135,19 +138,19 @@ def apply_retention(
     return report
 
 
-def instance_files_exist(engine: Engine, study_id: int) -> bool:
+def instance_files_exist(engine: Engine, study_id: int, storage_dir: Path) -> bool:
     """Whether any received file of the study is still on disk (for listings)."""
     with session_scope(engine) as session:
         paths = session.scalars(
             select(Instance.path).join(Series, Instance.series_id == Series.id).where(Series.study_id == study_id)
         )
-        return any(Path(p).exists() for p in paths)
+        return any(resolve_path(storage_dir, p).exists() for p in paths)
 
 
 def retention_handler(config: NodeConfig, metrics: NodeMetrics | None = None) -> Handler:
     """The handler of ``retention`` jobs."""
 
     def handle(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
-        return apply_retention(ctx.engine, config, metrics=metrics).as_dict()
+        return apply_retention(ctx.engine, config, metrics=metrics, ctx=ctx).as_dict()
 
     return handle

@@ -11,6 +11,8 @@ receives results, ``learn`` (incremental learning on the approved slices) and, f
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,8 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_node import jobs
-from dicom_node.db import Series, SeriesState, Study, StudyState, session_scope, set_study_state
-from dicom_node.pipeline import APPROVED_SERIES_NUMBER, load_npy, npy_bytes, series_paths, write_atomic
+from dicom_node.db import Series, SeriesState, Study, StudyState, session_scope, set_study_state, utcnow
+from dicom_node.pipeline import APPROVED_SERIES_NUMBER, load_npy, npy_bytes, write_atomic
 from dicom_node.review_tables import AuditEvent, SeriesResult
 from dicom_node.services import NodeServices
 
@@ -80,46 +82,62 @@ def current_labels(services: NodeServices, series_id: int, version: str = "curre
     with session_scope(services.engine) as s:
         _series, result = _series_result(s, series_id)
         if version == "draft":
-            return load_npy(result.draft_labels_path)
+            return load_npy(services.path(result.draft_labels_path))
         if version == "corrected":
             if result.corrected_labels_path is None:
                 raise NotFound(f"series {series_id} has no corrected labels yet")
-            return load_npy(result.corrected_labels_path)
-        return load_npy(result.corrected_labels_path or result.draft_labels_path)
+            return load_npy(services.path(result.corrected_labels_path))
+        return load_npy(services.path(result.corrected_labels_path or result.draft_labels_path))
 
 
 def put_labels(services: NodeServices, series_id: int, labels: np.ndarray, operator: str) -> dict[str, Any]:
-    """Store an operator's corrected labels for a series awaiting review."""
+    """Store an operator's corrected labels for a series awaiting review (the study stays PENDING_REVIEW)."""
     with session_scope(services.engine) as s:
         series, result = _series_result(s, series_id)
         study = _study(s, series.study_id)
         if study.state != StudyState.PENDING_REVIEW:
             raise ReviewConflict(f"study {study.id} is {study.state}; labels can only change while PENDING_REVIEW")
-        draft = load_npy(result.draft_labels_path)
+        draft = load_npy(services.path(result.draft_labels_path))
         if labels.shape != draft.shape:
             raise InvalidLabels(
                 f"labels have shape {list(labels.shape)}; this series needs {list(draft.shape)} (z, y, x)"
             )
         if labels.dtype != np.uint8:
             raise InvalidLabels(f"labels must be uint8, not {labels.dtype}")
-        _rev, pkg = services.registry.active(result.model)
+        pkg = services.registry.package(services.registry.revision(result.model, result.model_revision))
         allowed = allowed_values(pkg.labels, int(draft.max()))
         present = {int(v) for v in np.unique(labels)}
         unknown = sorted(present - allowed)
         if unknown:
             raise InvalidLabels(f"label values {unknown} are not labels of model {result.model!r}")
         path = services.result_dir(study.id, series_id) / "corrected_labels.npy"
-        write_atomic(path, npy_bytes(labels))
-        result.corrected_labels_path = str(path)
-        from dicom_node.db import utcnow
-
+        write_atomic(path, npy_bytes(labels))  # the file is whole before the row names it
+        result.corrected_labels_path = services.stored(path)
         result.corrected_at = utcnow()
+        result.corrected_by = operator
         s.add(AuditEvent(operator=operator, action="correct", study_id=study.id, detail={"series_id": series_id}))
     return {"series_id": series_id, "stored": True}
 
 
+@dataclass
+class _Approved:
+    """One series' approval, written to files before the decision is recorded."""
+
+    series_id: int
+    labels_path: Path
+    seg_path: Path
+    sop_uid: str
+    dice: dict[str, Any]
+
+
 def approve(services: NodeServices, study_id: int, operator: str, comment: str | None = None) -> dict[str, Any]:
-    """Approve a study: approved SEGs, Dice statistics, export and learning jobs, audit entry."""
+    """Approve a study: approved SEGs, Dice statistics, export and learning jobs, audit entry.
+
+    The SEGs and a snapshot of the approved labels are written first (files named by the SEG's SOP
+    Instance UID); the decision, the results, the jobs and the audit entry are then recorded in **one**
+    transaction, so a crash leaves either a study still PENDING_REVIEW (and unused files) or a whole
+    approval, never half of one. A concurrent decision makes the later one a conflict.
+    """
     from dicom_node.seg import build_seg, seg_to_bytes
     from dicom_node.volume import load_series
 
@@ -128,78 +146,109 @@ def approve(services: NodeServices, study_id: int, operator: str, comment: str |
         if study.state != StudyState.PENDING_REVIEW:
             raise ReviewConflict(f"study {study_id} is {study.state}; only a study PENDING_REVIEW can be approved")
         work = [
-            (se.id, se.model, series_paths(se))
+            (se.id, services.instance_paths(se))
             for se in study.series
             if se.state == SeriesState.SEGMENTED and se.model is not None
         ]
         pending_since = study.updated_at
     if not work:
         raise ReviewConflict(f"study {study_id} has no segmented series to approve")
-    dice: dict[str, Any] = {}
-    approved_paths: list[str] = []
-    for series_id, _model, paths in work:
-        with session_scope(services.engine) as s:
-            _series, result = _series_result(s, series_id)
-            draft = load_npy(result.draft_labels_path)
-            final = load_npy(result.corrected_labels_path or result.draft_labels_path)
-            model_name, model_revision = result.model, result.model_revision
-        pkg = services.registry.package(services.registry.revision(model_name, model_revision))
-        volume = load_series(paths)
-        seg = build_seg(
-            volume,
-            final,
-            pkg.region,
-            draft=False,
-            algorithm_name=pkg.name,
-            algorithm_version=pkg.version,
-            operator=operator if "^" in operator else f"{operator}^",  # PN: the name as the family name
-            seg_type=services.config.segmentation.seg_type,
-            series_number=APPROVED_SERIES_NUMBER,
-        )
-        path = services.result_dir(study_id, series_id) / "approved_seg.dcm"
-        write_atomic(path, seg_to_bytes(seg))
-        values = sorted(int(lab["value"]) for lab in pkg.labels)
-        scores = dice_scores(final, draft, values)  # the approved labels are the reference
-        dice[str(series_id)] = scores
-        approved_paths.append(str(path))
-        with session_scope(services.engine) as s:
-            _series, result = _series_result(s, series_id)
-            result.approved_seg_path = str(path)
-            result.approved_seg_sop_uid = str(seg.SOPInstanceUID)
-            result.dice = scores
+    approved: list[_Approved] = []
+    try:
+        for series_id, paths in work:
+            with session_scope(services.engine) as s:
+                _series, result = _series_result(s, series_id)
+                draft = load_npy(services.path(result.draft_labels_path))
+                final = load_npy(services.path(result.corrected_labels_path or result.draft_labels_path))
+                model_name, model_revision = result.model, result.model_revision
+            pkg = services.registry.package(services.registry.revision(model_name, model_revision))
+            seg = build_seg(
+                load_series(paths),
+                final,
+                pkg.region,
+                draft=False,
+                algorithm_name=pkg.name,
+                algorithm_version=pkg.version,
+                operator=operator if "^" in operator else f"{operator}^",  # PN: the name as the family name
+                seg_type=services.config.segmentation.seg_type,
+                series_number=APPROVED_SERIES_NUMBER,
+            )
+            uid = str(seg.SOPInstanceUID)
+            folder = services.result_dir(study_id, series_id)
+            item = _Approved(
+                series_id,
+                folder / f"approved_labels-{uid}.npy",
+                folder / f"approved_seg-{uid}.dcm",
+                uid,
+                dice_scores(final, draft, sorted(int(lab["value"]) for lab in pkg.labels)),  # approved = reference
+            )
+            write_atomic(item.labels_path, npy_bytes(final))
+            write_atomic(item.seg_path, seg_to_bytes(seg))
+            approved.append(item)
+        queued = _record_approval(services, study_id, operator, comment, approved)
+    except BaseException:
+        for item in approved:  # nothing recorded names them
+            item.labels_path.unlink(missing_ok=True)
+            item.seg_path.unlink(missing_ok=True)
+        raise
+    services.metrics.studies_approved.inc()
+    if pending_since is not None:
+        services.metrics.review_seconds.observe(max(0.0, (utcnow() - pending_since).total_seconds()))
+    logger.info("study %s approved by an operator; %d jobs queued", study_id, len(queued))
+    return {
+        "state": StudyState.APPROVED.value,
+        "dice": {str(a.series_id): a.dice for a in approved},
+        "jobs": queued,
+    }
+
+
+def _record_approval(
+    services: NodeServices, study_id: int, operator: str, comment: str | None, approved: list[_Approved]
+) -> list[dict[str, Any]]:
+    """The decision, its results, its jobs and its audit entry, in one transaction."""
     queued: list[dict[str, Any]] = []
+    now = utcnow()
     with session_scope(services.engine) as s:
         study = _study(s, study_id)
         if study.state != StudyState.PENDING_REVIEW:  # a concurrent decision won
             raise ReviewConflict(f"study {study_id} is {study.state}; it was decided meanwhile")
+        for item in approved:
+            _series, result = _series_result(s, item.series_id)
+            result.approved_labels_path = services.stored(item.labels_path)
+            result.approved_seg_path = services.stored(item.seg_path)
+            result.approved_seg_sop_uid = item.sop_uid
+            result.approved_by = operator
+            result.approved_at = now
+            result.dice = item.dice
         set_study_state(s, study, StudyState.APPROVED)
+        approval = approved[0].sop_uid  # names this approval in the jobs' dedupe keys
+        paths = [services.stored(item.seg_path) for item in approved]
         for peer in services.config.peers:
             if peer.receive_results:
                 job = jobs.enqueue(
                     s,
                     "export",
-                    {"peer": peer.name, "paths": approved_paths, "study_id": study_id},
-                    dedupe_key=f"export:{study_id}:{peer.name}",
+                    {"peer": peer.name, "paths": paths, "study_id": study_id},
+                    dedupe_key=f"export:{study_id}:{peer.name}:{approval}",
                 )
                 queued.append({"id": job.id, "kind": job.kind})
-        for series_id, _model, _paths in work:
-            job = jobs.enqueue(s, "learn", {"series_id": series_id}, dedupe_key=f"learn:{series_id}")
+        for item in approved:
+            job = jobs.enqueue(
+                s,
+                "learn",
+                {"series_id": item.series_id, "approval": item.sop_uid},
+                dedupe_key=f"learn:{item.series_id}:{item.sop_uid}",
+            )
             queued.append({"id": job.id, "kind": job.kind})
         s.add(
             AuditEvent(
                 operator=operator,
                 action="approve",
                 study_id=study_id,
-                detail={"comment": comment or "", "dice": dice},
+                detail={"comment": comment or "", "dice": {str(a.series_id): a.dice for a in approved}},
             )
         )
-    services.metrics.studies_approved.inc()
-    if pending_since is not None:
-        from dicom_node.db import utcnow
-
-        services.metrics.review_seconds.observe(max(0.0, (utcnow() - pending_since).total_seconds()))
-    logger.info("study %s approved by an operator; %d jobs queued", study_id, len(queued))
-    return {"state": StudyState.APPROVED.value, "dice": dice, "jobs": queued}
+    return queued
 
 
 def reject(services: NodeServices, study_id: int, operator: str, reason: str) -> dict[str, Any]:

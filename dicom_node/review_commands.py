@@ -19,11 +19,11 @@ def create(
 ) -> None:
     """Create a bearer token for OPERATOR and print it once; only its hash is stored."""
     from dicom_node.cli import load_config
-    from dicom_node.db import make_engine, session_scope
+    from dicom_node.db import session_scope
     from dicom_node.tokens import create_token
 
     cfg = load_config(config)
-    with session_scope(make_engine(cfg.node.db_url)) as session:
+    with session_scope(cfg.node.engine()) as session:
         try:
             token = create_token(session, operator)
         except ValueError as exc:
@@ -42,22 +42,21 @@ def revoke(
 ) -> None:
     """Revoke every token of OPERATOR."""
     from dicom_node.cli import load_config
-    from dicom_node.db import make_engine, session_scope
+    from dicom_node.db import session_scope
     from dicom_node.tokens import revoke_tokens
 
     cfg = load_config(config)
-    with session_scope(make_engine(cfg.node.db_url)) as session:
+    with session_scope(cfg.node.engine()) as session:
         n = revoke_tokens(session, operator)
     typer.echo(f"revoked {n} token(s) of {operator}")
 
 
 def _registry(config: Path) -> Any:
     from dicom_node.cli import load_config
-    from dicom_node.db import make_engine
     from dicom_node.learning import ModelRegistry
 
     cfg = load_config(config)
-    return ModelRegistry(make_engine(cfg.node.db_url), cfg.models_dir, cfg.node.storage_dir / "node_signing_key.pem")
+    return ModelRegistry(cfg.node.engine(), cfg.models_dir, cfg.node.storage_dir / "node_signing_key.pem")
 
 
 def _show_state(state: dict[str, Any]) -> None:

@@ -18,7 +18,9 @@ class SeriesResult(Base):
     """What the pipeline and the operator made of one series: the draft, the correction, the approval.
 
     Files live under ``storage_dir/derived/<study id>/<series id>/``: ``draft_labels.npy``,
-    ``draft_seg.dcm``, ``corrected_labels.npy``, ``approved_seg.dcm``.
+    ``draft_seg.dcm``, ``corrected_labels.npy``, and per approval ``approved_labels-<SOP UID>.npy`` and
+    ``approved_seg-<SOP UID>.dcm``; every ``*_path`` is recorded relative to ``storage_dir``.
+    ``approved_seg_sop_uid`` identifies the approval (the learning job's idempotency key).
     """
 
     __tablename__ = "series_result"
@@ -33,6 +35,10 @@ class SeriesResult(Base):
     draft_seg_sop_uid: Mapped[str] = mapped_column(String(64))
     corrected_labels_path: Mapped[str | None] = mapped_column(Text)
     corrected_at: Mapped[datetime | None] = mapped_column(DateTime)
+    corrected_by: Mapped[str | None] = mapped_column(String(128))
+    approved_labels_path: Mapped[str | None] = mapped_column(Text)
+    approved_by: Mapped[str | None] = mapped_column(String(128))
+    approved_at: Mapped[datetime | None] = mapped_column(DateTime)
     approved_seg_path: Mapped[str | None] = mapped_column(Text)
     approved_seg_sop_uid: Mapped[str | None] = mapped_column(String(64))
     dice: Mapped[dict[str, Any] | None] = mapped_column(JSON)

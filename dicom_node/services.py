@@ -6,10 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dicom_node.db import resolve_path, stored_path
+
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from dicom_node.config import NodeConfig
+    from dicom_node.db import Series
     from dicom_node.learning import ModelRegistry
     from dicom_node.metrics import NodeMetrics
     from federation.client import FederationClient
@@ -33,3 +36,15 @@ class NodeServices:
     def result_dir(self, study_id: int, series_id: int) -> Path:
         """The folder of one series' results."""
         return self.derived_dir / str(study_id) / str(series_id)
+
+    def path(self, stored: str) -> Path:
+        """The file a path recorded in the index names (recorded paths are relative to ``storage_dir``)."""
+        return resolve_path(self.config.node.storage_dir, stored)
+
+    def stored(self, path: Path) -> str:
+        """How the index records ``path`` (relative to ``storage_dir``)."""
+        return stored_path(self.config.node.storage_dir, path)
+
+    def instance_paths(self, series: Series) -> list[Path]:
+        """The stored files of a series' instances."""
+        return [self.path(inst.path) for inst in series.instances]

@@ -2,7 +2,8 @@
 
 Each received dataset is written exactly as it arrived (file meta + encoded dataset, never decoded) to a
 temporary file in ``storage_dir/.incoming``, renamed to
-``storage_dir/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, then the file and its folder
+``storage_dir/instances/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` (a tree of its own, so
+no UID can name one of the node's folders), then the file and its folder
 are fsync'd (in parallel: concurrent fsyncs share one filesystem journal commit, which saves a sync per
 image), and the instance is indexed; only then does :meth:`Store.receive` return Success. A process crash
 at any point leaves either no file or a complete one (the rename follows the complete write); a power
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INCOMING_DIR = ".incoming"
+INSTANCES_DIR = "instances"
 CLEAN_MARKER = ".clean-shutdown"
 _OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -178,6 +180,7 @@ class Store:
     ) -> None:
         self.storage_dir = Path(storage_dir).resolve()
         self.incoming_dir = self.storage_dir / INCOMING_DIR
+        self.instances_dir = self.storage_dir / INSTANCES_DIR
         self.engine = engine
         self.router = router
         self.metrics = metrics
@@ -196,6 +199,9 @@ class Store:
         """Prepare the folders, drop temporary files left by a crash, close associations a crash left open."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.incoming_dir.mkdir(exist_ok=True)
+        if not self.instances_dir.exists():
+            self.instances_dir.mkdir()
+            _fsync_dir(self.storage_dir)
         stale = list(self.incoming_dir.iterdir())
         for path in stale:
             path.unlink(missing_ok=True)
@@ -249,7 +255,11 @@ class Store:
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         """Where an instance lives."""
-        return self.storage_dir / study_uid / series_uid / f"{sop_instance_uid}.dcm"
+        return self.instances_dir / study_uid / series_uid / f"{sop_instance_uid}.dcm"
+
+    def stored(self, path: Path) -> str:
+        """How the index records an instance's file: relative to ``storage_dir``."""
+        return path.relative_to(self.storage_dir).as_posix()
 
     # ------------------------------------------------------------------ receive
     def receive(self, item: Incoming) -> StoreResult:
@@ -416,7 +426,7 @@ class Store:
                             p.item.sop_class_uid,
                             p.item.transfer_syntax,
                             p.header.number("InstanceNumber"),
-                            str(p.final),
+                            self.stored(p.final),
                             p.size,
                             stamp,
                         )

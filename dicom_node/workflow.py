@@ -28,7 +28,7 @@ from dicom_node.db import session_scope
 from dicom_node.export import EXPORT_JOB, export_handler
 from dicom_node.jobs import JobContext
 from dicom_node.learning import ModelRegistry
-from dicom_node.pipeline import segment_study
+from dicom_node.pipeline import mark_segment_dead, segment_study
 from dicom_node.review import mark_exported_if_done
 from dicom_node.services import NodeServices
 
@@ -97,10 +97,11 @@ def attach(node: Node, services: NodeServices) -> None:
         return result
 
     node.add_job_handler(EXPORT_JOB, export)
-    node.add_job_handler("segment", lambda _ctx, p: segment_study(services, int(p["study_id"])))
-    node.add_job_handler("learn", lambda _ctx, p: learning_jobs.learn(services, p))
-    node.add_job_handler("upload", lambda _ctx, p: learning_jobs.upload(services, p))
-    node.add_job_handler("sync", lambda _ctx, p: learning_jobs.sync(services, p))
+    node.add_job_handler("segment", lambda ctx, p: segment_study(services, int(p["study_id"]), ctx))
+    node.jobs.on_dead("segment", lambda s, p, error: mark_segment_dead(services, s, p, error))
+    node.add_job_handler("learn", lambda ctx, p: learning_jobs.learn(services, p, ctx))
+    node.add_job_handler("upload", lambda ctx, p: learning_jobs.upload(services, p, ctx))
+    node.add_job_handler("sync", lambda ctx, p: learning_jobs.sync(services, p, ctx))
     node.add_on_start("warm-models", lambda: warm_models(services))
     if services.federation is not None and node.config.federation is not None:
         interval = node.config.federation.sync_interval_seconds

@@ -144,6 +144,7 @@ class FederationClient:
         backoff_max: float = 30.0,
         client_version: str = CLIENT_VERSION,
         session: requests.Session | None = None,
+        max_package_bytes: int = 512 * 2**20,
     ) -> None:
         if not api_key:
             raise ValueError("an API key is required (laurel federation add-site NAME prints one)")
@@ -154,6 +155,7 @@ class FederationClient:
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.client_version = client_version
+        self.max_package_bytes = max_package_bytes
         self.session = session or requests.Session()
         self._auth = {"Authorization": f"Bearer {api_key}"}
 
@@ -221,8 +223,24 @@ class FederationClient:
 
     def download_bytes(self, model: str, version: int) -> bytes:
         """The signed package bytes of a version, checked against the sha256 the server announces."""
-        resp = self._request("GET", f"/api/v1/models/{model}/versions/{int(version)}/package")
-        data = resp.content
+        limit = self.max_package_bytes
+        resp = self._request("GET", f"/api/v1/models/{model}/versions/{int(version)}/package", stream=True)
+        try:
+            declared = resp.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise FederationRefused(
+                    f"{model} version {version}: the server offers {declared} bytes (limit {limit})"
+                )
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in resp.iter_content(1 << 20):  # never more than the limit in memory, whatever it claims
+                size += len(chunk)
+                if size > limit:
+                    raise FederationRefused(f"{model} version {version}: the package exceeds {limit} bytes")
+                chunks.append(chunk)
+        finally:
+            resp.close()
+        data = b"".join(chunks)
         announced = resp.headers.get("X-Laurel-Sha256")
         if announced and hashlib.sha256(data).hexdigest() != announced:
             raise FederationUnavailable(f"{model} version {version}: the download does not match its sha256")
@@ -274,6 +292,11 @@ class FederationClient:
         """Where an update stands: ``state``, ``version`` (ACCEPTED), ``reason`` (REJECTED), Dice values."""
         result: dict[str, Any] = self._json("GET", f"/api/v1/updates/{update_id}")
         return result
+
+    def list_updates(self, model: str | None = None) -> list[dict[str, Any]]:
+        """This site's updates, newest first."""
+        result: dict[str, Any] = self._json("GET", "/api/v1/updates", params={"model": model} if model else None)
+        return list(result["updates"])
 
     def wait_for_update(self, update_id: str, *, timeout: float = 600.0, poll: float = 0.5) -> dict[str, Any]:
         """Poll until the update reaches ACCEPTED, REJECTED or FAILED; ``TimeoutError`` after ``timeout``."""

@@ -11,6 +11,12 @@
 
 Only :mod:`federation.server.queue`'s single worker thread calls :meth:`Processor.process`, so the chain
 of versions cannot fork and no update is merged into a version that has moved on meanwhile.
+
+Exactly once across crashes: the new version and its update's ACCEPTED state are recorded in one
+transaction (:meth:`Registry.publish` with ``accepted``), and an update that a published version already
+lists in ``merged_updates`` is never merged again (a restart finds it and only records the outcome). The
+named fault points ``federation.validating``, ``federation.merging`` and ``federation.publishing`` let the
+restart tests stop the server at each step (:mod:`models.faults`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from federation.server.registry import ACCEPTED, REJECTED, Registry, UpdateInfo,
 from federation.server.signing import ServerKey
 from federation.server.validation import ValidationResult, Validator
 from federation.server.weights import WeightsError, check_weights, read_weights, weight_specs
+from models.faults import reach
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +96,13 @@ class Processor:
         parent: int | None,
         merged_updates: list[str],
         strategy: str | None,
+        accepted: UpdateOutcome | None = None,
+        stop: threading.Event | None = None,
     ) -> VersionInfo:
         envelope = self.key.sign_package(modelapi.dumps(pkg))
+        self.registry.packages.put(envelope)
+        if merged_updates:
+            reach("federation.publishing", stop)  # the package is stored; the version is not recorded yet
         info = self.registry.publish(
             model,
             version=modelapi.version_of(pkg),
@@ -101,6 +113,7 @@ class Processor:
             weight_specs=weight_specs(modelapi.weights_of(pkg)),
             merged_updates=merged_updates,
             strategy=strategy,
+            accepted=accepted,
         )
         self._remember((model, info.version), pkg)
         self.metrics.model_version.labels(model=model).set(info.version)
@@ -143,10 +156,14 @@ class Processor:
             self._dice_cache[key] = self._validate(model, pkg, "current").dice
         return self._dice_cache[key]
 
-    def process(self, update: UpdateInfo) -> UpdateOutcome:
+    def process(self, update: UpdateInfo, stop: threading.Event | None = None) -> UpdateOutcome:
         """Apply validate → merge → validate → publish to one update; the outcome says what happened."""
         cfg_v, cfg_m = self.config.validation, self.config.merge
         model = update.model
+        merged_in = self.registry.version_merging(model, update.uid)
+        if merged_in is not None:  # published before a crash: record the outcome, never merge again
+            log.warning("update %s was merged into %s version %d already", update.uid, model, merged_in.version)
+            return UpdateOutcome(ACCEPTED, version=merged_in.version, merged_dice=merged_in.dice)
         current = self.registry.latest(model)
         if current is None:
             return UpdateOutcome(REJECTED, reason=f"model {model} has no published version")
@@ -170,6 +187,7 @@ class Processor:
 
         base = self.package(model, update.base_version)
         candidate = modelapi.with_weights(base, weights)
+        reach("federation.validating", stop)
         cand = self._validate(model, candidate, "candidate")
         if cand.dice < cfg_v.threshold:
             return UpdateOutcome(
@@ -180,6 +198,7 @@ class Processor:
                 f"{cfg_v.threshold:.2f}",
             )
 
+        reach("federation.merging", stop)
         current_pkg = self.package(model, current.version)
         current_dice = self._current_dice(model, current, current_pkg)
         merged = modelapi.merge(
@@ -229,6 +248,7 @@ class Processor:
                 f"{current_dice:.4f} by more than the tolerance {cfg_v.tolerance:.3f}",
                 **common,
             )
+        outcome = UpdateOutcome(ACCEPTED, **common)
         info = self._publish(
             model,
             merged,
@@ -236,6 +256,8 @@ class Processor:
             parent=current.version,
             merged_updates=[update.uid],
             strategy=cfg_m.strategy,
+            accepted=outcome,
+            stop=stop,
         )
         log.info(
             "update %s (site %s) accepted: %s version %d, Dice %.4f (candidate %.4f, was %.4f)",
@@ -247,7 +269,8 @@ class Processor:
             cand.dice,
             current_dice,
         )
-        return UpdateOutcome(ACCEPTED, version=info.version, **common)
+        outcome.version = info.version
+        return outcome
 
     def elapsed_since(self, update: UpdateInfo) -> float:
         """Seconds from upload to now (for the upload → published metric)."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from federation.server.metrics import FederationMetrics
 from federation.server.processing import Processor
 from federation.server.registry import FAILED, QUEUED, Registry, UpdateInfo, UpdateOutcome
+from models.faults import FaultInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,10 @@ class UpdateQueue:
         self.current = update.uid
         t0 = time.perf_counter()
         try:
-            outcome = self.processor.process(update)
+            outcome = self.processor.process(update, self._stop)
+        except FaultInterrupted:
+            log.warning("update %s interrupted by the stop; it is processed again after the restart", update.uid)
+            return update  # left VALIDATING: requeued at the next start
         except Exception as exc:
             log.exception("update %s failed on the server", update.uid)
             outcome = UpdateOutcome(FAILED, reason=f"server error while processing: {type(exc).__name__}: {exc}")

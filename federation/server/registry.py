@@ -286,9 +286,15 @@ class Registry:
         weight_specs: list[Any],
         merged_updates: Sequence[str] = (),
         strategy: str | None = None,
+        accepted: UpdateOutcome | None = None,
     ) -> VersionInfo:
-        """Store a signed package and record it as ``version``; ``Conflict`` if the chain moved on."""
-        digest = self.packages.put(envelope)
+        """Store a signed package and record it as ``version``; ``Conflict`` if the chain moved on.
+
+        With ``accepted`` (the outcome of the one update in ``merged_updates``), the update is marked
+        ACCEPTED with this version **in the same transaction**: a version and its update's acceptance are
+        recorded together or not at all, so no restart can merge an update twice.
+        """
+        digest = self.packages.put(envelope)  # the file exists before the row that names it
         try:
             with session_scope(self.sessions) as s:
                 m = self._model(s, model)
@@ -310,6 +316,11 @@ class Registry:
                 s.add(row)
                 s.flush()
                 info = _version_info(model, row)
+                if accepted is not None:
+                    if len(merged_updates) != 1:
+                        raise ValueError("an accepted outcome names exactly one merged update")
+                    accepted.version = version
+                    self._finish(s, merged_updates[0], accepted)
         except IntegrityError as exc:
             raise Conflict(f"{model} version {version} exists already") from exc
         log.info("published %s version %d (sha256 %s…, Dice %.4f)", model, version, digest[:12], dice)
@@ -337,11 +348,12 @@ class Registry:
         With an ``idempotency_key`` already used by this site for the same weights, the existing update is
         returned (a retry after a lost answer); for different weights, ``Conflict``.
         """
-        digest = self.uploads.put(weights)
+        digest = hashlib.sha256(weights).hexdigest()
         if idempotency_key is not None:
             existing = self.find_idempotent(site_id, idempotency_key)
-            if existing is not None:
+            if existing is not None:  # a replay stores nothing, accepted or refused
                 return self._same_upload(existing, digest, model, base_version)
+        self.uploads.put(weights)  # the file exists before the row that names it
         try:
             return self._insert_update(
                 model, site_id, base_version, n_slices, local_dice, client_version, digest, idempotency_key
@@ -349,8 +361,18 @@ class Registry:
         except IntegrityError:
             existing = None if idempotency_key is None else self.find_idempotent(site_id, idempotency_key)
             if existing is None:
+                self._drop_unreferenced_upload(digest)
                 raise
+            if existing.weights_sha256 != digest:
+                self._drop_unreferenced_upload(digest)
             return self._same_upload(existing, digest, model, base_version)
+
+    def _drop_unreferenced_upload(self, digest: str) -> None:
+        """Remove an uploaded weights file that no update row names (a refused concurrent replay)."""
+        with session_scope(self.sessions) as s:
+            if s.scalar(select(func.count()).select_from(UpdateRow).where(UpdateRow.weights_sha256 == digest)):
+                return
+        self.uploads.path(digest).unlink(missing_ok=True)
 
     @staticmethod
     def _same_upload(existing: UpdateInfo, digest: str, model: str, base_version: int) -> UpdateInfo:
@@ -446,24 +468,35 @@ class Registry:
 
     def finish_update(self, uid: str, outcome: UpdateOutcome) -> UpdateInfo:
         """Record a terminal state with its reason and Dice values."""
+        with session_scope(self.sessions) as s:
+            self._finish(s, uid, outcome)
+            return self._update_rows(s, UpdateRow.uid == uid)[0]
+
+    @staticmethod
+    def _finish(s: Session, uid: str, outcome: UpdateOutcome) -> None:
         if outcome.state not in TERMINAL_STATES:
             raise ValueError(f"{outcome.state} is not a terminal state")
-        with session_scope(self.sessions) as s:
-            s.execute(
-                update(UpdateRow)
-                .where(UpdateRow.uid == uid)
-                .values(
-                    state=outcome.state,
-                    reason=outcome.reason,
-                    candidate_dice=outcome.candidate_dice,
-                    merged_dice=outcome.merged_dice,
-                    current_dice=outcome.current_dice,
-                    staleness=outcome.staleness,
-                    version=outcome.version,
-                    finished_at=utcnow(),
-                )
+        s.execute(
+            update(UpdateRow)
+            .where(UpdateRow.uid == uid)
+            .values(
+                state=outcome.state,
+                reason=outcome.reason,
+                candidate_dice=outcome.candidate_dice,
+                merged_dice=outcome.merged_dice,
+                current_dice=outcome.current_dice,
+                staleness=outcome.staleness,
+                version=outcome.version,
+                finished_at=utcnow(),
             )
-            return self._update_rows(s, UpdateRow.uid == uid)[0]
+        )
+
+    def version_merging(self, model: str, uid: str) -> VersionInfo | None:
+        """The published version that merged update ``uid``, if one did (a restart must not merge it again)."""
+        for info in reversed(self.versions(model)):
+            if uid in info.merged_updates:
+                return info
+        return None
 
     def requeue_interrupted(self) -> int:
         """After a restart: updates left VALIDATING by a stopped worker go back to QUEUED."""

@@ -131,3 +131,39 @@ def test_queued_updates_survive_a_restart(
     assert [d["state"] for d in done] == ["ACCEPTED"] * 3
     assert [d["version"] for d in done] == [base_package.version + k for k in (1, 2, 3)]
     assert client.health()["public_key"] == first.state.server_key.public_b64()
+
+
+def test_an_update_a_version_already_merged_is_not_merged_again(
+    start_server: ServerFactory, fed_config: Callable[..., FederationConfig], base_package: Any, tmp_path: Any
+) -> None:
+    """What a crash between publishing and recording the outcome left in 0.1: the version lists the update,
+    the update is still VALIDATING. The restart records the outcome and publishes nothing more."""
+    from federation.server.registry import VALIDATING
+
+    cfg = fed_config(data_dir=tmp_path / "crashed", validation={"threshold": 0.0, "tolerance": 1.0})
+    first = start_server(cfg, start_worker=False)
+    key = first.add_site("a")
+    client = first.client(key)
+    uid = client.upload_update("leg", base_package.version, perturbed(base_package.weights, 0.01), n_slices=6)
+    state = first.state
+    update = state.registry.claim_next()
+    assert update is not None and update.uid == uid and update.state == VALIDATING
+    merged = base_package.with_weights(
+        perturbed(base_package.weights, 0.01), version=base_package.version + 1, parent_version=base_package.version
+    )
+    state.processor._publish(
+        "leg",
+        merged,
+        state.processor._validate("leg", merged, "merged"),
+        parent=base_package.version,
+        merged_updates=[uid],
+        strategy="linear",
+    )  # published, and then the process died before the update was marked
+    first.stop()
+    second = start_server(cfg)
+    client = second.client(key)
+    done = wait_terminal(client, uid)
+    assert done["state"] == "ACCEPTED" and done["version"] == base_package.version + 1
+    versions = client.model_info("leg")["versions"]
+    assert [v["version"] for v in versions] == [base_package.version, base_package.version + 1]
+    assert [u for v in versions for u in v["merged_updates"]] == [uid]

@@ -60,7 +60,7 @@ def test_kill_9_during_a_transfer_loses_nothing_acknowledged(tmp_path: Path) -> 
         indexed = _indexed(engine)
         sop_of = dict(zip(study.paths, study.sop_instance_uids, strict=True))
         for path in acknowledged:
-            stored = Path(indexed[sop_of[path]])
+            stored = node.storage_dir / indexed[sop_of[path]]
             assert dcmread(stored).SOPInstanceUID == sop_of[path]  # complete and readable
         assert not list((node.storage_dir / INCOMING_DIR).iterdir())  # no partial file survives
         assert _study_state(engine, study.study_uid) == StudyState.RECEIVING

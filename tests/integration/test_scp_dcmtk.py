@@ -35,7 +35,7 @@ def test_storescu_study_is_indexed_and_completes(node_factory: Any, tmp_path: Pa
         assert series[study.series_uids[2]].state == SeriesState.UNROUTED
         for series_row in series.values():
             assert series_row.calling_ae == "STORESCU" and series_row.called_ae == "LAUREL"
-            assert all(Path(i.path).is_file() for i in series_row.instances)
+            assert all((node.config.node.storage_dir / i.path).is_file() for i in series_row.instances)
     wait_until(lambda: study_state(node, study.study_uid) == StudyState.COMPLETE, 30, 0.1, "the study to complete")
     with session_scope(node.engine) as session:
         jobs = [(j.kind, j.payload) for j in session.scalars(select(Job).where(Job.kind == "segment"))]

@@ -89,7 +89,7 @@ def test_transfer_syntax_is_stored_as_received(
         assert proc.returncode == 0, proc.stdout + proc.stderr
     with session_scope(node.engine) as session:
         instance = session.scalars(select(Instance)).one()
-        stored = Path(instance.path)
+        stored = node.config.node.storage_dir / instance.path
         assert instance.TransferSyntaxUID == ts
     received, sent = _dataset_bytes(stored), _dataset_bytes(path)
     if name == "deflated" and len(sent) % 2:
@@ -112,5 +112,5 @@ def test_enhanced_mr_and_segmentation_are_accepted(node: Any) -> None:
     with session_scope(node.engine) as session:
         by_uid = {i.SOPInstanceUID: i for i in session.scalars(select(Instance))}
     assert by_uid[multi.SOPInstanceUID].SOPClassUID == ENHANCED_MR
-    assert dcmread(by_uid[multi.SOPInstanceUID].path).pixel_array.shape == (4, 32, 32)
+    assert dcmread(node.config.node.storage_dir / by_uid[multi.SOPInstanceUID].path).pixel_array.shape == (4, 32, 32)
     assert by_uid[seg.SOPInstanceUID].SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"

@@ -201,3 +201,42 @@ def test_runner_threads_run_jobs_and_leave_kinds_without_handlers_queued(engine:
         wait_until(lambda: job(engine, waiting).state == JobState.DONE, 20, 0.05, "the segment job")
     finally:
         runner.stop()
+
+
+def test_deferred_jobs_wait_without_spending_an_attempt(engine: Engine) -> None:
+    from dicom_node.jobs import JobDeferred
+
+    job_id = add(engine)
+
+    def busy(ctx: JobContext, payload: dict[str, Any]) -> None:
+        raise JobDeferred("the model is being changed by job 7", delay=60)
+
+    JobRunner(engine, {"work": busy}, FAST).run_once()
+    again = job(engine, job_id)
+    assert again.state == JobState.QUEUED and again.attempts == 0
+    assert again.next_run_at > utcnow() + timedelta(seconds=50)
+    assert again.last_error == "deferred: the model is being changed by job 7"
+
+
+def test_a_dead_letter_tells_the_rest_of_the_state(engine: Engine) -> None:
+    """A kind's ``on_dead`` runs in the DEAD transaction, also for a job that died with the process."""
+    seen: list[tuple[dict[str, Any], str]] = []
+    runner = JobRunner(engine, {"work": lambda ctx, p: None}, FAST)
+    runner.on_dead("work", lambda session, payload, error: seen.append((payload, error)))
+
+    def broken(ctx: JobContext, payload: dict[str, Any]) -> None:
+        raise PermanentJobError("the series cannot be read")
+
+    runner.add_handler("work", broken)
+    add(engine, "work", {"study_id": 1})
+    runner.run_once()
+    assert seen == [({"study_id": 1}, "the series cannot be read")]
+    crashed = add(engine, "work", {"study_id": 2}, max_attempts=1)
+    with session_scope(engine) as session:  # claimed on its last attempt, then the process died
+        row = session.get(Job, crashed)
+        assert row is not None
+        row.state, row.attempts = JobState.RUNNING, 1
+    with session_scope(engine) as session:
+        recover_interrupted(session, 3, runner.dead_handlers)
+    assert job(engine, crashed).state == JobState.DEAD
+    assert seen[1][0] == {"study_id": 2} and "interrupted" in seen[1][1]

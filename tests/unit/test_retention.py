@@ -56,9 +56,13 @@ def test_retention_rules(tmp_path: Path) -> None:
         unrouted = session.scalars(select(Series).where(Series.state == SeriesState.UNROUTED)).one()
         assert unrouted.files_deleted_at is not None
         ids = {name: by_uid[uid].id for name, uid in studies.items()}
-    assert not instance_files_exist(engine, ids["exported_old"]) and not instance_files_exist(engine, ids["unrouted"])
-    assert instance_files_exist(engine, ids["exported_new"]) and instance_files_exist(engine, ids["review_old"])
-    assert not (cfg.node.storage_dir / studies["exported_old"]).exists()
+    root = cfg.node.storage_dir
+    assert not instance_files_exist(engine, ids["exported_old"], root)
+    assert not instance_files_exist(engine, ids["unrouted"], root)
+    assert instance_files_exist(engine, ids["exported_new"], root)
+    assert instance_files_exist(engine, ids["review_old"], root)
+    assert not (store.instances_dir / studies["exported_old"]).exists()
+    assert store.instances_dir.is_dir()
     assert apply_retention(engine, cfg, now=now).files == 0  # idempotent
     store.close()
     engine.dispose()

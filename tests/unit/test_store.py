@@ -70,7 +70,7 @@ def test_an_instance_is_stored_as_received_and_indexed(store: Store) -> None:
     ds = make_image(generate_uid(), generate_uid(), patient_name="Doe^Jane", series_description="Thigh T1")
     result = store.receive(incoming(ds))
     assert result.status == StoreStatus.SUCCESS and not result.duplicate
-    expected = store.storage_dir / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    expected = store.instances_dir / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
     assert result.path == expected and expected.exists()
     back = dcmread(expected)
     assert back.file_meta.TransferSyntaxUID == EXPLICIT
@@ -85,7 +85,9 @@ def test_an_instance_is_stored_as_received_and_indexed(store: Store) -> None:
         assert study.StudyInstanceUID == ds.StudyInstanceUID and study.PatientName == "Doe^Jane"
         assert study.state == StudyState.RECEIVING and study.associations_open == 1
         assert series.model == "thigh" and series.state == SeriesState.ROUTED
-        assert instance.path == str(expected) and instance.size == expected.stat().st_size
+        # recorded relative to storage_dir, so a restored backup works at another path
+        assert instance.path == expected.relative_to(store.storage_dir).as_posix()
+        assert instance.size == expected.stat().st_size
     assert leftovers(store) == []
 
 
@@ -117,7 +119,7 @@ def test_truncated_dataset_is_refused_and_nothing_is_written(store: Store) -> No
     result = store.receive(incoming(ds, data=bytes(item.data)[:-300]))
     assert result.status == StoreStatus.CANNOT_UNDERSTAND
     assert count(store, Instance) == 0 and count(store, Study) == 0
-    assert not (store.storage_dir / ds.StudyInstanceUID).exists() and leftovers(store) == []
+    assert not (store.instances_dir / ds.StudyInstanceUID).exists() and leftovers(store) == []
 
 
 def test_disk_full_while_writing_answers_out_of_resources_without_a_partial_file(
@@ -138,7 +140,7 @@ def test_disk_full_while_writing_answers_out_of_resources_without_a_partial_file
     result = store.receive(incoming(ds))
     assert result.status == StoreStatus.OUT_OF_RESOURCES and result.comment == "out of disk space"
     assert leftovers(store) == [] and count(store, Instance) == 0
-    assert not (store.storage_dir / ds.StudyInstanceUID).exists()
+    assert not (store.instances_dir / ds.StudyInstanceUID).exists()
     monkeypatch.setattr(store_module, "_write_all", real_write_all)
     assert store.receive(incoming(ds)).status == StoreStatus.SUCCESS  # usable again once there is space
 
@@ -154,7 +156,7 @@ def test_failure_while_indexing_removes_the_placed_file_and_rolls_back(
     result = store.receive(incoming(ds))
     assert result.status == StoreStatus.OUT_OF_RESOURCES
     assert count(store, Instance) == 0 and count(store, Study) == 0
-    assert not (store.storage_dir / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm").exists()
+    assert not (store.instances_dir / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm").exists()
     assert leftovers(store) == []
 
 
@@ -217,13 +219,15 @@ def test_recovery_indexes_files_whose_rows_were_lost_and_removes_partial_ones(st
     derived.mkdir(parents=True)
     foreign = make_image(study_uid, series_uid, instance_number=9)
     foreign.save_as(derived / "draft.dcm", enforce_file_format=True)
+    misnamed = paths[lost.SOPInstanceUID].parent / "1.2.3.4.dcm"  # its name is not its SOP Instance UID
+    foreign.save_as(misnamed, enforce_file_format=True)
     assert not (store.storage_dir / CLEAN_MARKER).exists()
     restarted = Store(store.storage_dir, store.engine, Router([]))
     restarted.open()  # no clean-shutdown marker: the recovery scan runs
     with session_scope(store.engine) as session:
         indexed = set(session.scalars(select(Instance.SOPInstanceUID)))
     assert indexed == {kept.SOPInstanceUID, lost.SOPInstanceUID}
-    assert not paths[partial.SOPInstanceUID].exists() and (derived / "draft.dcm").exists()
+    assert not paths[partial.SOPInstanceUID].exists() and (derived / "draft.dcm").exists() and misnamed.exists()
     restarted.close()
     restarted.mark_clean_shutdown()
     again = Store(store.storage_dir, store.engine, Router([]))

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from dicom_node import review
 from dicom_node.api.deps import DbSession, Operator, Services
 from dicom_node.db import Series
-from dicom_node.pipeline import npy_bytes, series_paths
+from dicom_node.pipeline import npy_bytes
 from dicom_node.review_tables import SeriesResult
 
 router = APIRouter(tags=["series"])
@@ -29,13 +29,13 @@ def _series(session: DbSession, series_id: int) -> Series:
 
 
 @router.get("/series/{series_id}/volume", response_class=Response)
-def volume(series_id: int, session: DbSession, _operator: Operator) -> Response:
+def volume(series_id: int, session: DbSession, services: Services, _operator: Operator) -> Response:
     """The series as a float32 .npy volume ``(z, y, x)``; geometry in the X-Laurel-* headers."""
     from dicom_node.volume import UnsupportedSeries, load_series
 
     series = _series(session, series_id)
     try:
-        vol = load_series(series_paths(series))
+        vol = load_series(services.instance_paths(series))
     except UnsupportedSeries as exc:
         raise review.ReviewConflict(f"series {series_id} cannot be shown as a volume: {exc}") from exc
     headers = {
