@@ -105,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             to_review.append(time.monotonic() - sent)
             before = len(orthanc.post("/tools/find", {"Level": "Instance", "Query": {"Modality": "SEG"}}))
             started = time.monotonic()
-            r = requests.post(f"{url}/api/v1/studies/{study['id']}/approve", json={}, headers=headers, timeout=300)
+            r = requests.post(
+                f"{url}/api/v1/studies/{study['id']}/approve",
+                json={"StudyInstanceUID": study["StudyInstanceUID"]},
+                headers=headers,
+                timeout=300,
+            )
             r.raise_for_status()
             wait_until(
                 lambda b=before: (

@@ -70,6 +70,20 @@ def _series_result(s: Session, series_id: int) -> tuple[Series, SeriesResult]:
     return series, result
 
 
+def check_identity(kind: str, expected: str, named: str | None) -> None:
+    """A write must name the DICOM UID of what it is for; a missing or other UID is refused (HTTP 409)."""
+    keyword = f"{kind}InstanceUID"
+    if not named:
+        raise ReviewConflict(
+            f"the request does not say which {kind.lower()} it is for: send its {keyword}; nothing was stored"
+        )
+    if named != expected:
+        raise ReviewConflict(
+            f"the request is for {keyword} {named}, but this {kind.lower()} is {expected}: the client has another "
+            f"{kind.lower()} open (another node or a stale view); reload it. Nothing was stored"
+        )
+
+
 def allowed_values(model_labels: list[dict[str, Any]] | None, n_labels: int) -> set[int]:
     """Label values a corrected volume may contain: 0 and the model's labels."""
     if model_labels:
@@ -90,10 +104,16 @@ def current_labels(services: NodeServices, series_id: int, version: str = "curre
         return load_npy(services.path(result.corrected_labels_path or result.draft_labels_path))
 
 
-def put_labels(services: NodeServices, series_id: int, labels: np.ndarray, operator: str) -> dict[str, Any]:
-    """Store an operator's corrected labels for a series awaiting review (the study stays PENDING_REVIEW)."""
+def put_labels(
+    services: NodeServices, series_id: int, labels: np.ndarray, operator: str, series_uid: str | None
+) -> dict[str, Any]:
+    """Store an operator's corrected labels for a series awaiting review (the study stays PENDING_REVIEW).
+
+    ``series_uid`` is the SeriesInstanceUID the client has open; it must be this series'.
+    """
     with session_scope(services.engine) as s:
         series, result = _series_result(s, series_id)
+        check_identity("Series", series.SeriesInstanceUID, series_uid)
         study = _study(s, series.study_id)
         if study.state != StudyState.PENDING_REVIEW:
             raise ReviewConflict(f"study {study.id} is {study.state}; labels can only change while PENDING_REVIEW")
@@ -116,7 +136,7 @@ def put_labels(services: NodeServices, series_id: int, labels: np.ndarray, opera
         result.corrected_at = utcnow()
         result.corrected_by = operator
         s.add(AuditEvent(operator=operator, action="correct", study_id=study.id, detail={"series_id": series_id}))
-    return {"series_id": series_id, "stored": True}
+    return {"series_id": series_id, "stored": True, "SeriesInstanceUID": series_uid, "corrected_by": operator}
 
 
 @dataclass
@@ -130,8 +150,12 @@ class _Approved:
     dice: dict[str, Any]
 
 
-def approve(services: NodeServices, study_id: int, operator: str, comment: str | None = None) -> dict[str, Any]:
+def approve(
+    services: NodeServices, study_id: int, operator: str, comment: str | None = None, study_uid: str | None = None
+) -> dict[str, Any]:
     """Approve a study: approved SEGs, Dice statistics, export and learning jobs, audit entry.
+
+    ``study_uid`` is the StudyInstanceUID the client has open; it must be this study's.
 
     The SEGs and a snapshot of the approved labels are written first (files named by the SEG's SOP
     Instance UID); the decision, the results, the jobs and the audit entry are then recorded in **one**
@@ -143,6 +167,7 @@ def approve(services: NodeServices, study_id: int, operator: str, comment: str |
 
     with session_scope(services.engine) as s:
         study = _study(s, study_id)
+        check_identity("Study", study.StudyInstanceUID, study_uid)
         if study.state != StudyState.PENDING_REVIEW:
             raise ReviewConflict(f"study {study_id} is {study.state}; only a study PENDING_REVIEW can be approved")
         work = [
@@ -251,13 +276,16 @@ def _record_approval(
     return queued
 
 
-def reject(services: NodeServices, study_id: int, operator: str, reason: str) -> dict[str, Any]:
+def reject(
+    services: NodeServices, study_id: int, operator: str, reason: str, study_uid: str | None = None
+) -> dict[str, Any]:
     """Reject a study's drafts with a reason; nothing is exported or learned."""
     reason = (reason or "").strip()
     if not reason:
         raise InvalidLabels("a rejection needs a reason")
     with session_scope(services.engine) as s:
         study = _study(s, study_id)
+        check_identity("Study", study.StudyInstanceUID, study_uid)
         if study.state not in (StudyState.PENDING_REVIEW, StudyState.FAILED, StudyState.COMPLETE):
             raise ReviewConflict(f"study {study_id} is {study.state}; it cannot be rejected now")
         set_study_state(s, study, StudyState.REJECTED, reason)

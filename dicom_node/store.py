@@ -18,7 +18,10 @@ received file the index lacks. Every other connection of the node keeps ``synchr
 Group commit: associations that store at the same time share one index transaction. The thread that gets
 the commit lock first takes every pending instance (its own and those queued behind it), renames them,
 fsyncs each touched directory once, commits once and wakes the others; each C-STORE still waits for the
-commit that holds its instance. Same SOP Instance UID again: the first copy stays, the answer is Success.
+commit that holds its instance. Same SOP Instance UID again (same series, same study): the first copy stays,
+the answer is Success. An instance is identified by its study, series and SOP Instance UIDs together: a
+SeriesInstanceUID already stored under another study, or a SOPInstanceUID under another series, is refused
+(0xC000, "identity conflict") and logged, never mixed into another patient's series.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ class _Pending:
     fd: int | None = None
     done: bool = False
     duplicate: bool = False
+    conflict: str | None = None
     error: BaseException | None = None
 
 
@@ -239,7 +243,7 @@ class Store:
         pending = _Pending(item, header, path, path, path.stat().st_size)  # fd None: fsync'd by path
         self._commit(pending)
         self.association_closed(item.association_id)
-        return not pending.duplicate
+        return not pending.duplicate and pending.conflict is None
 
     def close(self) -> None:
         """Return the index connection to the pool (as a FULL-synchronous connection again); final."""
@@ -292,6 +296,11 @@ class Store:
             return StoreResult(StoreStatus.PROCESSING_FAILURE, "the node could not index the instance")
         finally:
             os.close(fd)
+        if pending.conflict is not None:
+            tmp.unlink(missing_ok=True)
+            logger.warning("refused SOP instance %s: %s", item.sop_instance_uid, pending.conflict)
+            self._count("conflict")
+            return StoreResult(StoreStatus.CANNOT_UNDERSTAND, f"identity conflict: {pending.conflict}")
         if self.metrics is not None:
             self.metrics.store_seconds.observe(time.perf_counter() - started)
             if not pending.duplicate:
@@ -392,17 +401,8 @@ class Store:
         cur = self._cursor()
         syncing: list[Future[None]] = []
         try:
-            seen: set[str] = set()
-            fresh: list[_Pending] = []
-            for p in batch:
-                uid = p.item.sop_instance_uid
-                if uid not in seen:
-                    cur.execute(self._sql('SELECT 1 FROM instance WHERE "SOPInstanceUID" = ?'), (uid,))
-                    if cur.fetchone() is None:
-                        fresh.append(p)
-                        seen.add(uid)
-                        continue
-                p.duplicate = True
+            fresh = self._classify(cur, batch)
+            batch = [p for p in batch if p.conflict is None]
             dirs: set[Path] = set()
             for p in fresh:
                 dirs.update(self._place(p))
@@ -468,6 +468,53 @@ class Store:
                 p.tmp.unlink(missing_ok=True)
         if self.metrics is not None:
             self.metrics.commit_batch_size.observe(len(batch))
+
+    def _classify(self, cur: Any, batch: list[_Pending]) -> list[_Pending]:
+        """Mark each instance new, a duplicate (same UIDs again: idempotent) or a conflict; returns the new ones.
+
+        An instance is identified by (StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID): a series UID
+        already under another study, or a SOP Instance UID already under another series, is a conflict and
+        refused, never mixed into the other patient's series.
+        """
+        series_owner: dict[str, str] = {}  # SeriesInstanceUID -> StudyInstanceUID (index, then this batch)
+        sop_owner: dict[str, str] = {}  # SOPInstanceUID -> SeriesInstanceUID
+        fresh: list[_Pending] = []
+        for p in batch:
+            study_uid = p.header.text("StudyInstanceUID") or ""
+            series_uid = p.header.text("SeriesInstanceUID") or ""
+            sop_uid = p.item.sop_instance_uid
+            if series_uid not in series_owner:
+                cur.execute(
+                    self._sql(
+                        'SELECT study."StudyInstanceUID" FROM series JOIN study ON study.id = series.study_id '
+                        'WHERE series."SeriesInstanceUID" = ?'
+                    ),
+                    (series_uid,),
+                )
+                row = cur.fetchone()
+                series_owner[series_uid] = str(row[0]) if row is not None else study_uid
+            if series_owner[series_uid] != study_uid:
+                p.conflict = "its SeriesInstanceUID is already stored under another study"
+                continue
+            if sop_uid not in sop_owner:
+                cur.execute(
+                    self._sql(
+                        'SELECT series."SeriesInstanceUID" FROM instance JOIN series ON series.id = instance.series_id '
+                        'WHERE instance."SOPInstanceUID" = ?'
+                    ),
+                    (sop_uid,),
+                )
+                row = cur.fetchone()
+                if row is None:
+                    sop_owner[sop_uid] = series_uid
+                    fresh.append(p)
+                    continue
+                sop_owner[sop_uid] = str(row[0])
+            if sop_owner[sop_uid] != series_uid:
+                p.conflict = "its SOPInstanceUID is already stored under another series"
+            else:
+                p.duplicate = True
+        return fresh
 
     def _rollback(self) -> None:
         raw, self._raw = self._raw, None

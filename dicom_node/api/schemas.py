@@ -45,6 +45,9 @@ class StudySummary(BaseModel):
     failure_reason: str | None = None
     received_at: str | None = None
     completed_at: str | None = None
+    in_progress_by: str | None = Field(None, description="who saved corrections of this study awaiting review")
+    approved_by: str | None = None
+    approved_at: str | None = None
     series_count: int
     instance_count: int
     models: list[ModelRef] = Field(default_factory=list)
@@ -63,14 +66,16 @@ class StudyList(BaseModel):
 
 
 class ApproveRequest(BaseModel):
-    """An approval; the operator is the token's owner."""
+    """An approval of the study the client has open (its StudyInstanceUID); the operator is the token's owner."""
 
+    StudyInstanceUID: str | None = Field(None, max_length=64, description="must be the study's; 409 otherwise")
     comment: str | None = Field(None, max_length=2000)
 
 
 class RejectRequest(BaseModel):
-    """A rejection needs a reason."""
+    """A rejection of the study the client has open needs a reason."""
 
+    StudyInstanceUID: str | None = Field(None, max_length=64, description="must be the study's; 409 otherwise")
     reason: str = Field(min_length=1, max_length=2000)
 
 

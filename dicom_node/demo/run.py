@@ -51,6 +51,8 @@ class Site:
     token: str = ""
     study_id: int | None = None
     series_id: int | None = None
+    series_uid: str | None = None
+    study_uid: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -304,6 +306,8 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
                 detail = s.get(f"/api/v1/studies/{s.study_id}").json()
                 seg_series = [se for se in detail["series"] if se["has_draft"]]
                 s.series_id = int(seg_series[0]["id"])
+                s.series_uid = str(seg_series[0]["SeriesInstanceUID"])
+                s.study_uid = str(detail["StudyInstanceUID"])
                 draft = np.load(
                     io.BytesIO(s.get(f"/api/v1/series/{s.series_id}/labels", params={"version": "draft"}).content),
                     allow_pickle=False,
@@ -324,11 +328,15 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
                 np.save(buf, truths[s.name].astype(np.uint8), allow_pickle=False)
                 h = {"Authorization": f"Bearer {s.token}"}
                 requests.put(
-                    f"{s.api}/api/v1/series/{s.series_id}/labels", data=buf.getvalue(), headers=h, timeout=120
+                    f"{s.api}/api/v1/series/{s.series_id}/labels",
+                    data=buf.getvalue(),
+                    params={"SeriesInstanceUID": s.series_uid},  # every write names what it is for
+                    headers=h,
+                    timeout=120,
                 ).raise_for_status()
                 r = requests.post(
                     f"{s.api}/api/v1/studies/{s.study_id}/approve",
-                    json={"comment": "demo: corrected to ground truth"},
+                    json={"comment": "demo: corrected to ground truth", "StudyInstanceUID": s.study_uid},
                     headers=h,
                     timeout=300,
                 )

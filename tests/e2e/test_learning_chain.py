@@ -23,15 +23,19 @@ def test_two_approvals_learned_concurrently_make_a_chain(
     workflow_node_factory: Callable[..., RunningNode], tmp_path: Path
 ) -> None:
     running = workflow_node_factory(jobs={"workers": 2, "poll_seconds": 0.05, "backoff_base_seconds": 0.1})
-    study_ids = []
+    studies: dict[int, str] = {}
     for seed in (5151, 5252):
         files, _ph = phantom_series(tmp_path / f"p{seed}", seed, n_slices=6)
         send_files(running.node.port, files)
         uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-        study_ids.append(int(running.wait_state(uid, {"PENDING_REVIEW"})["id"]))
-    for study_id in study_ids:  # approved one right after the other: both learn jobs are due at once
+        studies[int(running.wait_state(uid, {"PENDING_REVIEW"})["id"])] = uid
+    study_ids = list(studies)
+    for study_id, uid in studies.items():  # approved one right after the other: both learn jobs are due at once
         r = requests.post(
-            f"{running.url}/api/v1/studies/{study_id}/approve", json={}, headers=running.headers, timeout=120
+            f"{running.url}/api/v1/studies/{study_id}/approve",
+            json={"StudyInstanceUID": uid},
+            headers=running.headers,
+            timeout=120,
         )
         assert r.status_code == 200, r.text
 
@@ -48,9 +52,7 @@ def test_two_approvals_learned_concurrently_make_a_chain(
     first, second = sorted(local, key=lambda r: int(r["revision"]))  # type: ignore[arg-type]
     assert first["parent_revision"] == 1  # the zoo revision
     assert second["parent_revision"] == first["revision"]  # the second learned on top of the first
-    assert {first["source_key"], second["source_key"]} == {
-        f"approval:{uid}" for uid in _approvals(running, study_ids)
-    }
+    assert {first["source_key"], second["source_key"]} == {f"approval:{uid}" for uid in _approvals(running, study_ids)}
     assert running.get("/api/v1/models/leg").json()["active_revision"] == second["revision"]
 
 

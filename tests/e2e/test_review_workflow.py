@@ -85,9 +85,11 @@ def test_phantom_study_to_approved_seg_in_orthanc(
     edited = ph.labels.astype(np.uint8).copy()
     z = int(np.argmax((edited == 1).sum(axis=(1, 2))))
     edited[z][edited[z] == 1] = 0
+    names = {"SeriesInstanceUID": series["SeriesInstanceUID"]}  # every write names what it is for
     wrong = requests.put(
         f"{running.url}/api/v1/series/{series['id']}/labels",
         data=_npy(edited[:-1]),
+        params=names,
         headers=running.headers,
         timeout=60,
     )
@@ -95,13 +97,14 @@ def test_phantom_study_to_approved_seg_in_orthanc(
     put = requests.put(
         f"{running.url}/api/v1/series/{series['id']}/labels",
         data=_npy(edited),
+        params=names,
         headers=running.headers,
         timeout=60,
     )
     assert put.status_code == 200, put.text
     approve = requests.post(
         f"{running.url}/api/v1/studies/{study['id']}/approve",
-        json={"comment": "checked"},
+        json={"comment": "checked", "StudyInstanceUID": study["StudyInstanceUID"]},
         headers=running.headers,
         timeout=300,
     )
@@ -112,7 +115,10 @@ def test_phantom_study_to_approved_seg_in_orthanc(
     assert {j["kind"] for j in body["jobs"]} >= {"export", "learn"}
 
     again = requests.post(
-        f"{running.url}/api/v1/studies/{study['id']}/approve", json={}, headers=running.headers, timeout=60
+        f"{running.url}/api/v1/studies/{study['id']}/approve",
+        json={"StudyInstanceUID": study["StudyInstanceUID"]},
+        headers=running.headers,
+        timeout=60,
     )
     assert again.status_code == 409
 
@@ -141,9 +147,11 @@ def test_phantom_study_to_approved_seg_in_orthanc(
 
     # dciodvfy: no errors on the draft and the approved SEG.
     result_dir = running.workdir / "node" / "derived" / str(study["id"]) / str(series["id"])
-    for name in ("draft_seg.dcm", "approved_seg.dcm"):
-        errors = [line for line in dciodvfy(result_dir / name) if "Error" in line]
-        assert errors == [], (name, errors)
+    approved_files = list(result_dir.glob("approved_seg-*.dcm"))
+    assert [p.name for p in approved_files] == [f"approved_seg-{seg.SOPInstanceUID}.dcm"]
+    for path in (result_dir / "draft_seg.dcm", approved_files[0]):
+        errors = [line for line in dciodvfy(path) if "Error" in line]
+        assert errors == [], (path.name, errors)
 
     audit = running.get("/api/v1/audit").json()["events"]
     assert {e["action"] for e in audit} >= {"correct", "approve"}
@@ -165,7 +173,7 @@ def test_study_the_model_cannot_take_fails_with_reason(
     assert [s["failure_reason"] for s in listed] == [study["failure_reason"]]
     reject = requests.post(
         f"{running.url}/api/v1/studies/{study['id']}/reject",
-        json={"reason": ""},
+        json={"reason": "", "StudyInstanceUID": study["StudyInstanceUID"]},
         headers=running.headers,
         timeout=30,
     )

@@ -86,14 +86,21 @@ def test_upload_waits_for_the_server_and_arrives_once(
     study = running.wait_state(
         str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID), {"PENDING_REVIEW"}
     )
-    series_id = running.get(f"/api/v1/studies/{study['id']}").json()["series"][0]["id"]
+    series = running.get(f"/api/v1/studies/{study['id']}").json()["series"][0]
     buf = io.BytesIO()
     np.save(buf, ph.labels.astype(np.uint8), allow_pickle=False)
     requests.put(
-        f"{running.url}/api/v1/series/{series_id}/labels", data=buf.getvalue(), headers=running.headers, timeout=60
+        f"{running.url}/api/v1/series/{series['id']}/labels",
+        data=buf.getvalue(),
+        params={"SeriesInstanceUID": series["SeriesInstanceUID"]},
+        headers=running.headers,
+        timeout=60,
     ).raise_for_status()
     requests.post(
-        f"{running.url}/api/v1/studies/{study['id']}/approve", json={}, headers=running.headers, timeout=300
+        f"{running.url}/api/v1/studies/{study['id']}/approve",
+        json={"StudyInstanceUID": study["StudyInstanceUID"]},
+        headers=running.headers,
+        timeout=300,
     ).raise_for_status()
 
     # The server is down: the upload job fails, is retried, and is neither lost nor dead.

@@ -148,7 +148,11 @@ def test_a_study_survives_a_stop_in_every_state(
         # PENDING_REVIEW with saved corrections: the operator's labels are stored, then the node stops, and
         # its storage folder is restored at another path.
         correction = phantom.labels.astype(np.uint8)
-        assert node.api("PUT", f"/api/v1/series/{series_id}/labels", data=_npy(correction)).ok
+        series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+        put = node.api(
+            "PUT", f"/api/v1/series/{series_id}/labels", data=_npy(correction), params={"SeriesInstanceUID": series_uid}
+        )
+        assert put.ok, put.text
         node.stop_with(sig)
         engine.dispose()
         moved = tmp_path / "restored" / "node"
@@ -164,7 +168,11 @@ def test_a_study_survives_a_stop_in_every_state(
         tried.append("PENDING_REVIEW with saved corrections, storage moved")
         # APPROVED, export pending: the PACS answered Success, the node stops before noting it.
         study_id = st["id"]
-        approved = node.api("POST", f"/api/v1/studies/{study_id}/approve", json={"comment": "restart test"})
+        approved = node.api(
+            "POST",
+            f"/api/v1/studies/{study_id}/approve",
+            json={"comment": "restart test", "StudyInstanceUID": study_uid},
+        )
         assert approved.status_code == 200, approved.text
         node.wait_point("export.after_send")
         assert _segs_in_pacs(orthanc, study_uid) == 1

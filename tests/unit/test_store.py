@@ -233,3 +233,40 @@ def test_recovery_indexes_files_whose_rows_were_lost_and_removes_partial_ones(st
     again = Store(store.storage_dir, store.engine, Router([]))
     again.open()  # clean: no scan, and the marker is consumed
     assert not (store.storage_dir / CLEAN_MARKER).exists()
+
+
+def test_a_series_uid_reused_under_another_study_is_refused_never_mixed(store: Store) -> None:
+    series_uid = generate_uid()
+    alice = make_image(generate_uid(), series_uid, patient_name="SYNTHETIC^ALICE", patient_id="A1")
+    bob = make_image(generate_uid(), series_uid, patient_name="SYNTHETIC^BOB", patient_id="B2")
+    assert store.receive(incoming(alice)).status == StoreStatus.SUCCESS
+    refused = store.receive(incoming(bob, association_id=2))
+    assert refused.status == StoreStatus.CANNOT_UNDERSTAND
+    assert refused.comment is not None and "another study" in refused.comment
+    with session_scope(store.engine) as session:
+        assert [s.PatientID for s in session.scalars(select(Study))] == ["A1"]  # no study made for Bob
+        (series,) = session.scalars(select(Series)).all()
+        assert [i.SOPInstanceUID for i in series.instances] == [alice.SOPInstanceUID]
+    assert not (store.instances_dir / bob.StudyInstanceUID).exists() and leftovers(store) == []
+
+
+def test_a_sop_instance_uid_reused_under_another_series_is_refused(store: Store) -> None:
+    study_uid = generate_uid()
+    first = make_image(study_uid, generate_uid())
+    other = make_image(study_uid, generate_uid())
+    other.SOPInstanceUID = first.SOPInstanceUID
+    other.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    assert store.receive(incoming(first)).status == StoreStatus.SUCCESS
+    refused = store.receive(incoming(other))
+    assert refused.status == StoreStatus.CANNOT_UNDERSTAND and "another series" in str(refused.comment)
+    assert store.receive(incoming(first)).duplicate  # the same instance again is still idempotent
+    assert count(store, Instance) == 1 and count(store, Series) == 1
+
+
+def test_uids_cannot_name_the_nodes_own_folders(store: Store) -> None:
+    """Received files live in their own tree: a study UID like 'derived' or 'models' lands under instances/."""
+    ds = make_image("models", "derived")
+    result = store.receive(incoming(ds))
+    assert result.status == StoreStatus.SUCCESS
+    assert result.path is not None and result.path.is_relative_to(store.instances_dir)
+    assert not (store.storage_dir / "models" / "derived").exists()

@@ -58,8 +58,16 @@ def labels(
 
 
 @router.put("/series/{series_id}/labels")
-async def put_labels(series_id: int, request: Request, services: Services, operator: Operator) -> dict[str, Any]:
-    """Store corrected labels: a uint8 .npy ``(z, y, x)`` of the draft's shape."""
+async def put_labels(
+    series_id: int,
+    request: Request,
+    services: Services,
+    operator: Operator,
+    series_uid: str | None = Query(
+        None, alias="SeriesInstanceUID", max_length=64, description="the series the client has open; 409 otherwise"
+    ),
+) -> dict[str, Any]:
+    """Save corrected labels (a uint8 .npy ``(z, y, x)`` of the draft's shape) without approving."""
     body = await request.body()
     if len(body) > MAX_LABEL_BYTES:
         raise review.InvalidLabels("the label volume is larger than 512 MiB")
@@ -71,7 +79,9 @@ async def put_labels(series_id: int, request: Request, services: Services, opera
         ) from exc
     from starlette.concurrency import run_in_threadpool
 
-    result: dict[str, Any] = await run_in_threadpool(review.put_labels, services, series_id, array, operator)
+    result: dict[str, Any] = await run_in_threadpool(
+        review.put_labels, services, series_id, array, operator, series_uid
+    )
     return result
 
 

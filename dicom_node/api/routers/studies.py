@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
@@ -27,6 +29,12 @@ def _iso(value: object) -> str | None:
     return None if value is None else value.isoformat() + "Z"  # type: ignore[attr-defined]
 
 
+def _latest(results: Sequence[SeriesResult], stamp: str) -> SeriesResult | None:
+    """The series result with the newest ``stamp`` (corrected_at, approved_at), if any has one."""
+    stamped = [r for r in results if getattr(r, stamp) is not None]
+    return max(stamped, key=lambda r: getattr(r, stamp)) if stamped else None
+
+
 def summarise(session: DbSession, study: Study) -> StudySummary:
     """The worklist row of a study."""
     counts = dict(
@@ -41,6 +49,8 @@ def summarise(session: DbSession, study: Study) -> StudySummary:
         select(SeriesResult).join(Series, Series.id == SeriesResult.series_id).where(Series.study_id == study.id)
     ).all()
     models = sorted({(r.model, r.model_version) for r in results})
+    corrected = _latest(results, "corrected_at")
+    approved = _latest(results, "approved_at")
     return StudySummary(
         id=study.id,
         StudyInstanceUID=study.StudyInstanceUID,
@@ -52,6 +62,11 @@ def summarise(session: DbSession, study: Study) -> StudySummary:
         failure_reason=study.failure_reason,
         received_at=_iso(study.received_at),
         completed_at=_iso(study.completed_at),
+        in_progress_by=corrected.corrected_by
+        if corrected is not None and study.state == StudyState.PENDING_REVIEW
+        else None,
+        approved_by=approved.approved_by if approved is not None else None,
+        approved_at=_iso(approved.approved_at) if approved is not None else None,
         series_count=len(counts),
         instance_count=int(sum(counts.values())),
         models=[ModelRef(name=m, version=v) for m, v in models],
@@ -108,10 +123,10 @@ def study_detail(study_id: int, session: DbSession, _operator: Operator) -> Stud
 @router.post("/studies/{study_id}/approve", response_model=DecisionResponse)
 def approve(study_id: int, body: ApproveRequest, services: Services, operator: Operator) -> DecisionResponse:
     """Approve the study's (corrected) segmentations: approved SEGs go to the PACS, the model learns."""
-    return DecisionResponse(**review.approve(services, study_id, operator, body.comment))
+    return DecisionResponse(**review.approve(services, study_id, operator, body.comment, body.StudyInstanceUID))
 
 
 @router.post("/studies/{study_id}/reject", response_model=DecisionResponse)
 def reject(study_id: int, body: RejectRequest, services: Services, operator: Operator) -> DecisionResponse:
     """Reject the study's drafts with a reason; nothing is exported or learned."""
-    return DecisionResponse(**review.reject(services, study_id, operator, body.reason))
+    return DecisionResponse(**review.reject(services, study_id, operator, body.reason, body.StudyInstanceUID))
