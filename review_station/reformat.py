@@ -33,14 +33,14 @@ class ReformatView(QWidget):
         self.plane: Plane = plane
         self.canvas = canvas
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
-        self.setMinimumSize(120, 120)
+        self.setMinimumSize(120, 80)
         self.setToolTip(f"{plane} reformat: click to go to that slice")
         self.point = (0, 0, 0)  # z, y, x
         self._buf = np.zeros((1, 1), dtype=np.uint32)
         self._qimage = render.qimage_of(self._buf)
 
     def sizeHint(self) -> QSize:
-        return QSize(320, 320)
+        return QSize(360, 200)
 
     def set_point(self, z: int, y: int, x: int) -> None:
         """Cut through (y, x) and mark slice z; recompose when the cut moved."""

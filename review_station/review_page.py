@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PyQt5.QtCore import Qt, pyqtSignal
-from PyQt5.QtWidgets import QHBoxLayout, QInputDialog, QSplitter, QVBoxLayout, QWidget
+from PyQt5.QtWidgets import QHBoxLayout, QInputDialog, QSplitter, QWidget
 
 from review_station import render, stats
 from review_station.actions import ACTIONS, EDITING, make_actions
@@ -64,13 +64,13 @@ class ReviewPage(EditCommands, QWidget):
         self.canvas = SliceCanvas()
         self.coronal = ReformatView("coronal", self.canvas)
         self.sagittal = ReformatView("sagittal", self.canvas)
-        self.reformats = QWidget()
-        col = QVBoxLayout(self.reformats)
-        col.setContentsMargins(0, 0, 0, 0)
-        col.addWidget(self.coronal)
-        col.addWidget(self.sagittal)
+        self.reformats = QWidget()  # below the axial view: slices run top to bottom, as in a coronal image
+        row = QHBoxLayout(self.reformats)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.coronal)
+        row.addWidget(self.sagittal)
         self.reformats.hide()
-        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(self.canvas)
         self.splitter.addWidget(self.reformats)
         self.splitter.setStretchFactor(0, 3)
@@ -348,6 +348,9 @@ class ReviewPage(EditCommands, QWidget):
             self.acts["reformats"].setChecked(show)
             return
         self.reformats.setVisible(show)
+        total = sum(self.splitter.sizes())
+        if show and total > 0 and self.splitter.sizes()[1] < 0.25 * total:
+            self.splitter.setSizes([int(total * 0.68), total - int(total * 0.68)])
         self._recompose_reformats()
 
     def _recompose_reformats(self) -> None:
