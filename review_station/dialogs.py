@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from PyQt5.QtCore import Qt, pyqtSignal
-from PyQt5.QtGui import QFont
+from PyQt5.QtGui import QFont, QKeySequence
 from PyQt5.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -23,6 +23,7 @@ from PyQt5.QtWidgets import (
     QMessageBox,
     QPlainTextEdit,
     QPushButton,
+    QShortcut,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -82,8 +83,10 @@ class ApproveDialog(QDialog):
         self.comment.setTabChangesFocus(True)
         lay.addWidget(self.comment)
         self.buttons = QDialogButtonBox(QDialogButtonBox.Cancel)
-        self.approve_button = QPushButton("&Approve && open next" if then_next else "&Approve")
+        self.approve_button = QPushButton("Approve && open next (Alt+A)" if then_next else "Approve (Alt+A)")
         self.buttons.addButton(self.approve_button, QDialogButtonBox.AcceptRole)
+        shortcut = QShortcut(QKeySequence("Alt+A"), self)  # explicit: button mnemonics are not on every platform
+        shortcut.activated.connect(self.approve_button.click)
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         self.comment.textChanged.connect(
@@ -119,7 +122,7 @@ class RejectDialog(QDialog):
         self.reason.setTabChangesFocus(True)
         lay.addWidget(self.reason)
         self.buttons = QDialogButtonBox(QDialogButtonBox.Cancel)
-        self.reject_button = QPushButton("&Reject")
+        self.reject_button = QPushButton("Reject")
         self.buttons.addButton(self.reject_button, QDialogButtonBox.AcceptRole)
         self.reject_button.setEnabled(False)
         self.reason.textChanged.connect(lambda: self.reject_button.setEnabled(0 < len(self.reason_text()) <= MAX_TEXT))

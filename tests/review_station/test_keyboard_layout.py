@@ -149,3 +149,22 @@ def test_worklist_oldest_first_to_the_second_with_who_and_enter_opens(qtbot) -> 
     with qtbot.waitSignal(wl.openRequested) as sig:
         qtbot.keyClick(wl.table, Qt.Key.Key_Return)
     assert sig.args == [3]
+
+
+def test_approve_dialog_by_keyboard_alt_a_approves_enter_alone_does_not(qtbot) -> None:
+    from review_station.dialogs import ApproveDialog
+    from review_station.text import Heading
+
+    dlg = ApproveDialog(Heading("DOE, JANE", "P1", "MR thigh"), ["thigh — corrected"], then_next=True)
+    qtbot.addWidget(dlg)
+    dlg.open()
+    qtbot.waitExposed(dlg)
+    dlg.activateWindow()
+    with qtbot.waitSignal(dlg.rejected):
+        qtbot.keyClick(dlg, Qt.Key.Key_Return)  # Cancel is the default button: Enter alone never approves
+    dlg.open()
+    qtbot.waitExposed(dlg)
+    dlg.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is dlg.comment)
+    with qtbot.waitSignal(dlg.accepted):
+        qtbot.keyClick(dlg.comment, Qt.Key.Key_A, ALT)  # typing a comment, then Alt+A

@@ -138,6 +138,8 @@ def test_lock_presets_and_smoothing(qtbot, fake) -> None:
     c.set_radius(8)
     drag(qtbot, c, [(y, x)])
     np.testing.assert_array_equal(s.labels[c.z] == 5, mask5)
+    page.panel.muscleOpacityChosen.emit(7, 0.25)  # right-click menu of the list
+    assert c.overlay.strength[7] == 0.25 and "25%" in page.panel.muscles.item(6).text()
     auto = (c.window_width, c.window_level)
     qtbot.keyClick(c, Qt.Key.Key_W, Qt.KeyboardModifier.ShiftModifier)
     assert (c.window_width, c.window_level) != auto and page.panel.preset_combo.currentIndex() == 1
