@@ -418,6 +418,9 @@ class MainWindow(StudySession, Decisions, QMainWindow):
             preferences.store(self, self.settings)
         self.writer.wait(30000)
         self.runner.wait(10000)
+        unsaved = [s for s in self.review.series if s.session.modified]
+        if unsaved and self.review.study is not None:  # e.g. the node was down and you chose to quit anyway
+            self.keep_locally(unsaved)
         for c in {self.client, self.study_client} - {None}:
             assert c is not None
             c.close()

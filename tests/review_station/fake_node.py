@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from review_station.client import Conflict, NodeClient
+from review_station.client import Conflict, NodeClient, NodeUnreachable
 from review_station.domain import Segment, SeriesSummary, StudySummary, Volume
 
 
@@ -23,6 +23,7 @@ class FakeNode(NodeClient):
         self.puts: list[tuple[int, str]] = []
         self.decisions: list[tuple[str, int, str]] = []
         self.refuse_put: str | None = None  # the 409 detail to answer to the next PUTs
+        self.down = False  # the node cannot be reached
         for i, (image, draft, segments) in enumerate(series):
             sid, series_id = 10 + i, 100 + i
             summary = SeriesSummary(series_id, f"1.2.826.0.1.{series_id}", "SYNTHETIC thigh PD axial", "MR",
@@ -56,6 +57,8 @@ class FakeNode(NodeClient):
         return list(self._data[series_id][2])
 
     def put_labels(self, series_id: int, labels: np.ndarray, SeriesInstanceUID: str) -> None:
+        if self.down:
+            raise NodeUnreachable(f"the node at {self.base_url} cannot be reached (test)")
         self.puts.append((series_id, SeriesInstanceUID))
         expected = next(x.SeriesInstanceUID for s in self._studies.values() for x in s.series if x.id == series_id)
         if self.refuse_put is not None or SeriesInstanceUID != expected:

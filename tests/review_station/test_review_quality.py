@@ -185,3 +185,26 @@ def test_a_new_token_for_the_same_node_keeps_the_study_open(qtbot, fake) -> None
     w._token_given(fake.base_url + "/", "a-new-token")
     assert w.client is fake and w.study_client is fake and w.open_study_id == 10 and w.review.current is not None
     assert w._decidable() is not None
+
+
+def test_closing_while_the_node_is_down_asks_and_keeps_the_edits_here(qtbot, fake, tmp_path) -> None:
+    from review_station.recovery import RecoveryStore
+
+    kept = RecoveryStore(tmp_path / "kept")
+    w = start(qtbot, fake, recovery=kept, autosave_ms=3_600_000)
+    open_study(qtbot, w, 10)
+    w.review.panel.select_muscle(2)
+    drag(qtbot, w.review.canvas, [(30, 10), (30, 40)])
+    edits = w.review.current.session.labels.copy()
+    fake.down = True
+    w.close()
+    qtbot.waitUntil(lambda: isinstance(w.dialog, QMessageBox) and w.dialog.isVisible())
+    assert w.isVisible() and "cannot be reached" in w.dialog.text()
+    np.testing.assert_array_equal(kept.load("1.2.826.0.1.100").labels, edits)
+    w.dialog.button(QMessageBox.Cancel).click()
+    assert w.isVisible()
+    fake.down = False
+    w.close()  # the node is back: saved, then closed
+    qtbot.waitUntil(lambda: not w.isVisible())
+    np.testing.assert_array_equal(fake.corrected[100], edits)
+    assert kept.load("1.2.826.0.1.100") is None, "the copy here is dropped once the node has the corrections"
