@@ -82,7 +82,7 @@ class RecoveryStore:
         tmpj = js.with_name(js.name + ".part")
         tmpj.write_text(json.dumps(info, indent=1), encoding="utf-8")
         tmpj.replace(js)
-        log.info("kept corrections of a series on disk (%s)", npy.name)
+        log.info("kept the corrections of a series in the recovery folder")  # no UID: it identifies a patient
         return npy
 
     def load(self, uid: str) -> Kept | None:
@@ -94,7 +94,7 @@ class RecoveryStore:
             labels = np.load(npy, allow_pickle=False)
             meta = json.loads(js.read_text(encoding="utf-8")) if js.exists() else {}
         except (OSError, ValueError) as exc:
-            log.warning("cannot read kept corrections %s: %s", npy.name, type(exc).__name__)
+            log.warning("cannot read kept corrections: %s", type(exc).__name__)
             return None
         if not isinstance(labels, np.ndarray) or labels.dtype != np.uint8 or labels.ndim != 3:
             return None

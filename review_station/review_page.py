@@ -60,6 +60,7 @@ class ReviewPage(EditCommands, QWidget):
         self.index = -1
         self.editable = False
         self._page_shown = True
+        self.dice_scores: dict[int, float] = {}  # per muscle, of the series on screen against its draft
         self.acts = make_actions(self)
         self.canvas = SliceCanvas()
         self.coronal = ReformatView("coronal", self.canvas)
@@ -328,11 +329,12 @@ class ReviewPage(EditCommands, QWidget):
 
     def _update_dice(self) -> None:
         cur = self.current
+        self.dice_scores = {}
         if cur is None or cur.draft is None:
             self.panel.dice_label.setText("")
             return
         values = [s.value for s in cur.segments]
-        scores = stats.dice_per_label(cur.draft, cur.session.labels, values)
+        scores = self.dice_scores = stats.dice_per_label(cur.draft, cur.session.labels, values)
         changed = sorted((d, v) for v, d in scores.items() if not math.isnan(d) and d < 1.0)
         names = {s.value: s.name for s in cur.segments}
         if not changed:
@@ -340,7 +342,6 @@ class ReviewPage(EditCommands, QWidget):
             return
         lines = [f"{names.get(v, v)}: {d:.3f}" for d, v in changed]
         self.panel.dice_label.setText("Dice with the draft (changed muscles):\n" + "\n".join(lines[:8]))
-        self.dice_scores = scores
 
     def set_reformats_visible(self, show: bool) -> None:
         """Show or hide the coronal and sagittal reformats."""
