@@ -89,9 +89,8 @@ class SliceCanvas(QWidget):
     ) -> None:
         """Show another series (None: nothing) with its draft ``reference``; resets slice, window and zoom."""
         self.session = session
-        self.reference = reference if reference is not None and session is not None else None
-        if reference is not None and session is not None and reference.shape != session.labels.shape:
-            self.reference = None
+        fits = reference is not None and session is not None and reference.shape == session.labels.shape
+        self.reference = reference if fits else None
         self.segments = list(segments)
         active = self.overlay.active
         values = {s.value for s in self.segments}
