@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from PyQt5.QtCore import Qt, pyqtSignal
-from PyQt5.QtGui import QFont, QKeySequence
+from PyQt5.QtGui import QKeySequence
 from PyQt5.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -30,6 +30,7 @@ from PyQt5.QtWidgets import (
     QWidget,
 )
 
+from review_station.panel import bold_label, plain_label
 from review_station.stats import MuscleStats, write_csv
 from review_station.text import Heading, window_title
 
@@ -38,20 +39,9 @@ log = logging.getLogger(__name__)
 MAX_TEXT = 2000  # the node's limit for a comment or a reason
 
 
-def _bold(text: str) -> QLabel:
-    label = QLabel(text)
-    f = QFont(label.font())
-    f.setBold(True)
-    label.setFont(f)
-    return label
-
-
 def _who(heading: Heading) -> QLabel:
     """Patient, patient ID and study: plain text (DICOM strings are never read as markup)."""
-    who = QLabel()
-    who.setTextFormat(Qt.TextFormat.PlainText)
-    who.setWordWrap(True)
-    who.setText(heading.lines)
+    who = plain_label(heading.lines)
     who.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     return who
 
@@ -65,14 +55,11 @@ class ApproveDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Approve study")
         lay = QVBoxLayout(self)
-        lay.addWidget(_bold("Approve this study?"))
+        lay.addWidget(bold_label("Approve this study?"))
         self.who = _who(heading)
         lay.addWidget(self.who)
         lay.addWidget(QLabel("These labels will be stored as approved, sent to the PACS and used to teach the model:"))
-        self.series = QLabel()
-        self.series.setTextFormat(Qt.TextFormat.PlainText)
-        self.series.setWordWrap(True)
-        self.series.setText("\n".join(f"• {line}" for line in series_lines))
+        self.series = plain_label("\n".join(f"• {line}" for line in series_lines))
         lay.addWidget(self.series)
         if then_next:
             lay.addWidget(QLabel("Then the next study pending review opens."))
@@ -111,7 +98,7 @@ class RejectDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Reject study")
         lay = QVBoxLayout(self)
-        lay.addWidget(_bold("Reject this study?"))
+        lay.addWidget(bold_label("Reject this study?"))
         self.who = _who(heading)
         lay.addWidget(self.who)
         lay.addWidget(QLabel("Nothing of it will be sent to the PACS or learnt from."))

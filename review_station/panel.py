@@ -61,6 +61,11 @@ def plain_label(text: str = "", *, bold: bool = False, wrap: bool = True) -> QLa
     return label
 
 
+def bold_label(text: str) -> QLabel:
+    """A bold plain-text heading."""
+    return plain_label(text, bold=True, wrap=False)
+
+
 class CompactRows(QStyledItemDelegate):
     """Rows as high as the text and no more, so that 24 muscles fit the list at 1080 pixels."""
 
@@ -76,14 +81,6 @@ def _button(action: QAction) -> QToolButton:
     b.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
     b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
     return b
-
-
-def _bold_label(text: str) -> QLabel:
-    label = QLabel(text)
-    f = QFont(label.font())
-    f.setBold(True)
-    label.setFont(f)
-    return label
 
 
 def _grid(page: QWidget) -> QGridLayout:
@@ -133,7 +130,7 @@ class ToolPanel(QWidget):
         self.series_combo.currentIndexChanged.connect(self._series_changed)
         lay.addWidget(self.series_combo)
 
-        title = _bold_label("Muscles — keys 1…9, 0, Tab; Alt+click")
+        title = bold_label("Muscles — keys 1…9, 0, Tab; Alt+click")
         title.setToolTip(
             "1…9, 0: the first ten muscles; Tab / Shift+Tab: next / previous; Alt+click: the one under the pointer"
         )
@@ -172,7 +169,7 @@ class ToolPanel(QWidget):
         self.tabs.addTab(self._review_tab(actions), "Review")
         lay.addWidget(self.tabs)
 
-        lay.addWidget(_bold_label("Decision"))  # always in view
+        lay.addWidget(bold_label("Decision"))  # always in view
         row = QHBoxLayout()
         for name in ("approve_next", "approve", "reject"):
             row.addWidget(_button(actions[name]))

@@ -127,6 +127,14 @@ def label_edges(labels: np.ndarray) -> np.ndarray:
     return e
 
 
+def clip_box(shape: tuple[int, ...], box: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+    """``box`` (y0, y1, x0, x1; None = all) within a slice of ``shape``; None when nothing is left."""
+    h, w = shape[0], shape[1]
+    y0, y1, x0, x1 = (0, h, 0, w) if box is None else box
+    y0, y1, x0, x1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+    return None if y0 >= y1 or x0 >= x1 else (y0, y1, x0, x1)
+
+
 def compose_into(
     out: np.ndarray,
     grey: np.ndarray,
@@ -136,10 +144,9 @@ def compose_into(
 ) -> None:
     """Write the composed pixels of ``box`` (y0, y1, x0, x1; None = all) into ``out`` (uint32, in place)."""
     h, w = labels.shape
-    y0, y1, x0, x1 = (0, h, 0, w) if box is None else box
-    y0, y1, x0, x1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
-    if y0 >= y1 or x0 >= x1:
+    if (clipped := clip_box(labels.shape, box)) is None:
         return
+    y0, y1, x0, x1 = clipped
     ey0, ey1, ex0, ex1 = max(y0 - 1, 0), min(y1 + 1, h), max(x0 - 1, 0), min(x1 + 1, w)
     lab_ext = labels[ey0:ey1, ex0:ex1]
     inner = (slice(y0 - ey0, y1 - ey0), slice(x0 - ex0, x1 - ex0))
@@ -157,11 +164,9 @@ def mark_differences(
     out: np.ndarray, labels: np.ndarray, reference: np.ndarray, box: tuple[int, int, int, int] | None = None
 ) -> None:
     """Hatch (white checks) the pixels of ``box`` where ``labels`` differ from ``reference``."""
-    h, w = labels.shape
-    y0, y1, x0, x1 = (0, h, 0, w) if box is None else box
-    y0, y1, x0, x1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
-    if y0 >= y1 or x0 >= x1:
+    if (clipped := clip_box(labels.shape, box)) is None:
         return
+    y0, y1, x0, x1 = clipped
     diff = labels[y0:y1, x0:x1] != reference[y0:y1, x0:x1]
     if not diff.any():
         return
