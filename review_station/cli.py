@@ -8,7 +8,9 @@ import typer
 
 
 def review(
-    node: str = typer.Option("http://127.0.0.1:8080", "--node", help="the node's API URL"),
+    node: str | None = typer.Option(
+        None, "--node", help="the node's API URL (default: the last node used, else http://127.0.0.1:8080)"
+    ),
     token: str | None = typer.Option(
         None,
         "--token",

@@ -279,25 +279,44 @@ class NodeClient:
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidResponse(f"the node's segment list does not follow the API: {exc}") from exc
 
-    def put_labels(self, series_id: int, labels: np.ndarray) -> None:
-        """``PUT /api/v1/series/{id}/labels`` with the corrected uint8 volume."""
+    def put_labels(self, series_id: int, labels: np.ndarray, SeriesInstanceUID: str) -> None:
+        """``PUT /api/v1/series/{id}/labels?SeriesInstanceUID=...``: save corrections (the study stays pending).
+
+        The UID is the one of the series on screen: the node answers 409 (:class:`Conflict`) when the id
+        now names another series, so edits never land on the wrong patient.
+        """
         if labels.dtype != np.uint8 or labels.ndim != 3:
             raise ValueError(f"labels must be a uint8 (z, y, x) volume, got {labels.dtype} {labels.shape}")
+        if not SeriesInstanceUID:
+            raise ValueError("saving labels needs the SeriesInstanceUID of the series on screen")
         self._request(
             "PUT",
             f"/api/v1/series/{int(series_id)}/labels",
+            params={"SeriesInstanceUID": SeriesInstanceUID},
             data=npy_bytes(labels),
             headers={"Content-Type": NPY_MEDIA_TYPE},
         )
 
-    def approve(self, study_id: int, comment: str | None = None) -> dict[str, Any]:
-        """``POST /api/v1/studies/{id}/approve``; the operator is the token's."""
-        body = self._json("POST", f"/api/v1/studies/{int(study_id)}/approve", json={"comment": comment or None})
+    def approve(self, study_id: int, StudyInstanceUID: str, comment: str | None = None) -> dict[str, Any]:
+        """``POST /api/v1/studies/{id}/approve`` naming the study on screen; the operator is the token's."""
+        if not StudyInstanceUID:
+            raise ValueError("an approval needs the StudyInstanceUID of the study on screen")
+        body = self._json(
+            "POST",
+            f"/api/v1/studies/{int(study_id)}/approve",
+            json={"StudyInstanceUID": StudyInstanceUID, "comment": comment or None},
+        )
         return body if isinstance(body, dict) else {"result": body}
 
-    def reject(self, study_id: int, reason: str) -> dict[str, Any]:
-        """``POST /api/v1/studies/{id}/reject`` with a non-empty reason."""
+    def reject(self, study_id: int, StudyInstanceUID: str, reason: str) -> dict[str, Any]:
+        """``POST /api/v1/studies/{id}/reject`` naming the study on screen, with a non-empty reason."""
         if not reason or not reason.strip():
             raise ValueError("a rejection needs a reason")
-        body = self._json("POST", f"/api/v1/studies/{int(study_id)}/reject", json={"reason": reason.strip()})
+        if not StudyInstanceUID:
+            raise ValueError("a rejection needs the StudyInstanceUID of the study on screen")
+        body = self._json(
+            "POST",
+            f"/api/v1/studies/{int(study_id)}/reject",
+            json={"StudyInstanceUID": StudyInstanceUID, "reason": reason.strip()},
+        )
         return body if isinstance(body, dict) else {"result": body}

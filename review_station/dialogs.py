@@ -1,4 +1,7 @@
-"""Dialogs of the review station: approve, reject, token, statistics; all open non-blocking (``open()``)."""
+"""Dialogs of the review station: approve, reject, token, statistics; all open non-blocking (``open()``).
+
+Patient and study text is shown as plain text (``Qt.PlainText``), never as rich text.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from PyQt5.QtCore import Qt, pyqtSignal
+from PyQt5.QtGui import QKeySequence
 from PyQt5.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -19,41 +23,57 @@ from PyQt5.QtWidgets import (
     QMessageBox,
     QPlainTextEdit,
     QPushButton,
+    QShortcut,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
+from review_station.panel import bold_label, plain_label
 from review_station.stats import MuscleStats, write_csv
+from review_station.text import Heading, window_title
 
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 2000  # the node's limit for a comment or a reason
 
 
-class ApproveDialog(QDialog):
-    """Confirm the approval of a study; the comment is optional."""
+def _who(heading: Heading) -> QLabel:
+    """Patient, patient ID and study: plain text (DICOM strings are never read as markup)."""
+    who = plain_label(heading.lines)
+    who.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return who
 
-    def __init__(self, study_text: str, series_lines: Sequence[str], parent: QWidget | None = None) -> None:
+
+class ApproveDialog(QDialog):
+    """Confirm the approval of a study; the comment is optional. Cancel is the default button."""
+
+    def __init__(
+        self, heading: Heading, series_lines: Sequence[str], parent: QWidget | None = None, *, then_next: bool = False
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Approve study")
         lay = QVBoxLayout(self)
-        lines = "".join(f"<li>{s}</li>" for s in series_lines)
-        info = QLabel(
-            f"<b>Approve {study_text}?</b><p>These labels will be stored as approved, sent to the PACS and "
-            f"used to teach the model:</p><ul>{lines}</ul>"
-        )
-        info.setWordWrap(True)
-        lay.addWidget(info)
+        lay.addWidget(bold_label("Approve this study?"))
+        self.who = _who(heading)
+        lay.addWidget(self.who)
+        lay.addWidget(QLabel("These labels will be stored as approved, sent to the PACS and used to teach the model:"))
+        self.series = plain_label("\n".join(f"• {line}" for line in series_lines))
+        lay.addWidget(self.series)
+        if then_next:
+            lay.addWidget(QLabel("Then the next study pending review opens."))
         lay.addWidget(QLabel("Comment (optional):"))
         self.comment = QPlainTextEdit()
         self.comment.setPlaceholderText("e.g. corrected the soleus boundary on slices 10-14")
         self.comment.setFixedHeight(80)
+        self.comment.setTabChangesFocus(True)
         lay.addWidget(self.comment)
         self.buttons = QDialogButtonBox(QDialogButtonBox.Cancel)
-        self.approve_button = QPushButton("Approve")
+        self.approve_button = QPushButton("Approve && open next (Alt+A)" if then_next else "Approve (Alt+A)")
         self.buttons.addButton(self.approve_button, QDialogButtonBox.AcceptRole)
+        shortcut = QShortcut(QKeySequence("Alt+A"), self)  # explicit: button mnemonics are not on every platform
+        shortcut.activated.connect(self.approve_button.click)
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         self.comment.textChanged.connect(
@@ -63,6 +83,7 @@ class ApproveDialog(QDialog):
         cancel = self.buttons.button(QDialogButtonBox.Cancel)
         assert cancel is not None
         cancel.setDefault(True)
+        self.approve_button.setAutoDefault(False)
 
     def comment_text(self) -> str | None:
         """The comment, or None when empty."""
@@ -73,17 +94,19 @@ class ApproveDialog(QDialog):
 class RejectDialog(QDialog):
     """Reject a study: a reason is required (the Reject button stays disabled without one)."""
 
-    def __init__(self, study_text: str, parent: QWidget | None = None) -> None:
+    def __init__(self, heading: Heading, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Reject study")
         lay = QVBoxLayout(self)
-        info = QLabel(f"<b>Reject {study_text}?</b><p>Nothing of it will be sent to the PACS or learnt from.</p>")
-        info.setWordWrap(True)
-        lay.addWidget(info)
+        lay.addWidget(bold_label("Reject this study?"))
+        self.who = _who(heading)
+        lay.addWidget(self.who)
+        lay.addWidget(QLabel("Nothing of it will be sent to the PACS or learnt from."))
         lay.addWidget(QLabel("Reason (required):"))
         self.reason = QPlainTextEdit()
         self.reason.setPlaceholderText("e.g. wrong anatomy, motion artefacts, not a muscle study")
         self.reason.setFixedHeight(80)
+        self.reason.setTabChangesFocus(True)
         lay.addWidget(self.reason)
         self.buttons = QDialogButtonBox(QDialogButtonBox.Cancel)
         self.reject_button = QPushButton("Reject")
@@ -112,6 +135,7 @@ class TokenDialog(QDialog):
         form = QFormLayout(self)
         if message:
             msg = QLabel(message)
+            msg.setTextFormat(Qt.TextFormat.PlainText)
             msg.setWordWrap(True)
             form.addRow(msg)
         self.url = QLineEdit(url)
@@ -144,7 +168,7 @@ class StatisticsDialog(QDialog):
 
     def __init__(self, title: str, stats: Sequence[MuscleStats], parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setWindowTitle(f"Statistics — {title}")
+        self.setWindowTitle(window_title(f"Statistics — {title}"))
         self.stats = list(stats)
         self.resize(1180, 500)
         lay = QVBoxLayout(self)

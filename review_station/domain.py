@@ -24,6 +24,10 @@ def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def _opt_str(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
 @dataclass(frozen=True)
 class Segment:
     """One label value of a series: a muscle on one side, with its display colour."""
@@ -122,6 +126,8 @@ class StudySummary:
     instance_count: int
     models: tuple[ModelRef, ...] = ()
     series: tuple[SeriesSummary, ...] = field(default=())
+    in_progress_by: str | None = None  # the operator whose corrections are saved but not decided (optional)
+    approved_by: str | None = None  # optional in the API
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> StudySummary:
@@ -145,6 +151,8 @@ class StudySummary:
             instance_count=int(d.get("instance_count") or 0),
             models=models,
             series=series,
+            in_progress_by=_opt_str(d.get("in_progress_by")),
+            approved_by=_opt_str(d.get("approved_by")),
         )
 
     @property

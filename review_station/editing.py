@@ -45,6 +45,7 @@ class EditSession:
         self.spacing = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
         self.history = history if history is not None else History()
         self._saved = self.labels.copy()
+        self.locked = np.zeros(256, dtype=bool)  # muscles whose pixels no edit changes
         self._stroke: dict[str, object] | None = None
         self._stroke_before: np.ndarray | None = None
         self._stroke_z = 0
@@ -101,6 +102,8 @@ class EditSession:
             raise EditError("choose a muscle to paint")
         kw: dict[str, object] = {"value": value, "shape": shape, "erase": erase, "erase_all": erase_all}
         kw["protect_others"] = protect_others
+        if self.locked.any():
+            kw["locked"] = self.locked.copy()
         if intensity_tolerance is not None:
             h, w = self.image.shape[1:]
             y = min(max(round(start[0]), 0), h - 1)
@@ -142,8 +145,14 @@ class EditSession:
         self._stroke_before = None
 
     # ---- whole-slice operations ------------------------------------------------------------------
+    def set_locked(self, value: int, locked: bool) -> None:
+        """Lock (or unlock) a muscle: while locked, no edit changes its pixels."""
+        if not 1 <= value <= 255:
+            raise ValueError(f"label value {value} is outside 1..255")
+        self.locked[value] = locked
+
     def apply_slices(self, description: str, new: Mapping[int, np.ndarray]) -> Edit | None:
-        """Write new contents for some slices and record one undoable step."""
+        """Write new contents for some slices and record one undoable step (locked muscles stay as they are)."""
         if self._stroke is not None:
             self.end_stroke()
         diffs = []
@@ -151,9 +160,21 @@ class EditSession:
             self._check_z(z)
             if s.shape != self.labels.shape[1:] or s.dtype != np.uint8:
                 raise ValueError(f"slice {z + 1}: expected uint8 {self.labels.shape[1:]}, got {s.dtype} {s.shape}")
+            if self.locked.any():
+                keep = self.locked[self.labels[z]]
+                if keep.any():
+                    s = s.copy()
+                    s[keep] = self.labels[z][keep]
             diffs.append(diff_slice(z, self.labels[z], s))
             self.labels[z] = s
         return self.history.record(description, diffs)
+
+    def replace_labels(self, description: str, labels: np.ndarray) -> Edit | None:
+        """Take ``labels`` (a whole volume, e.g. edits kept on disk) as one undoable step."""
+        if labels.shape != self.labels.shape or labels.dtype != np.uint8:
+            raise EditError(f"labels {labels.dtype} {labels.shape} do not fit this series {self.labels.shape}")
+        changed = np.flatnonzero((labels != self.labels).any(axis=(1, 2)))
+        return self.apply_slices(description, {int(z): labels[z].copy() for z in changed})
 
     def _slice_op(self, name: str, z: int | None, fn: Callable[[np.ndarray], np.ndarray]) -> Edit | None:
         zs = range(self.n_slices) if z is None else [z]
@@ -178,6 +199,10 @@ class EditSession:
     def remove_small_islands(self, z: int | None, label: int | None, min_size: int) -> Edit | None:
         """Clear pieces of ``label`` (or of every muscle) smaller than ``min_size`` pixels."""
         return self._slice_op("remove islands", z, lambda s: tools.remove_small_islands(s, label, min_size))
+
+    def smooth(self, z: int | None, label: int, sigma: float = 1.0) -> Edit | None:
+        """Smooth the outline of ``label`` on slice ``z`` (or every slice)."""
+        return self._slice_op("smooth", z, lambda s: tools.smooth(s, label, sigma))
 
     # ---- across slices ---------------------------------------------------------------------------
     def _sampling(self) -> tuple[float, float]:

@@ -1,22 +1,24 @@
-"""Main window: worklist ⇄ review page, menus, status bar with progress, and the node conversations.
+"""Main window: worklist ⇄ review page, menus, status bar with progress, connection to the node.
 
-Every call to the node runs in a :class:`~review_station.workers.TaskRunner` thread; results come back on the
-UI thread. A failed decision leaves the edits where they are, with the reason in a dialog.
+Every call to the node runs off the UI thread: reads on ``runner``, writes (corrections, decisions) one at a
+time and in order on ``writer``. Opening, saving and switching studies live in
+:class:`~review_station.study_session.StudySession`, decisions in :class:`~review_station.decisions.Decisions`.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PyQt5.QtCore import Qt
+from PyQt5.QtCore import QSettings, Qt, QTimer
 from PyQt5.QtGui import QKeySequence
 from PyQt5.QtWidgets import (
     QAction,
+    QApplication,
     QFileDialog,
     QLabel,
     QMainWindow,
@@ -26,41 +28,62 @@ from PyQt5.QtWidgets import (
     QWidget,
 )
 
-from review_station import stats
+from review_station import preferences, stats
 from review_station.client import AuthError, NodeClient, NodeError
-from review_station.dialogs import ApproveDialog, RejectDialog, StatisticsDialog, TokenDialog
-from review_station.domain import Segment, SeriesSummary, StudySummary, Volume
+from review_station.decisions import Decisions
+from review_station.dialogs import StatisticsDialog, TokenDialog
+from review_station.domain import SeriesSummary, StudySummary
 from review_station.editing import EditSession
 from review_station.local import load_local
+from review_station.recovery import RecoveryStore
 from review_station.review_page import ReviewPage, SeriesData
-from review_station.workers import Progress, TaskRunner
+from review_station.study_session import StudySession
+from review_station.text import Heading, window_title
+from review_station.workers import TaskRunner
 from review_station.worklist import WorklistWidget
 
 log = logging.getLogger(__name__)
 
-LoadedSeries = tuple[SeriesSummary, Volume, np.ndarray, list[Segment]]
+DEFAULT_SIZE = (1400, 900)
+AUTOSAVE_MS = 30_000
 
 
-def study_title(s: StudySummary) -> str:
-    """Rich-text heading of a study: patient, description, date."""
-    name = s.PatientName.replace("^", ", ", 1).replace("^", " ")
-    return f"<b>{name or 'Unnamed'}</b> ({s.PatientID})<br>{s.StudyDescription or 'Study'} {s.StudyDate}"
+def message_box(parent: QWidget, icon: QMessageBox.Icon, title: str, text: str, buttons: Any) -> QMessageBox:
+    """A non-blocking message box whose text is plain text (it may quote the node or DICOM strings)."""
+    box = QMessageBox(icon, title, "", buttons, parent)
+    box.setTextFormat(Qt.TextFormat.PlainText)
+    box.setText(text)
+    return box
 
 
-class MainWindow(QMainWindow):
+class MainWindow(StudySession, Decisions, QMainWindow):
     """The review station's window. ``client=None`` runs offline (local files only)."""
 
-    def __init__(self, client: NodeClient | None = None, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        client: NodeClient | None = None,
+        parent: QWidget | None = None,
+        *,
+        settings: QSettings | None = None,
+        recovery: RecoveryStore | None = None,
+        autosave_ms: int = AUTOSAVE_MS,
+    ) -> None:
         super().__init__(parent)
         self.client = client
+        self.study_client: NodeClient | None = None  # the node the open study came from
+        self.settings = settings
+        self.recovery = recovery or RecoveryStore()
         self.runner = TaskRunner(self)
+        self.writer = TaskRunner(self, max_threads=1)  # saves and decisions, in order
         self.open_study_id: int | None = None
         self.local_path: Path | None = None
         self.last_error: QMessageBox | None = None
         self.dialog: Any = None
+        self.epoch = 0  # bumped when the node changes: answers of the old node are dropped
         self._refreshing = False
         self._close_confirmed = False
-        self.resize(1400, 900)
+        self._closing = False
+        self.fit_to_screen()
         self.stack = QStackedWidget()
         self.worklist = WorklistWidget()
         self.review = ReviewPage()
@@ -69,17 +92,35 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.stack)
         self._make_status_bar()
         self._make_menus()
+        self.autosave_timer = QTimer(self)
+        self.autosave_timer.setInterval(max(int(autosave_ms), 100))
+        self.autosave_timer.timeout.connect(self.autosave)
+        self.autosave_timer.start()
         self.worklist.refreshRequested.connect(self.refresh_worklist)
         self.worklist.openRequested.connect(self.open_study)
         self.review.message.connect(lambda t: self._say(t, 6000))
         self.review.editsChanged.connect(self._update_title)
-        self.review.approveRequested.connect(self.ask_approve)
+        self.review.approveRequested.connect(lambda: self.ask_approve(then_next=False))
+        self.review.approveNextRequested.connect(lambda: self.ask_approve(then_next=True))
         self.review.rejectRequested.connect(self.ask_reject)
         self.review.statisticsRequested.connect(self._statistics_requested)
         self.review.canvas.cursorInfo.connect(self.cursor_label.setText)
-        self.runner.busyChanged.connect(self._busy_changed)
+        for runner in (self.runner, self.writer):
+            runner.busyChanged.connect(self._busy_changed)
+        if settings is not None:
+            preferences.restore(self, settings)
         self.show_worklist()
         self._update_title()
+
+    def fit_to_screen(self) -> None:
+        """The default size, or less on a smaller screen (e.g. 1366×768): the window always fits."""
+        w, h = DEFAULT_SIZE
+        screen = QApplication.primaryScreen()
+        if screen is not None:
+            avail = screen.availableGeometry()
+            if avail.width() >= 640 and avail.height() >= 480:
+                w, h = min(w, avail.width()), min(h, avail.height() - 30)
+        self.resize(w, h)
 
     # ---- chrome ----------------------------------------------------------------------------------
     def _make_status_bar(self) -> None:
@@ -110,6 +151,7 @@ class MainWindow(QMainWindow):
         self.act_refresh = self._action("Refresh worklist", self.worklist.request_refresh, ("F5",))
         self.act_worklist = self._action("Back to worklist", self.show_worklist, ("Ctrl+L",))
         self.act_review = self._action("Show open study", self.show_review, ("Ctrl+R",))
+        self.act_save_node = self._action("Save corrections to the node", lambda: self.save_to_node("save"))
         self.act_open_local = self._action("Open local files…", self.ask_open_local)
         self.act_save_local = self._action("Save labels as…", self.ask_save_local, ("Ctrl+S",))
         self.act_connect = self._action("Connect to node…", lambda: self.ask_token(""))
@@ -129,15 +171,19 @@ class MainWindow(QMainWindow):
         def named(*names: str | None) -> tuple[QAction | None, ...]:
             return tuple(None if n is None else acts[n] for n in names)
 
-        menu("&File", (self.act_refresh, self.act_worklist, self.act_review, self.act_connect, None,
-                       self.act_open_local, self.act_save_local, None, self.act_quit))  # fmt: skip
+        menu("&File", (self.act_refresh, self.act_worklist, self.act_review, self.act_save_node, None,
+                       self.act_connect, None, self.act_open_local, self.act_save_local, None,
+                       self.act_quit))  # fmt: skip
         menu("&Edit", named("undo", "redo"))
-        menu("&View", named("overlay", "fit", "reset_window", "goto"))
+        menu("&View", named("overlay", "fit", "reset_window", "next_preset", "goto", None, "show_draft",
+                            "show_difference", "reformats"))  # fmt: skip
+        menu("&Muscles", named("next_muscle", "previous_muscle", "lock", None,
+                               *(f"muscle_{i}" for i in range(1, 11))))  # fmt: skip
         menu("&Tools", named("tool_paint", "tool_erase", "tool_pan", "tool_zoom", None, "brush_bigger",
-                             "brush_smaller", None, "grow", "shrink", "fill_holes", "remove_islands", None,
+                             "brush_smaller", None, "grow", "shrink", "fill_holes", "remove_islands", "smooth", None,
                              "interpolate", "interpolate_block", "propagate_back", "propagate_forward", None,
                              "statistics"))  # fmt: skip
-        menu("&Study", named("approve", "reject"))
+        menu("&Study", named("approve_next", "approve", "reject"))
 
     def _say(self, text: str, msecs: int = 0) -> None:
         sb = self.statusBar()
@@ -146,19 +192,23 @@ class MainWindow(QMainWindow):
 
     def _update_title(self) -> None:
         where = self.client.base_url if self.client else "offline"
-        mod = " — edited" if self.review.modified else ""
-        self.setWindowTitle(f"Laurel review — {where}{mod}")
-        self.act_save_local.setEnabled(self.review.current is not None)
-        self.act_review.setEnabled(self.review.current is not None)
+        mod = " — not saved yet" if self.review.modified else ""
+        who = f"{self.review.heading.one_line} — " if self.review.heading and self.review.current else ""
+        self.setWindowTitle(window_title(f"Laurel review — {who}{where}{mod}"))
+        has = self.review.current is not None
+        self.act_save_local.setEnabled(has)
+        self.act_review.setEnabled(has)
+        self.act_save_node.setEnabled(has and self.review.study is not None)
         self.act_refresh.setEnabled(self.client is not None)
         self.act_connect.setEnabled(self.client is not None)
 
-    def _busy_changed(self, busy: bool) -> None:
+    def _busy_changed(self, _busy: bool) -> None:
+        busy = self.runner.busy or self.writer.busy
         self.progress.setVisible(busy)
-        if busy:
+        if busy and self.progress.maximum() != 0:
             self.progress.setRange(0, 0)
             self.progress.setFormat("working…")
-        self.worklist.refresh_button.setEnabled(not busy)
+        self.worklist.refresh_button.setEnabled(not self.runner.busy)
 
     def _progress(self, text: str, done: int, total: int) -> None:
         self.progress.setRange(0, max(total, 0))
@@ -167,12 +217,13 @@ class MainWindow(QMainWindow):
         self._say(text)
 
     def show_error(self, title: str, error: BaseException | str) -> QMessageBox:
-        """A non-blocking error dialog (kept as ``last_error``)."""
+        """A non-blocking error dialog (kept as ``last_error``); its text is plain text."""
         text = str(error) if isinstance(error, BaseException) else error
         if isinstance(error, BaseException) and not isinstance(error, NodeError | ValueError | OSError):
-            log.exception("unexpected %s", type(error).__name__, exc_info=error)
+            where = "".join(traceback.format_tb(error.__traceback__))
+            log.error("unexpected %s\n%s", type(error).__name__, where)  # no message: it may hold patient data
             text = f"Unexpected error ({type(error).__name__}): {error}"
-        box = QMessageBox(QMessageBox.Critical, title, text[:1].upper() + text[1:], QMessageBox.Ok, self)
+        box = message_box(self, QMessageBox.Critical, title, text[:1].upper() + text[1:], QMessageBox.Ok)
         box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.last_error = box
         box.open()
@@ -203,12 +254,12 @@ class MainWindow(QMainWindow):
         if not self.client.has_token:
             self.ask_token("Enter your operator token to connect.")
             return
-        client = self.client
+        client, epoch = self.client, self.epoch
         self.worklist.status.setText("connecting…")
         self.runner.start(
             lambda _p: client.check(),
-            on_done=lambda _h: self._connected(),
-            on_failed=self._connection_failed,
+            on_done=lambda _h: self._connected() if epoch == self.epoch else None,
+            on_failed=lambda e: self._connection_failed(e) if epoch == self.epoch else None,
             name="check",
         )
 
@@ -233,12 +284,27 @@ class MainWindow(QMainWindow):
 
     def _token_given(self, url: str, token: str) -> None:
         try:
-            self.client = NodeClient(url, token.strip() or None)
+            client = NodeClient(url, token.strip() or None)
         except ValueError as exc:
             self.show_error("Cannot connect", exc)
             return
-        self.node_label.setText(self.client.base_url)
+        if self.client is not None and client.base_url == self.client.base_url:
+            client.close()  # the same node with another token: the open study stays open
+            self.client.set_token(token.strip() or None)
+            self.start()
+            return
+        self.switch_node(client)
+
+    def use_client(self, client: NodeClient) -> None:
+        """Talk to ``client``'s node from now on (nothing of the old node's study stays open)."""
+        old = self.client
+        self.epoch += 1
+        self.client = client
+        self.worklist.clear("connecting…")
+        self.node_label.setText(client.base_url)
         self._update_title()
+        if old is not None and old is not client:
+            old.close()
         self.start()
 
     # ---- worklist --------------------------------------------------------------------------------
@@ -246,98 +312,23 @@ class MainWindow(QMainWindow):
         """Reload the worklist in the background."""
         if self.client is None or self._refreshing:
             return
-        client = self.client
+        client, epoch = self.client, self.epoch
         self._refreshing = True
-        self.runner.start(
-            lambda _p: client.studies(state),
-            on_done=self._worklist_loaded,
-            on_failed=self._worklist_failed,
-            name="studies",
-        )
 
-    def _worklist_loaded(self, studies: list[StudySummary]) -> None:
-        self._refreshing = False
-        self.worklist.set_studies(studies)
+        def done(studies: list[StudySummary]) -> None:
+            self._refreshing = False
+            if epoch == self.epoch:
+                self.worklist.set_studies(studies)
 
-    def _worklist_failed(self, exc: BaseException) -> None:
-        self._refreshing = False
-        self.worklist.set_error(str(exc))
-        if isinstance(exc, AuthError):
-            self.ask_token(str(exc))
-
-    # ---- open ------------------------------------------------------------------------------------
-    def open_study(self, study_id: int) -> None:
-        """Load a study's drafts and show it (asks first if the open study has edits not yet sent)."""
-        if self.client is None:
-            return
-        if study_id == self.open_study_id and self.review.current is not None:
-            self.show_review()
-            return
-        if self.review.modified:
-            box = QMessageBox(
-                QMessageBox.Warning,
-                "Discard edits?",
-                "The open study has corrections that were not approved. Discard them and open another study?",
-                QMessageBox.Discard | QMessageBox.Cancel,
-                self,
-            )
-            box.setDefaultButton(QMessageBox.Cancel)
-            box.finished.connect(lambda r: self._load_study(study_id) if r == QMessageBox.Discard else None)
-            self.dialog = box
-            box.open()
-            return
-        self._load_study(study_id)
-
-    def _load_study(self, study_id: int) -> None:
-        assert self.client is not None
-        client = self.client
-
-        def work(progress: Progress) -> tuple[StudySummary, list[LoadedSeries]]:
-            progress("reading the study", 0, 0)
-            study = client.study(study_id)
-            todo = [s for s in study.series if s.has_draft or s.has_corrected]
-            out = []
-            for i, s in enumerate(todo):
-                progress(f"series {i + 1}/{len(todo)}: image", 3 * i, 3 * len(todo))
-                vol = client.volume(s.id)
-                progress(f"series {i + 1}/{len(todo)}: labels", 3 * i + 1, 3 * len(todo))
-                labels = client.labels(s.id, "corrected" if s.has_corrected else "draft")
-                progress(f"series {i + 1}/{len(todo)}: muscles", 3 * i + 2, 3 * len(todo))
-                out.append((s, vol, labels, client.segments(s.id)))
-            return study, out
-
-        self._say(f"opening study {study_id}…")
-        self.runner.start(
-            work, on_done=self._study_loaded, on_failed=lambda e: self._open_failed(e),
-            on_progress=self._progress, name="open",
-        )  # fmt: skip
-
-    def _open_failed(self, exc: BaseException) -> None:
-        self.show_error("Cannot open the study", exc)
-        if isinstance(exc, AuthError):
-            self.ask_token(str(exc))
-
-    def _study_loaded(self, result: tuple[StudySummary, list[LoadedSeries]]) -> None:
-        study, loaded = result
-        series = []
-        for summary, vol, labels, segments in loaded:
-            if labels.shape != vol.image.shape:
-                self.show_error(
-                    "Cannot open the study",
-                    f"series {summary.id}: labels {labels.shape} and image {vol.image.shape} differ in shape",
-                )
+        def failed(exc: BaseException) -> None:
+            self._refreshing = False
+            if epoch != self.epoch:
                 return
-            series.append(SeriesData(summary, EditSession(vol.image, labels, vol.spacing), segments))
-        if not series:
-            self.show_error("Nothing to review", "this study has no segmentation draft (yet)")
-            return
-        self.open_study_id = study.id
-        self.local_path = None
-        editable = study.state == "PENDING_REVIEW"
-        self.review.load(study, series, study_title(study), editable)
-        self._say(f"opened study {study.id}" + ("" if editable else f" (read only: {study.state})"), 5000)
-        self.show_review()
-        self._update_title()
+            self.worklist.set_error(str(exc))
+            if isinstance(exc, AuthError):
+                self.ask_token(str(exc))
+
+        self.runner.start(lambda _p: client.studies(state), on_done=done, on_failed=failed, name="studies")
 
     # ---- offline files ---------------------------------------------------------------------------
     def open_local(self, volume: Path, labels: Path | None = None) -> None:
@@ -349,9 +340,10 @@ class MainWindow(QMainWindow):
             return
         summary = SeriesSummary(0, "", volume.name, "MR", vol.image.shape[0], None, None, "", None, True, False)
         self.open_study_id = None
+        self.study_client = None
         self.local_path = labels
-        self.review.load(None, [SeriesData(summary, EditSession(vol.image, lab, vol.spacing), segments)],
-                         f"<b>{volume.name}</b> (local file)", editable=True)  # fmt: skip
+        series = [SeriesData(summary, EditSession(vol.image, lab, vol.spacing), segments)]
+        self.review.load(None, series, Heading.local(volume.name), editable=True)
         self.show_review()
         self._update_title()
 
@@ -388,100 +380,6 @@ class MainWindow(QMainWindow):
         self._say(f"labels saved to {path}", 6000)
         self._update_title()
 
-    # ---- decide ----------------------------------------------------------------------------------
-    def _decidable(self) -> StudySummary | None:
-        study = self.review.study
-        if self.client is None or study is None or study.state != "PENDING_REVIEW" or self.runner.busy:
-            return None
-        return study
-
-    def ask_approve(self) -> None:
-        """Open the approval confirmation (nothing is sent until its Approve button is pressed)."""
-        if (study := self._decidable()) is None:
-            return
-        lines = []
-        for s in self.review.series:
-            edits = "corrected" if s.session.modified or s.summary.has_corrected else "draft unchanged"
-            lines.append(f"{s.summary.title} — {edits}")
-        dlg = ApproveDialog(study_title(study), lines, self)
-        dlg.accepted.connect(lambda: self.approve(dlg.comment_text()))
-        self.dialog = dlg
-        dlg.open()
-
-    def approve(self, comment: str | None) -> None:
-        """Upload the labels of every series, then approve (in the background; edits kept on failure)."""
-        if (study := self._decidable()) is None:
-            return
-        assert self.client is not None
-        client = self.client
-        uploads = [(s.summary.id, s.session.labels.copy()) for s in self.review.series]
-        self.review.set_read_only(True)
-
-        def work(progress: Progress) -> dict[str, Any]:
-            n = len(uploads)
-            for i, (series_id, labels) in enumerate(uploads):
-                progress(f"uploading labels {i + 1}/{n}", i, n + 1)
-                client.put_labels(series_id, labels)
-            progress("approving", n, n + 1)
-            return client.approve(study.id, comment)
-
-        self.runner.start(work, on_done=lambda r: self._decided(study, r, "APPROVED", uploads),
-                          on_failed=lambda e: self._decision_failed("Approval failed", e),
-                          on_progress=self._progress, name="approve")  # fmt: skip
-
-    def ask_reject(self) -> None:
-        """Open the rejection dialog (a reason is required)."""
-        if (study := self._decidable()) is None:
-            return
-        dlg = RejectDialog(study_title(study), self)
-        dlg.accepted.connect(lambda: self.reject_study(dlg.reason_text()))
-        self.dialog = dlg
-        dlg.open()
-
-    def reject_study(self, reason: str) -> None:
-        """Send the rejection in the background."""
-        if (study := self._decidable()) is None or not reason.strip():
-            return
-        assert self.client is not None
-        client = self.client
-        self.review.set_read_only(True)
-
-        def work(progress: Progress) -> dict[str, Any]:
-            progress("rejecting", 0, 0)
-            return client.reject(study.id, reason)
-
-        self.runner.start(work,
-                          on_done=lambda r: self._decided(study, r, "REJECTED", []),
-                          on_failed=lambda e: self._decision_failed("Rejection failed", e),
-                          on_progress=self._progress, name="reject")  # fmt: skip
-
-    def _decided(
-        self,
-        study: StudySummary,
-        result: dict[str, Any],
-        default_state: str,
-        uploads: list[tuple[int, np.ndarray]],
-    ) -> None:
-        for s, (_sid, sent) in zip(self.review.series, uploads, strict=False):
-            s.session.mark_saved(sent)  # what the node holds now
-        state = str(result.get("state") or default_state)
-        self.review.set_state(replace(study, state=state))
-        extra = ""
-        scores = [d.get("overall") for d in (result.get("dice") or {}).values() if isinstance(d, dict)]
-        scores = [float(v) for v in scores if isinstance(v, int | float)]
-        if scores:
-            extra = " — agreement with the draft (Dice) " + ", ".join(f"{v:.3f}" for v in scores)
-        self._say(f"study {study.id}: {state}{extra}", 15000)
-        self._update_title()
-        self.show_worklist()
-        self.worklist.request_refresh()
-
-    def _decision_failed(self, title: str, exc: BaseException) -> None:
-        self.review.set_read_only(False)
-        self.show_error(title, f"{exc}\n\nYour corrections are kept; nothing was approved.")
-        if isinstance(exc, AuthError):
-            self.ask_token(str(exc))
-
     # ---- statistics ------------------------------------------------------------------------------
     def _statistics_requested(self) -> None:
         self.show_statistics()
@@ -502,20 +400,30 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:
         if self.review.modified and not self._close_confirmed:
             event.ignore()
-            what = "corrections that were not approved" if self.review.study else "labels that were not saved"
-            box = QMessageBox(
-                QMessageBox.Warning, "Quit?", f"The open study has {what}. Quit and lose them?",
-                QMessageBox.Discard | QMessageBox.Cancel, self,
-            )  # fmt: skip
+            if self.review.study is not None and self.study_client is not None:
+                self.save_before(lambda: self._quit_confirmed(), "closing")  # corrections go to the node first
+                return
+            box = message_box(self, QMessageBox.Warning, "Quit?",
+                              "The open files have labels that were not saved. Quit and lose them?",
+                              QMessageBox.Discard | QMessageBox.Cancel)  # fmt: skip
             box.setDefaultButton(QMessageBox.Cancel)
             box.finished.connect(lambda r: self._quit_confirmed() if r == QMessageBox.Discard else None)
             self.dialog = box
             box.open()
             return
+        self._closing = True
+        self.autosave_timer.stop()
         self.worklist.timer.stop()
+        if self.settings is not None:
+            preferences.store(self, self.settings)
+        self.writer.wait(30000)
         self.runner.wait(10000)
-        if self.client is not None:
-            self.client.close()
+        unsaved = [s for s in self.review.series if s.session.modified]
+        if unsaved and self.review.study is not None:  # e.g. the node was down and you chose to quit anyway
+            self.keep_locally(unsaved)
+        for c in {self.client, self.study_client} - {None}:
+            assert c is not None
+            c.close()
         event.accept()
 
     def _quit_confirmed(self) -> None:

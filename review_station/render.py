@@ -31,13 +31,28 @@ class Quantized:
 
     def auto_window(self) -> tuple[float, float]:
         """(window, level) spanning the 1st to 99.5th percentile of the volume (on a sample of voxels)."""
-        flat = self.codes.ravel()
+        return self.percentile_window(1.0, 99.5)
+
+    def percentile_window(self, lo_pct: float, hi_pct: float, where: np.ndarray | None = None) -> tuple[float, float]:
+        """(window, level) spanning two percentiles of the volume, or of the voxels selected by ``where``."""
+        flat = self.codes.ravel() if where is None else self.codes[where]
+        if flat.size == 0:
+            flat = self.codes.ravel()
         sample = flat[:: max(1, flat.size // 200_000)]
-        p_lo, p_hi = np.percentile(sample, [1.0, 99.5])
+        p_lo, p_hi = np.percentile(sample, [lo_pct, hi_pct])
         lo, hi = self.lo + p_lo * self.step, self.lo + p_hi * self.step
         if hi <= lo:
             lo, hi = self.lo, max(self.hi, self.lo + 1.0)
         return hi - lo, (hi + lo) / 2.0
+
+
+# name: (low percentile, high percentile, of the labelled voxels only)
+WINDOW_PRESETS: dict[str, tuple[float, float, bool]] = {
+    "Automatic (1–99.5 %)": (1.0, 99.5, False),
+    "High contrast (5–95 %)": (5.0, 95.0, False),
+    "Full range": (0.0, 100.0, False),
+    "Muscle (labelled voxels)": (0.5, 99.5, True),
+}
 
 
 def window_lut(q: Quantized, window: float, level: float) -> np.ndarray:
@@ -54,6 +69,7 @@ class OverlayStyle:
 
     colours: np.ndarray = field(default_factory=lambda: np.full((256, 3), 255, dtype=np.uint8))
     visible: np.ndarray = field(default_factory=lambda: np.ones(256, dtype=bool))
+    strength: np.ndarray = field(default_factory=lambda: np.ones(256, dtype=np.float32))  # per-muscle opacity
     active: int = 0
     opacity: float = 0.5
     show: bool = True
@@ -70,7 +86,7 @@ class OverlayStyle:
         """float32 ``(2, 256)``: opacity of fill (row 0) and outline (row 1) per label value.
 
         The active muscle is filled at the chosen opacity and outlined solid; the others are filled at 60 %
-        of it with a lighter outline, so opacity 0 shows outlines only.
+        of it with a lighter outline, so opacity 0 shows outlines only. ``strength`` scales both per muscle.
         """
         a = np.zeros((2, 256), dtype=np.float32)
         if not self.show:
@@ -81,6 +97,7 @@ class OverlayStyle:
         if 0 < self.active < 256:
             a[0, self.active] = op
             a[1, self.active] = 1.0
+        a *= np.clip(self.strength, 0.0, 1.0)[None, :]
         a[:, 0] = 0.0
         a[:, ~self.visible] = 0.0
         return a
@@ -110,6 +127,14 @@ def label_edges(labels: np.ndarray) -> np.ndarray:
     return e
 
 
+def clip_box(shape: tuple[int, ...], box: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+    """``box`` (y0, y1, x0, x1; None = all) within a slice of ``shape``; None when nothing is left."""
+    h, w = shape[0], shape[1]
+    y0, y1, x0, x1 = (0, h, 0, w) if box is None else box
+    y0, y1, x0, x1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+    return None if y0 >= y1 or x0 >= x1 else (y0, y1, x0, x1)
+
+
 def compose_into(
     out: np.ndarray,
     grey: np.ndarray,
@@ -119,10 +144,9 @@ def compose_into(
 ) -> None:
     """Write the composed pixels of ``box`` (y0, y1, x0, x1; None = all) into ``out`` (uint32, in place)."""
     h, w = labels.shape
-    y0, y1, x0, x1 = (0, h, 0, w) if box is None else box
-    y0, y1, x0, x1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
-    if y0 >= y1 or x0 >= x1:
+    if (clipped := clip_box(labels.shape, box)) is None:
         return
+    y0, y1, x0, x1 = clipped
     ey0, ey1, ex0, ex1 = max(y0 - 1, 0), min(y1 + 1, h), max(x0 - 1, 0), min(x1 + 1, w)
     lab_ext = labels[ey0:ey1, ex0:ex1]
     inner = (slice(y0 - ey0, y1 - ey0), slice(x0 - ex0, x1 - ex0))
@@ -131,6 +155,24 @@ def compose_into(
     idx |= grey[y0:y1, x0:x1]
     idx[edge] |= np.uint32(1 << 16)
     out[y0:y1, x0:x1] = lut[idx]
+
+
+DIFF_COLOUR = np.uint32(0xFFFFFFFF)  # white, on every other pixel: the labels stay visible between
+
+
+def mark_differences(
+    out: np.ndarray, labels: np.ndarray, reference: np.ndarray, box: tuple[int, int, int, int] | None = None
+) -> None:
+    """Hatch (white checks) the pixels of ``box`` where ``labels`` differ from ``reference``."""
+    if (clipped := clip_box(labels.shape, box)) is None:
+        return
+    y0, y1, x0, x1 = clipped
+    diff = labels[y0:y1, x0:x1] != reference[y0:y1, x0:x1]
+    if not diff.any():
+        return
+    yy, xx = np.nonzero(diff)
+    even = ((yy + y0 + xx + x0) & 1) == 0
+    out[y0:y1, x0:x1][yy[even], xx[even]] = DIFF_COLOUR
 
 
 def compose(grey: np.ndarray, labels: np.ndarray, lut: np.ndarray) -> np.ndarray:

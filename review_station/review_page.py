@@ -1,23 +1,29 @@
-"""The review page: canvas + toolbox for the series of one open study, and every editing action.
+"""The review page: canvas (and reformats) + toolbox for the series of one open study, and what they show.
 
-Actions (with Dafne's shortcuts where Dafne has one) live here and are added to the main window so that their
-shortcuts work anywhere on the page; buttons in the toolbox show the same actions.
+Actions (:mod:`review_station.actions`) are added to the main window so that their shortcuts work anywhere on
+the page; buttons in the toolbox show the same actions. Editing commands live in
+:class:`~review_station.review_edits.EditCommands`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
 from PyQt5.QtCore import Qt, pyqtSignal
-from PyQt5.QtGui import QKeySequence
-from PyQt5.QtWidgets import QAction, QActionGroup, QApplication, QHBoxLayout, QInputDialog, QWidget
+from PyQt5.QtWidgets import QHBoxLayout, QInputDialog, QSplitter, QWidget
 
+from review_station import render, stats
+from review_station.actions import ACTIONS, EDITING, make_actions
 from review_station.domain import Segment, SeriesSummary, StudySummary
-from review_station.editing import EditError, EditSession
-from review_station.history import Edit
-from review_station.panel import ToolPanel
+from review_station.editing import EditSession
+from review_station.palette import distinct_colours
+from review_station.panel import MUSCLE_KEYS, ToolPanel
+from review_station.reformat import ReformatView
+from review_station.review_edits import EditCommands
+from review_station.text import Heading
 from review_station.viewer import SliceCanvas
 
 log = logging.getLogger(__name__)
@@ -25,119 +31,96 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SeriesData:
-    """A series of the open study with its edit session and segment catalogue."""
+    """A series of the open study with its edit session, segment catalogue and the model's draft."""
 
     summary: SeriesSummary
     session: EditSession
     segments: list[Segment]
     hidden: set[int] = field(default_factory=set)
     z: int | None = None
+    draft: np.ndarray | None = None
+    strength: dict[int, float] = field(default_factory=dict)  # per-muscle opacity
 
 
-# name: (text, shortcuts, tip) — Dafne: arrows/wheel slices, Shift paint, Ctrl erase, n/b propagate,
-# -/y/z smaller, +/x bigger, Ctrl+Z undo, Ctrl+Y redo, Ctrl+G go to image.
-ACTIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "tool_paint": ("Paint", ("P",), "paint the active muscle (or hold Shift)"),
-    "tool_erase": ("Erase", ("E",), "erase the active muscle (or hold Ctrl)"),
-    "tool_pan": ("Pan", (), "drag to move the image (or middle-drag)"),
-    "tool_zoom": ("Zoom", (), "drag up/down to zoom (or Alt+wheel)"),
-    "brush_bigger": ("Bigger brush", ("+", "=", "X"), "increase the brush radius"),
-    "brush_smaller": ("Smaller brush", ("-", "Y", "Z"), "decrease the brush radius"),
-    "grow": ("Grow", ("G",), "grow the active muscle by one pixel into unlabelled pixels"),
-    "shrink": ("Shrink", ("Shift+G",), "shrink the active muscle by one pixel"),
-    "fill_holes": ("Fill holes", (), "fill the holes of the active muscle"),
-    "remove_islands": ("Remove islands", (), "clear small separate pieces"),
-    "interpolate": ("Interpolate", ("I",), "redraw this slice from the labelled slices above and below"),
-    "interpolate_block": (
-        "Interpolate block", ("Shift+I",), "fill every slice of the gap between two labelled slices",
-    ),
-    "propagate_back": ("◀ Propagate (B)", ("B",), "carry this slice's labels to the previous slice"),
-    "propagate_forward": ("Propagate (N) ▶", ("N",), "carry this slice's labels to the next slice"),
-    "undo": ("Undo", ("Ctrl+Z",), "undo the last edit"),
-    "redo": ("Redo", ("Ctrl+Y", "Ctrl+Shift+Z"), "redo the last undone edit"),
-    "overlay": ("Show muscles", ("O",), "show or hide every muscle"),
-    "goto": ("Go to slice…", ("Ctrl+G",), "jump to a slice number"),
-    "fit": ("Fit to window", ("F",), "zoom so the whole slice fits"),
-    "reset_window": ("Reset window/level", ("W",), "back to the automatic window"),
-    "statistics": ("Statistics…", (), "volume and intensity per muscle, CSV export"),
-    "approve": ("Approve…", (), "approve the corrected labels (asks for confirmation)"),
-    "reject": ("Reject…", (), "reject the study (asks for a reason)"),
-}  # fmt: skip
-
-
-class ReviewPage(QWidget):
+class ReviewPage(EditCommands, QWidget):
     """Canvas and toolbox for the series of the open study."""
 
     editsChanged = pyqtSignal()
     message = pyqtSignal(str)
     approveRequested = pyqtSignal()
+    approveNextRequested = pyqtSignal()
     rejectRequested = pyqtSignal()
     statisticsRequested = pyqtSignal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.study: StudySummary | None = None
+        self.heading: Heading | None = None
         self.series: list[SeriesData] = []
         self.index = -1
         self.editable = False
-        self.acts = self._make_actions()
+        self._page_shown = True
+        self.dice_scores: dict[int, float] = {}  # per muscle, of the series on screen against its draft
+        self.acts = make_actions(self)
         self.canvas = SliceCanvas()
+        self.coronal = ReformatView("coronal", self.canvas)
+        self.sagittal = ReformatView("sagittal", self.canvas)
+        self.reformats = QWidget()  # below the axial view: slices run top to bottom, as in a coronal image
+        row = QHBoxLayout(self.reformats)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.coronal)
+        row.addWidget(self.sagittal)
+        self.reformats.hide()
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.addWidget(self.canvas)
+        self.splitter.addWidget(self.reformats)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setChildrenCollapsible(False)
         self.panel = ToolPanel(self.acts)
+        self.panel.preset_combo.addItems(list(render.WINDOW_PRESETS))
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.canvas, 1)
+        lay.addWidget(self.splitter, 1)
         lay.addWidget(self.panel)
         self.setFocusProxy(self.canvas)
         self._wire()
         self._update_actions()
 
-    # ---- actions ---------------------------------------------------------------------------------
-    def _make_actions(self) -> dict[str, QAction]:
-        acts: dict[str, QAction] = {}
-        for name, (text, keys, tip) in ACTIONS.items():
-            a = QAction(text, self)
-            if keys:
-                a.setShortcuts([QKeySequence(k) for k in keys])
-                a.setToolTip(f"{tip} ({', '.join(keys)})")
-            else:
-                a.setToolTip(tip)
-            a.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
-            acts[name] = a
-        group = QActionGroup(self)
-        for name in ("tool_paint", "tool_erase", "tool_pan", "tool_zoom"):
-            acts[name].setCheckable(True)
-            group.addAction(acts[name])
-        acts["tool_paint"].setChecked(True)
-        acts["overlay"].setCheckable(True)
-        acts["overlay"].setChecked(True)
-        return acts
-
+    # ---- wiring ----------------------------------------------------------------------------------
     def _wire(self) -> None:
         a, c, p = self.acts, self.canvas, self.panel
         for name in ("paint", "erase", "pan", "zoom"):
             a[f"tool_{name}"].triggered.connect(lambda _=False, n=name: c.set_tool(n))
         a["brush_bigger"].triggered.connect(lambda: c.set_radius(c.radius + 1))
         a["brush_smaller"].triggered.connect(lambda: c.set_radius(c.radius - 1))
-        a["grow"].triggered.connect(self.grow)
-        a["shrink"].triggered.connect(self.shrink)
-        a["fill_holes"].triggered.connect(self.fill_holes)
-        a["remove_islands"].triggered.connect(self.remove_islands)
-        a["interpolate"].triggered.connect(lambda: self.interpolate(block=False))
-        a["interpolate_block"].triggered.connect(lambda: self.interpolate(block=True))
-        a["propagate_back"].triggered.connect(lambda: self.propagate(-1))
-        a["propagate_forward"].triggered.connect(lambda: self.propagate(1))
-        a["undo"].triggered.connect(self.undo)
-        a["redo"].triggered.connect(self.redo)
+        self.wire_edits()
+        for i in range(len(MUSCLE_KEYS)):
+            a[f"muscle_{i + 1}"].triggered.connect(lambda _=False, i=i: self.select_nth_muscle(i))
+        a["next_muscle"].triggered.connect(lambda: self.cycle_muscle(1))
+        a["previous_muscle"].triggered.connect(lambda: self.cycle_muscle(-1))
+        a["lock"].triggered.connect(lambda: self.toggle_lock(c.overlay.active))
         a["overlay"].toggled.connect(self._overlay_toggled)
         a["goto"].triggered.connect(self.ask_slice)
         a["fit"].triggered.connect(c.fit)
-        a["reset_window"].triggered.connect(c.reset_window)
+        a["reset_window"].triggered.connect(lambda: self.apply_preset(0))
+        a["next_preset"].triggered.connect(
+            lambda: self.apply_preset((p.preset_combo.currentIndex() + 1) % p.preset_combo.count())
+        )
+        a["show_draft"].toggled.connect(self._show_draft)
+        a["show_difference"].toggled.connect(self._show_difference)
+        a["reformats"].toggled.connect(self.set_reformats_visible)
         a["statistics"].triggered.connect(self.statisticsRequested)
         a["approve"].triggered.connect(self.approveRequested)
+        a["approve_next"].triggered.connect(self.approveNextRequested)
         a["reject"].triggered.connect(self.rejectRequested)
         c.brushChanged.connect(p.radius_spin.setValue)
-        c.labelsEdited.connect(lambda _e: self._edited())
-        c.sliceChanged.connect(lambda _z: self._update_actions())
+        c.labelsEdited.connect(lambda _e: self.after_edit())
+        c.sliceChanged.connect(lambda _z: self._slice_changed())
+        c.labelPicked.connect(self.pick_muscle)
+        c.positionChanged.connect(self._position_changed)
+        c.windowChanged.connect(lambda _w, _l: self._recompose_reformats())
+        c.styleChanged.connect(self._recompose_reformats)
         p.radius_spin.valueChanged.connect(c.set_radius)
         p.shape_combo.currentTextChanged.connect(lambda s: setattr(c, "shape", s))
         p.erase_all_check.toggled.connect(lambda v: setattr(c, "erase_all", v))
@@ -146,11 +129,16 @@ class ReviewPage(QWidget):
         p.tolerance_spin.valueChanged.connect(lambda v: setattr(c, "intensity_tolerance", float(v)))
         p.overlay_check.toggled.connect(a["overlay"].setChecked)
         p.opacity_slider.valueChanged.connect(lambda v: c.set_opacity(v / 100.0))
+        p.preset_combo.activated.connect(self.apply_preset)
         p.seriesChosen.connect(self.show_series)
         p.activeChosen.connect(self._active_chosen)
         p.visibilityChanged.connect(self._visibility_changed)
+        p.lockToggled.connect(self.toggle_lock)
+        p.muscleOpacityChosen.connect(self.set_muscle_opacity)
         for spin in (p.radius_spin, p.tolerance_spin, p.island_spin):
             spin.editingFinished.connect(lambda: self.canvas.setFocus())
+        for view in (self.coronal, self.sagittal):
+            view.sliceRequested.connect(c.set_slice)
 
     def set_actions_enabled(self, enabled: bool) -> None:
         """Enable the page's shortcuts only while the page is shown."""
@@ -158,18 +146,19 @@ class ReviewPage(QWidget):
         self._update_actions()
 
     def _update_actions(self) -> None:
-        shown = getattr(self, "_page_shown", True)
         cur = self.current
-        has = shown and cur is not None
-        edit = has and self.editable
+        has = self._page_shown and cur is not None
+        edit = has and self.editable and not self.canvas.showing_reference
         for name in ACTIONS:
             self.acts[name].setEnabled(has)
-        for name in ("grow", "shrink", "fill_holes", "remove_islands", "interpolate", "interpolate_block",
-                     "propagate_back", "propagate_forward", "undo", "redo"):  # fmt: skip
+        for name in (*EDITING, "lock"):
             self.acts[name].setEnabled(edit)
+        has_draft = has and cur is not None and cur.draft is not None
+        self.acts["show_draft"].setEnabled(has_draft)
+        self.acts["show_difference"].setEnabled(has_draft)
         decidable = has and self.study is not None and self.study.state == "PENDING_REVIEW" and self.editable
-        self.acts["approve"].setEnabled(decidable)
-        self.acts["reject"].setEnabled(decidable)
+        for name in ("approve", "approve_next", "reject"):
+            self.acts[name].setEnabled(decidable)
         if cur is not None and edit:
             h = cur.session.history
             self.acts["undo"].setEnabled(h.can_undo)
@@ -187,14 +176,19 @@ class ReviewPage(QWidget):
 
     @property
     def modified(self) -> bool:
-        """Whether any series has edits the node does not have."""
+        """Whether any series has edits the node (or the file) does not have."""
         return any(s.session.modified for s in self.series)
 
-    def load(self, study: StudySummary | None, series: list[SeriesData], title: str, editable: bool) -> None:
-        """Show a study's series (the first one on the canvas)."""
-        self.study, self.series, self.editable = study, series, editable
+    def load(
+        self, study: StudySummary | None, series: list[SeriesData], heading: Heading | None, editable: bool
+    ) -> None:
+        """Show a study's series (the first one on the canvas); muscle colours made distinct."""
+        for s in series:
+            s.segments = distinct_colours(s.segments)
+        self.study, self.series, self.editable, self.heading = study, series, editable, heading
         self.index = -1
-        self.panel.study_label.setText(title)
+        self.acts["show_draft"].setChecked(False)
+        self.panel.set_heading(heading)
         self.panel.set_series([s.summary.title for s in series])
         self.panel.state_label.setText(self._state_text())
         self.canvas.read_only = not editable
@@ -202,11 +196,12 @@ class ReviewPage(QWidget):
             self.show_series(0)
         else:
             self.canvas.set_session(None)
+        self._update_dice()
         self._update_actions()
 
     def clear(self) -> None:
         """Nothing open."""
-        self.load(None, [], "No study open", editable=False)
+        self.load(None, [], None, editable=False)
 
     def set_read_only(self, read_only: bool) -> None:
         """Block editing (while the decision is being sent)."""
@@ -222,8 +217,8 @@ class ReviewPage(QWidget):
 
     def _state_text(self) -> str:
         if self.study is None:
-            return "Offline: labels can be edited and saved to a file, not approved."
-        return f"State: <b>{self.study.state}</b>"
+            return "Offline: no approval; Ctrl+S saves the labels." if self.series else ""
+        return f"State: {self.study.state}"
 
     def show_series(self, index: int) -> None:
         """Put series ``index`` on the canvas (keeping each series' slice)."""
@@ -233,22 +228,71 @@ class ReviewPage(QWidget):
             old.z = self.canvas.z
         self.index = index
         cur = self.series[index]
-        self.canvas.set_session(cur.session, cur.segments)
+        self.canvas.set_session(cur.session, cur.segments, cur.draft)
         for v in cur.hidden:
             self.canvas.overlay.visible[v] = False
+        for v, op in cur.strength.items():
+            self.canvas.overlay.strength[v] = op
         self.canvas.set_overlay_visible(self.acts["overlay"].isChecked())
         if cur.z is not None:
             self.canvas.set_slice(cur.z)
+        self.panel.locked = {int(v) for v in np.flatnonzero(cur.session.locked)}
+        self.panel.muscle_opacity = dict(cur.strength)
         self.panel.set_segments(cur.segments, self.canvas.overlay.active, cur.hidden)
         if self.panel.series_combo.currentIndex() != index:
             self.panel.series_combo.setCurrentIndex(index)
+        self._position_changed(self.canvas.z, *(n // 2 for n in cur.session.labels.shape[1:]))
+        self._update_dice()
         self._update_actions()
 
-    # ---- view ------------------------------------------------------------------------------------
-    def _overlay_toggled(self, show: bool) -> None:
-        self.canvas.set_overlay_visible(show)
-        if self.panel.overlay_check.isChecked() != show:
-            self.panel.overlay_check.setChecked(show)
+    # ---- muscles ---------------------------------------------------------------------------------
+    def select_nth_muscle(self, index: int) -> None:
+        """Keys 1…9, 0: make the muscle at ``index`` of the list active."""
+        values = self.panel.values
+        if 0 <= index < len(values):
+            self.panel.select_muscle(values[index])
+            self.canvas.setFocus()
+
+    def cycle_muscle(self, step: int) -> None:
+        """Tab / Shift+Tab: the next / previous muscle of the list."""
+        values = self.panel.values
+        if not values:
+            return
+        active = self.canvas.overlay.active
+        i = values.index(active) if active in values else -step
+        self.panel.select_muscle(values[(i + step) % len(values)])
+        self.canvas.setFocus()
+
+    def pick_muscle(self, value: int) -> None:
+        """Alt+click: the muscle under the pointer becomes active."""
+        if value == 0 or not self.panel.select_muscle(value):
+            self.message.emit("no muscle under the pointer")
+            return
+        name = next((s.name for s in self.current.segments if s.value == value), str(value)) if self.current else ""
+        self.message.emit(f"active muscle: {name}")
+
+    def toggle_lock(self, value: int) -> None:
+        """Lock or unlock a muscle of the series on screen (L: the active one)."""
+        cur = self.current
+        if cur is None or value == 0:
+            return
+        locked = not bool(cur.session.locked[value])
+        cur.session.set_locked(value, locked)
+        (self.panel.locked.add if locked else self.panel.locked.discard)(value)
+        self.panel.refresh_marks()
+        name = next((s.name for s in cur.segments if s.value == value), str(value))
+        self.message.emit(f"{name} {'locked: no tool changes it' if locked else 'unlocked'}")
+
+    def set_muscle_opacity(self, value: int, opacity: float) -> None:
+        """Opacity of one muscle, as a fraction of the overlay opacity."""
+        cur = self.current
+        if cur is None:
+            return
+        cur.strength[value] = float(opacity)
+        self.panel.muscle_opacity[value] = float(opacity)
+        self.canvas.overlay.strength[value] = float(opacity)
+        self.canvas.set_opacity(self.canvas.overlay.opacity)  # recompose
+        self.panel.refresh_marks()
 
     def _active_chosen(self, value: int) -> None:
         self.canvas.set_active(value)
@@ -257,6 +301,73 @@ class ReviewPage(QWidget):
         if (cur := self.current) is not None:
             (cur.hidden.discard if visible else cur.hidden.add)(value)
         self.canvas.set_label_visible(value, visible)
+
+    # ---- view ------------------------------------------------------------------------------------
+    def _overlay_toggled(self, show: bool) -> None:
+        self.canvas.set_overlay_visible(show)
+        if self.panel.overlay_check.isChecked() != show:
+            self.panel.overlay_check.setChecked(show)
+
+    def apply_preset(self, index: int) -> None:
+        """Window/level preset ``index`` of :data:`render.WINDOW_PRESETS` (0: automatic)."""
+        c, cur = self.canvas, self.current
+        if c.quantized is None or cur is None or not 0 <= index < len(render.WINDOW_PRESETS):
+            return
+        lo, hi, labelled = list(render.WINDOW_PRESETS.values())[index]
+        where = cur.session.labels > 0 if labelled else None
+        c.set_window(*c.quantized.percentile_window(lo, hi, where))
+        self.panel.preset_combo.setCurrentIndex(index)
+
+    def _show_draft(self, show: bool) -> None:
+        self.canvas.set_show_reference(show)
+        self.message.emit("showing the model's draft (read only; D: back)" if show else "showing your labels")
+        self._update_actions()
+
+    def _show_difference(self, show: bool) -> None:
+        self.canvas.set_mark_differences(show)
+        self._update_dice()
+
+    def _update_dice(self) -> None:
+        cur = self.current
+        self.dice_scores = {}
+        if cur is None or cur.draft is None:
+            self.panel.dice_label.setText("")
+            return
+        values = [s.value for s in cur.segments]
+        scores = self.dice_scores = stats.dice_per_label(cur.draft, cur.session.labels, values)
+        changed = sorted((d, v) for v, d in scores.items() if not math.isnan(d) and d < 1.0)
+        names = {s.value: s.name for s in cur.segments}
+        if not changed:
+            self.panel.dice_label.setText("Same as the draft (Dice 1 for every muscle).")
+            return
+        lines = [f"{names.get(v, v)}: {d:.3f}" for d, v in changed]
+        self.panel.dice_label.setText("Dice with the draft (changed muscles):\n" + "\n".join(lines[:8]))
+
+    def set_reformats_visible(self, show: bool) -> None:
+        """Show or hide the coronal and sagittal reformats."""
+        if self.acts["reformats"].isChecked() != show:
+            self.acts["reformats"].setChecked(show)
+            return
+        self.reformats.setVisible(show)
+        total = sum(self.splitter.sizes())
+        if show and total > 0 and self.splitter.sizes()[1] < 0.25 * total:
+            self.splitter.setSizes([int(total * 0.68), total - int(total * 0.68)])
+        self._recompose_reformats()
+
+    def _recompose_reformats(self) -> None:
+        if self.reformats.isVisible():
+            self.coronal.recompose()
+            self.sagittal.recompose()
+
+    def _position_changed(self, z: int, y: int, x: int) -> None:
+        for view in (self.coronal, self.sagittal):
+            view.set_point(z, y, x)
+
+    def _slice_changed(self) -> None:
+        z = self.canvas.z
+        for view in (self.coronal, self.sagittal):
+            view.set_point(z, view.point[1], view.point[2])
+        self._update_actions()
 
     def ask_slice(self) -> None:
         """Ctrl+G: ask for a slice number (non-blocking)."""
@@ -271,88 +382,3 @@ class ReviewPage(QWidget):
         dlg.intValueSelected.connect(lambda v: self.canvas.set_slice(v - 1))
         self.goto_dialog = dlg
         dlg.open()
-
-    # ---- editing ---------------------------------------------------------------------------------
-    def _edited(self, edit: Edit | None = None) -> None:
-        if edit is not None:
-            self.canvas.refresh_slices(edit.slices)
-        self._update_actions()
-        self.editsChanged.emit()
-
-    def _run(self, what: str, fn: Callable[[EditSession, int, int], Edit | None]) -> Edit | None:
-        cur = self.current
-        if cur is None or not self.editable:
-            return None
-        label = self.canvas.overlay.active
-        if label == 0:
-            self.message.emit("choose a muscle first")
-            return None
-        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
-        try:
-            edit = fn(cur.session, self.canvas.z, label)
-        except EditError as exc:
-            self.message.emit(f"{what}: {exc}")
-            return None
-        finally:
-            QApplication.restoreOverrideCursor()
-        if edit is None:
-            self.message.emit(f"{what}: nothing changed")
-        else:
-            self.message.emit(edit.description)
-        self._edited(edit)
-        return edit
-
-    def _scope(self, z: int) -> int | None:
-        return None if self.panel.all_slices_check.isChecked() else z
-
-    def grow(self) -> None:
-        """Grow the active muscle (current slice, or all slices)."""
-        self._run("grow", lambda s, z, lab: s.grow(self._scope(z), lab))
-
-    def shrink(self) -> None:
-        """Shrink the active muscle."""
-        self._run("shrink", lambda s, z, lab: s.shrink(self._scope(z), lab))
-
-    def fill_holes(self) -> None:
-        """Fill holes of the active muscle."""
-        self._run("fill holes", lambda s, z, lab: s.fill_holes(self._scope(z), lab))
-
-    def remove_islands(self) -> None:
-        """Remove islands smaller than the chosen size (active muscle, or every muscle)."""
-        size = self.panel.island_spin.value()
-        every = self.panel.islands_all_check.isChecked()
-        self._run(
-            "remove islands",
-            lambda s, z, lab: s.remove_small_islands(self._scope(z), None if every else lab, size),
-        )
-
-    def interpolate(self, block: bool) -> None:
-        """Interpolate the active muscle on this slice (or the whole gap around it)."""
-        self._run("interpolate", lambda s, z, lab: s.interpolate(lab, z, block=block))
-
-    def propagate(self, direction: int) -> None:
-        """Carry this slice's labels to the next (+1) or previous (-1) slice and go there."""
-        every = self.panel.propagate_all_check.isChecked()
-        edit = self._run("propagate", lambda s, z, lab: s.propagate(z, z + direction, None if every else lab))
-        if edit is not None:
-            self.canvas.step_slice(direction)
-
-    def undo(self) -> None:
-        """Undo the last edit of the current series and show the slice it touched."""
-        self._history_step(undo=True)
-
-    def redo(self) -> None:
-        """Redo the last undone edit of the current series."""
-        self._history_step(undo=False)
-
-    def _history_step(self, undo: bool) -> None:
-        cur = self.current
-        if cur is None or not self.editable:
-            return
-        edit = cur.session.undo() if undo else cur.session.redo()
-        if edit is None:
-            return
-        if self.canvas.z not in edit.slices:
-            self.canvas.set_slice(edit.slices[0])
-        self.message.emit(f"{'undid' if undo else 'redid'} {edit.description}")
-        self._edited(edit)

@@ -111,3 +111,17 @@ def write_csv(stats: Sequence[MuscleStats], out: Path | TextIO) -> None:
     w.writerow(CSV_COLUMNS)
     for row in stats:
         w.writerow([_cell(v) for v in astuple(row)])
+
+
+def dice_per_label(reference: np.ndarray, labels: np.ndarray, values: Sequence[int]) -> dict[int, float]:
+    """Dice of each label value between two uint8 label volumes (NaN where both lack it), in one pass."""
+    if reference.shape != labels.shape:
+        raise ValueError(f"label volumes differ in shape: {reference.shape} and {labels.shape}")
+    joint = np.bincount(reference.ravel().astype(np.uint16) * 256 + labels.ravel(), minlength=65536)
+    joint = joint.reshape(256, 256)
+    in_ref, in_lab = joint.sum(axis=1), joint.sum(axis=0)
+    out = {}
+    for v in values:
+        total = int(in_ref[v] + in_lab[v])
+        out[int(v)] = math.nan if total == 0 else 2.0 * int(joint[v, v]) / total
+    return out

@@ -78,12 +78,14 @@ def brush(
     image: np.ndarray | None = None,
     intensity_range: tuple[float, float] | None = None,
     protect_others: bool = False,
+    locked: np.ndarray | None = None,
 ) -> BBox | None:
     """One brush dab on a 2-D label slice, in place; returns the box it covered (None if off the slice).
 
     Paint sets ``value``; erase clears ``value`` only, or every muscle with ``erase_all``. With
     ``intensity_range=(lo, hi)`` (the intensity-aware brush) only pixels whose ``image`` value lies in
     ``[lo, hi]`` are touched. ``protect_others`` paints only unlabelled pixels (and the muscle's own).
+    ``locked`` (bool per label value, 256) marks muscles whose pixels the brush never changes.
     """
     _check_labels(labels, (2,))
     _check_value(value)
@@ -105,6 +107,8 @@ def brush(
         lo, hi = intensity_range
         ireg = image[cy0:cy1, cx0:cx1]
         mask = mask & (ireg >= lo) & (ireg <= hi)
+    if locked is not None:
+        mask = mask & ~locked[region]
     if erase:
         if not erase_all:
             mask = mask & (region == value)
@@ -218,6 +222,29 @@ def remove_small_islands(labels: np.ndarray, label: int | None, min_size: int) -
             small = sizes < min_size
             small[0] = False
             out[small[comp]] = 0
+        return out
+
+    return _per_slice(labels, one)
+
+
+def smooth(labels: np.ndarray, label: int, sigma: float = 1.0) -> np.ndarray:
+    """Smooth the outline of ``label`` in each slice: a Gaussian of its mask thresholded at one half.
+
+    Pixels leave the muscle where the smoothed mask falls below one half; they join it only when unlabelled,
+    so smoothing one muscle never takes pixels from another.
+    """
+    _check_value(label)
+    if sigma <= 0:
+        raise ValueError(f"the smoothing sigma must be positive, got {sigma}")
+
+    def one(s: np.ndarray) -> np.ndarray:
+        m = s == label
+        if not m.any():
+            return s.copy()
+        smoothed = ndimage.gaussian_filter(m.astype(np.float32), sigma, mode="nearest") >= 0.5
+        out = s.copy()
+        out[m & ~smoothed] = 0
+        out[smoothed & (s == 0)] = label
         return out
 
     return _per_slice(labels, one)

@@ -3,7 +3,9 @@
 Drawing is a ``QImage`` over a numpy buffer composed by :mod:`review_station.render`; a brush dab recomposes
 and repaints only the box it touched. Mouse (as in Dafne): left uses the chosen tool, Shift+left paints,
 Ctrl+left erases, right-drag windows, middle-drag pans, wheel scrolls slices, Ctrl+wheel sizes the brush,
-Alt+wheel zooms. Keys: arrows/PgUp/PgDn/Home/End move between slices.
+Alt+wheel zooms, Alt+click makes the muscle under the pointer active. Keys: arrows/PgUp/PgDn/Home/End move
+between slices. The canvas can show the model's draft instead of the labels being edited (read only) and hatch
+the pixels where the two differ.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class SliceCanvas(QWidget):
     zoomChanged = pyqtSignal(float)
     cursorInfo = pyqtSignal(str)
     toolChanged = pyqtSignal(str)
+    labelPicked = pyqtSignal(int)  # Alt+click: the label value under the pointer (0: none)
+    positionChanged = pyqtSignal(int, int, int)  # (z, y, x) of the image pixel under the pointer
+    styleChanged = pyqtSignal()  # colours, opacity or visibility of the muscles
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -62,6 +67,9 @@ class SliceCanvas(QWidget):
         self.intensity_tolerance = 10.0  # percent of the window width
         self.protect_others = False
         self.read_only = False
+        self.reference: np.ndarray | None = None  # the draft labels, for "show draft" and differences
+        self.show_reference = False
+        self.mark_differences = False
         self.paint_count = 0
         self._quant: render.Quantized | None = None
         self._wl_lut = np.zeros(render.N_CODES, dtype=np.uint8)
@@ -76,9 +84,13 @@ class SliceCanvas(QWidget):
         self._fitted = False
 
     # ---- data ------------------------------------------------------------------------------------
-    def set_session(self, session: EditSession | None, segments: Sequence[Segment] = ()) -> None:
-        """Show another series (None: nothing); resets slice, window and zoom."""
+    def set_session(
+        self, session: EditSession | None, segments: Sequence[Segment] = (), reference: np.ndarray | None = None
+    ) -> None:
+        """Show another series (None: nothing) with its draft ``reference``; resets slice, window and zoom."""
         self.session = session
+        fits = reference is not None and session is not None and reference.shape == session.labels.shape
+        self.reference = reference if fits else None
         self.segments = list(segments)
         active = self.overlay.active
         values = {s.value for s in self.segments}
@@ -107,6 +119,21 @@ class SliceCanvas(QWidget):
         self.windowChanged.emit(self.window_width, self.window_level)
 
     @property
+    def quantized(self) -> render.Quantized | None:
+        """The image as 16-bit codes (None without a series)."""
+        return self._quant
+
+    @property
+    def window_table(self) -> np.ndarray:
+        """Grey level of each image code under the current window/level."""
+        return self._wl_lut
+
+    @property
+    def colour_table(self) -> np.ndarray:
+        """The composite table of the current overlay style."""
+        return self._comp_lut
+
+    @property
     def has_data(self) -> bool:
         """Whether a series is shown."""
         return self.session is not None and self._quant is not None
@@ -118,11 +145,43 @@ class SliceCanvas(QWidget):
         assert self.session is not None and self._quant is not None
         if box is None:
             self._grey = self._wl_lut[self._quant.codes[self.z]]
-            render.compose_into(self._buf, self._grey, self.session.labels[self.z], self._comp_lut)
+            self._compose(None)
             self.update()
         else:
-            render.compose_into(self._buf, self._grey, self.session.labels[self.z], self._comp_lut, box)
+            self._compose(box)
             self.update(self._widget_rect(box))
+
+    @property
+    def showing_reference(self) -> bool:
+        """Whether the draft is on screen instead of the labels being edited."""
+        return self.show_reference and self.reference is not None
+
+    def shown_labels(self) -> np.ndarray:
+        """The label slice on screen: the draft's or the edited one."""
+        assert self.session is not None
+        if self.showing_reference:
+            assert self.reference is not None
+            return self.reference[self.z]
+        return self.session.labels[self.z]
+
+    def _compose(self, box: BBox | None) -> None:
+        labels = self.shown_labels()
+        render.compose_into(self._buf, self._grey, labels, self._comp_lut, box)
+        if self.mark_differences and self.reference is not None and self.session is not None:
+            other = self.session.labels[self.z] if self.showing_reference else self.reference[self.z]
+            render.mark_differences(self._buf, labels, other, box)
+
+    def set_show_reference(self, show: bool) -> None:
+        """Show the draft (read only) instead of the labels being edited."""
+        if self.session is not None and self.session.stroking:
+            self._finish_stroke()
+        self.show_reference = bool(show)
+        self.refresh()
+
+    def set_mark_differences(self, mark: bool) -> None:
+        """Hatch the pixels where the labels differ from the draft."""
+        self.mark_differences = bool(mark)
+        self.refresh()
 
     def refresh_slices(self, slices: Sequence[int]) -> None:
         """Labels of ``slices`` changed (undo, tools): redraw if the current slice is among them."""
@@ -133,6 +192,7 @@ class SliceCanvas(QWidget):
     def _restyle(self) -> None:
         self._comp_lut = render.composite_lut(self.overlay)
         self.refresh()
+        self.styleChanged.emit()
 
     def set_active(self, value: int) -> None:
         """The muscle that the brush paints and that is highlighted."""
@@ -316,6 +376,10 @@ class SliceCanvas(QWidget):
         self._mouse = p
         self._drag_start = p
         btn = event.button()
+        if btn == Qt.MouseButton.LeftButton and event.modifiers() & Qt.KeyboardModifier.AltModifier:
+            self.labelPicked.emit(self.label_at(p))
+            event.accept()
+            return
         if btn == Qt.MouseButton.RightButton:
             self._drag = "window"
             self._drag_state = (self.window_width, self.window_level, 0.0, 0.0)
@@ -334,6 +398,9 @@ class SliceCanvas(QWidget):
             if self.read_only:
                 self.cursorInfo.emit("read only: this study cannot be edited now")
                 return
+            if self.showing_reference:
+                self.cursorInfo.emit("showing the model's draft: press D to go back to your labels")
+                return
             if kind == "paint" and self.overlay.active == 0:
                 self.cursorInfo.emit("choose a muscle to paint")
                 return
@@ -349,7 +416,7 @@ class SliceCanvas(QWidget):
         if self._drag == "stroke" and self.session is not None and self.session.stroking:
             box = self.session.stroke_to(self.widget_to_image(p))
             if box is not None:
-                render.compose_into(self._buf, self._grey, self.session.labels[self.z], self._comp_lut, box)
+                self._compose(box)
                 self.update(self._widget_rect(box).united(old_cursor).united(self._cursor_rect()))
             else:
                 self.update(old_cursor.united(self._cursor_rect()))
@@ -415,6 +482,15 @@ class SliceCanvas(QWidget):
             return
         event.accept()
 
+    def label_at(self, p: QPointF) -> int:
+        """The label value shown at widget point ``p`` (0 outside the image or on background)."""
+        if not self.has_data:
+            return 0
+        assert self.session is not None
+        y, x = (round(c) for c in self.widget_to_image(p))
+        h, w = self.session.labels.shape[1:]
+        return int(self.shown_labels()[y, x]) if 0 <= y < h and 0 <= x < w else 0
+
     def _emit_cursor_info(self) -> None:
         if self._mouse is None or not self.has_data:
             return
@@ -423,7 +499,8 @@ class SliceCanvas(QWidget):
         h, w = self.session.labels.shape[1:]
         if not (0 <= y < h and 0 <= x < w):
             return
-        v = int(self.session.labels[self.z, y, x])
+        self.positionChanged.emit(self.z, y, x)
+        v = int(self.shown_labels()[y, x])
         name = next((s.name for s in self.segments if s.value == v), "—" if v == 0 else f"label {v}")
         value = float(self.session.image[self.z, y, x])
         self.cursorInfo.emit(f"x {x}  y {y}  value {value:.1f}  {name}")

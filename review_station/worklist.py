@@ -1,4 +1,8 @@
-"""The worklist: studies pending review (or in another state), refreshed from the node; double-click opens."""
+"""The worklist: studies pending review (or in another state), refreshed from the node.
+
+Oldest first by the time the node received them (to the second). Double-click or Enter opens a study. Every
+cell is plain text (``QTableWidgetItem``); tooltips are escaped.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from PyQt5.QtCore import Qt, QTimer, pyqtSignal
+from PyQt5.QtGui import QKeyEvent
 from PyQt5.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -21,6 +26,7 @@ from PyQt5.QtWidgets import (
 )
 
 from review_station.domain import StudySummary
+from review_station.text import dicom_date, local_time, person_name, plain_tooltip
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +40,23 @@ STATES = (
     "COMPLETE",
     "RECEIVING",
 )
-COLUMNS = ("Patient", "Patient ID", "Study", "Date", "Series", "Model", "Received", "State")
+COLUMNS = (
+    "Patient", "Patient ID", "Study", "Date", "Series", "Model", "Received", "In progress", "Approved by", "State",
+)  # fmt: skip
+RECEIVED = COLUMNS.index("Received")
 
 
-def _when(iso: str | None) -> str:
-    if not iso:
-        return ""
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
-    except ValueError:
-        return iso
+class StudyTable(QTableWidget):
+    """The table of studies; Enter (or Return) on a row asks to open it."""
 
+    enterPressed = pyqtSignal()
 
-def _date(da: str) -> str:
-    return f"{da[:4]}-{da[4:6]}-{da[6:]}" if len(da) == 8 and da.isdigit() else da
-
-
-def _patient(name: str) -> str:
-    return name.replace("^", ", ", 1).replace("^", " ") if name else ""
+    def keyPressEvent(self, event: QKeyEvent | None) -> None:
+        if event is not None and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and not event.modifiers():
+            self.enterPressed.emit()
+            event.accept()
+            return
+        super().keyPressEvent(event)
 
 
 class WorklistWidget(QWidget):
@@ -83,22 +88,24 @@ class WorklistWidget(QWidget):
         self.status = QLabel("")
         top.addWidget(self.status)
         lay.addLayout(top)
-        self.table = QTableWidget(0, len(COLUMNS))
+        self.table = StudyTable(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.setSortingEnabled(True)
-        self.table.sortByColumn(COLUMNS.index("Received"), Qt.SortOrder.AscendingOrder)  # oldest first
+        self.table.sortByColumn(RECEIVED, Qt.SortOrder.AscendingOrder)  # oldest first
         vh, hh = self.table.verticalHeader(), self.table.horizontalHeader()
         assert vh is not None and hh is not None
         vh.setVisible(False)
         hh.setSectionResizeMode(QHeaderView.ResizeToContents)
         hh.setSectionResizeMode(2, QHeaderView.Stretch)
         self.table.cellDoubleClicked.connect(lambda row, _col: self._open_row(row))
+        self.table.enterPressed.connect(self._open_selected)
         self.table.itemSelectionChanged.connect(self._selection_changed)
         lay.addWidget(self.table)
         self.message = QLabel("")
+        self.message.setTextFormat(Qt.TextFormat.PlainText)
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay.addWidget(self.message)
@@ -125,18 +132,20 @@ class WorklistWidget(QWidget):
         self.table.setRowCount(len(self.studies))
         for r, s in enumerate(self.studies):
             cells = (
-                _patient(s.PatientName), s.PatientID, s.StudyDescription, _date(s.StudyDate),
-                str(s.series_count), s.models_text, _when(s.received_at), s.state,
+                person_name(s.PatientName), s.PatientID, s.StudyDescription, dicom_date(s.StudyDate),
+                str(s.series_count), s.models_text, local_time(s.received_at), s.in_progress_by or "",
+                s.approved_by or "", s.state,
             )  # fmt: skip
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.ItemDataRole.UserRole, s.id)
                 if s.state == "FAILED" and s.failure_reason:
-                    item.setToolTip(s.failure_reason)
+                    item.setToolTip(plain_tooltip(s.failure_reason))
                 self.table.setItem(r, c, item)
-        self.table.setSortingEnabled(True)
+        self.table.setSortingEnabled(True)  # by the header's sort column: Received, oldest first, unless changed
         n = len(self.studies)
         self.status.setText(f"{n} {'study' if n == 1 else 'studies'} — {datetime.now():%H:%M:%S}")
+        self.message.setStyleSheet("")
         self.message.setText("" if self.studies else "No study in this state.")
         if selected is not None:
             self.select_study(selected)
@@ -145,7 +154,17 @@ class WorklistWidget(QWidget):
     def set_error(self, text: str) -> None:
         """Show why the list could not be loaded (the old rows stay)."""
         self.status.setText("not updated")
-        self.message.setText(f"<span style='color:#b00'>{text}</span>")
+        self.message.setStyleSheet("color: #b00")
+        self.message.setText(text)
+
+    def clear(self, text: str = "") -> None:
+        """No rows (e.g. after connecting to another node)."""
+        self.studies = []
+        self.table.setRowCount(0)
+        self.status.setText("")
+        self.message.setStyleSheet("")
+        self.message.setText(text)
+        self._selection_changed()
 
     def selected_id(self) -> int | None:
         """Study id of the selected row."""

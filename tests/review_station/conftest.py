@@ -1,4 +1,4 @@
-"""Fixtures of the review station tests: Qt offscreen, a synthetic two-limb series with 12 muscles."""
+"""Fixtures of the review station tests: Qt offscreen, a synthetic two-limb series with 12 muscles, the real node."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt creates the QApplication
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +37,23 @@ def make_series(n_slices: int = 6, size: int = 96, seed: int = 0) -> Series:
                 img[m & limb] += 40.0 + 8 * i
         image[z] = img
     return image, labels, default_segments(list(range(1, 13)))
+
+
+@pytest.fixture(autouse=True)
+def _recovery_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Corrections kept after an error go to the test's folder, never to the user's data folder."""
+    folder = tmp_path / "recovery"
+    monkeypatch.setattr("review_station.recovery.default_folder", lambda: folder)
+    return folder
+
+
+@pytest.fixture
+def node(request):
+    """The in-process node of ``tests/workflow_fixtures.py::node_api`` (two phantom studies pending review)."""
+    try:
+        return request.getfixturevalue("node_api")
+    except pytest.FixtureLookupError:
+        pytest.skip("the in-process node fixture tests/workflow_fixtures.py::node_api is not there yet")
 
 
 @pytest.fixture

@@ -67,9 +67,13 @@ def test_parse_npy_refuses_pickles_and_wrong_arrays() -> None:
     with pytest.raises(cl.InvalidResponse):
         cl.parse_npy(b"<html>proxy error</html>")
     with pytest.raises(ValueError, match="uint8"):
-        cl.NodeClient("http://h:1", "t").put_labels(1, np.zeros((1, 1, 1), np.int32))
+        cl.NodeClient("http://h:1", "t").put_labels(1, np.zeros((1, 1, 1), np.int32), "1.2.3")
+    with pytest.raises(ValueError, match="SeriesInstanceUID"):
+        cl.NodeClient("http://h:1", "t").put_labels(1, np.zeros((1, 1, 1), np.uint8), "")
     with pytest.raises(ValueError, match="reason"):
-        cl.NodeClient("http://h:1", "t").reject(1, "  ")
+        cl.NodeClient("http://h:1", "t").reject(1, "1.2", "  ")
+    with pytest.raises(ValueError, match="StudyInstanceUID"):
+        cl.NodeClient("http://h:1", "t").approve(1, "", "ok")
 
 
 def _response(status: int, body: object) -> requests.Response:
@@ -77,6 +81,49 @@ def _response(status: int, body: object) -> requests.Response:
     r.status_code = status
     r._content = json.dumps(body).encode() if not isinstance(body, bytes) else body
     return r
+
+
+class Recorder(requests.adapters.BaseAdapter):
+    """A transport that records each request and answers with a canned response."""
+
+    def __init__(self, status: int = 200, body: object = None) -> None:
+        super().__init__()
+        self.requests: list[requests.PreparedRequest] = []
+        self.status, self.body = status, body if body is not None else {"state": "APPROVED"}
+
+    def send(self, request, **kwargs):  # type: ignore[no-untyped-def]
+        self.requests.append(request)
+        r = _response(self.status, self.body)
+        r.request = request
+        return r
+
+    def close(self) -> None:
+        pass
+
+
+def recording_client(status: int = 200, body: object = None) -> tuple[cl.NodeClient, Recorder]:
+    c = cl.NodeClient("http://node:1", "tok")
+    rec = Recorder(status, body)
+    c._session.mount("http://", rec)
+    return c, rec
+
+
+def test_client_names_the_series_and_study_on_screen() -> None:
+    c, rec = recording_client()
+    c.put_labels(7, np.zeros((1, 2, 2), np.uint8), "1.2.840.7")
+    put = rec.requests[-1]
+    assert put.method == "PUT" and put.url == "http://node:1/api/v1/series/7/labels?SeriesInstanceUID=1.2.840.7"
+    c.approve(3, "1.2.840.3", "looks right")
+    assert json.loads(rec.requests[-1].body) == {"StudyInstanceUID": "1.2.840.3", "comment": "looks right"}
+    c.reject(3, "1.2.840.3", " motion ")
+    assert json.loads(rec.requests[-1].body) == {"StudyInstanceUID": "1.2.840.3", "reason": "motion"}
+
+
+def test_a_409_for_another_series_is_a_conflict_with_the_nodes_words() -> None:
+    c, _ = recording_client(409, {"detail": "series 7 is not 1.2.840.7"})
+    with pytest.raises(cl.Conflict, match=r"series 7 is not 1\.2\.840\.7") as err:
+        c.put_labels(7, np.zeros((1, 2, 2), np.uint8), "1.2.840.7")
+    assert err.value.status == 409
 
 
 def test_error_details_are_readable() -> None:
@@ -97,6 +144,9 @@ def test_domain_records_parse_the_contract_and_refuse_gaps() -> None:
          "models": [{"name": "leg", "version": 2}], "series": [series]}
     )  # fmt: skip
     assert s.models_text == "leg v2" and s.series[0].has_draft and s.series[0].title == "leg — leg v2"
+    assert s.in_progress_by is None and s.approved_by is None  # optional fields of the worklist row
+    row = {"id": 4, "state": "PENDING_REVIEW", "in_progress_by": "Dr A", "approved_by": None}
+    assert StudySummary.from_json(row).in_progress_by == "Dr A"
     with pytest.raises(ProtocolError, match="'id'"):
         StudySummary.from_json({"state": "X"})
     seg = Segment.from_json({"value": 2, "key": "soleus_left", "name": "Soleus (left)", "colour": [300, 0, 5]})

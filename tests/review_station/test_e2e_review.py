@@ -18,46 +18,10 @@ pytest.importorskip("dicom_node.api.app", reason="the node API is not there yet"
 
 from review_station.client import AUTH_MESSAGE, AuthError, NodeClient
 from review_station.dialogs import ApproveDialog, RejectDialog, TokenDialog
-from review_station.main_window import MainWindow
+from tests.review_station.node_helpers import busiest, open_first_pending, open_window
 from tests.review_station.qt_helpers import drag
 
 CTRL = Qt.KeyboardModifier.ControlModifier
-
-
-@pytest.fixture
-def node(request):
-    """The in-process node of ``tests/conftest.py::node_api`` (skip until the node-core fixture exists)."""
-    try:
-        return request.getfixturevalue("node_api")
-    except pytest.FixtureLookupError:
-        pytest.skip("the in-process node fixture tests/conftest.py::node_api is not there yet")
-
-
-def open_window(qtbot, node, token: str | None = None) -> MainWindow:
-    w = MainWindow(NodeClient(node.url, token if token is not None else node.token))
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitExposed(w)
-    return w
-
-
-def open_first_pending(qtbot, w: MainWindow) -> int:
-    """Start, wait for the worklist, double-click the first pending study, wait for the review page."""
-    w.start()
-    qtbot.waitUntil(lambda: w.worklist.table.rowCount() > 0, timeout=60000)
-    study_id = w.worklist.studies[0].id
-    row = w.worklist.row_of(study_id)
-    rect = w.worklist.table.visualItemRect(w.worklist.table.item(row, 0))
-    qtbot.mouseClick(w.worklist.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
-    qtbot.mouseDClick(w.worklist.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
-    qtbot.waitUntil(lambda: w.review.current is not None and w.open_study_id == study_id, timeout=120000)
-    assert w.stack.currentWidget() is w.review and w.last_error is None
-    return study_id
-
-
-def busiest(labels: np.ndarray, z: int) -> int:
-    values, counts = np.unique(labels[z][labels[z] > 0], return_counts=True)
-    return int(values[np.argmax(counts)])
 
 
 def test_wrong_token_is_refused_with_the_agreed_message(qtbot, node) -> None:

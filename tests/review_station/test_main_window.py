@@ -16,6 +16,7 @@ from review_station.client import NodeClient
 from review_station.dialogs import ApproveDialog, RejectDialog, TokenDialog
 from review_station.domain import StudySummary
 from review_station.main_window import MainWindow
+from review_station.text import Heading
 from review_station.worklist import WorklistWidget
 
 
@@ -168,14 +169,15 @@ def test_opening_another_study_asks_before_discarding_edits(qtbot, offline, monk
 
 
 def test_reject_needs_a_reason_and_approve_defaults_to_cancel(qtbot) -> None:
-    r = RejectDialog("study X")
+    heading = Heading("DOE, JANE", "P1", "MR leg 2024-01-02")
+    r = RejectDialog(heading)
     qtbot.addWidget(r)
     assert not r.reject_button.isEnabled()
     r.reason.setPlainText("   ")
     assert not r.reject_button.isEnabled()
     r.reason.setPlainText("motion artefacts")
     assert r.reject_button.isEnabled() and r.reason_text() == "motion artefacts"
-    a = ApproveDialog("study X", ["leg — corrected"])
+    a = ApproveDialog(heading, ["leg — corrected"])
     qtbot.addWidget(a)
     assert a.comment_text() is None
     assert a.buttons.button(a.buttons.Cancel).isDefault() and not a.approve_button.isDefault()
