@@ -93,7 +93,7 @@ THIGH_MUSCLES: tuple[Muscle, ...] = (
     Muscle("gracilis", "Gracilis", "2577006", "Gracilis muscle", (145, 30, 180)),
     Muscle("adductor_magnus", "Adductor magnus", "127954009", "Skeletal muscle", (70, 240, 240)),
     Muscle("adductor_longus", "Adductor longus", "127954009", "Skeletal muscle", (240, 50, 230)),
-    Muscle("semimembranosus", "Semimembranosus", "127954009", "Skeletal muscle", (210, 245, 60)),
+    Muscle("semimembranosus", "Semimembranosus", "127954009", "Skeletal muscle", (172, 255, 89)),
     Muscle("semitendinosus", "Semitendinosus", "127954009", "Skeletal muscle", (250, 190, 212)),
     Muscle(
         "biceps_femoris_long",

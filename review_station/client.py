@@ -240,7 +240,10 @@ class NodeClient:
 
     def studies(self, state: str | None = "PENDING_REVIEW") -> list[StudySummary]:
         """``GET /api/v1/studies[?state=...]`` (``state=None``: all)."""
-        body = self._json("GET", "/api/v1/studies", params={"state": state} if state else None)
+        params: dict[str, Any] = {"order": "oldest", "limit": 2000}  # the oldest waiting study is never cut off
+        if state:
+            params["state"] = state
+        body = self._json("GET", "/api/v1/studies", params=params)
         try:
             return [StudySummary.from_json(s) for s in body["studies"]]
         except (KeyError, TypeError, ValueError) as exc:

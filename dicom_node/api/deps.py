@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -57,3 +57,7 @@ def require_operator(
 
 
 Operator = Annotated[str, Depends(require_operator)]
+
+
+#: A row id in a path: a positive 64-bit integer (anything else is a 422 that says so, never a 500).
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1, description="the id the node gave the row")]

@@ -94,3 +94,14 @@ def test_saved_corrections_survive_a_restart(node_api: RunningNode, workflow_nod
         assert np.array_equal(np.load(io.BytesIO(corrected.content)), truth)
     finally:
         again.stop()
+
+
+def test_ids_out_of_range_are_a_4xx_never_a_500(workflow_node_factory: Any) -> None:
+    running = workflow_node_factory()
+    for path in ("/api/v1/studies/{}", "/api/v1/series/{}/segments", "/api/v1/series/{}/labels"):
+        assert running.get(path.format(2**63 - 1)).status_code in (404, 409)
+        for bad in (2**63, 2**70, 0, -1):
+            r = running.get(path.format(bad))
+            assert r.status_code == 422, (path, bad, r.status_code)
+    r = requests.post(f"{running.url}/api/v1/dead-letters/{2**64}/requeue", headers=running.headers, timeout=30)
+    assert r.status_code == 422

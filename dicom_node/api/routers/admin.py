@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from dicom_node import jobs
-from dicom_node.api.deps import DbSession, Operator, Services
+from dicom_node.api.deps import DbSession, Operator, RowId, Services
 from dicom_node.api.schemas import VersionRequest
 from dicom_node.db import Job, JobState
 from dicom_node.review import NotFound, ReviewConflict
@@ -41,7 +41,7 @@ def dead_letters(session: DbSession, _operator: Operator) -> dict[str, Any]:
 
 
 @router.post("/dead-letters/{job_id}/requeue", tags=["jobs"])
-def requeue(job_id: int, session: DbSession, operator: Operator) -> dict[str, Any]:
+def requeue(job_id: RowId, session: DbSession, operator: Operator) -> dict[str, Any]:
     """Put a dead job back in the queue with fresh attempts."""
     job = session.get(Job, job_id)
     if job is None:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from dicom_node import review
-from dicom_node.api.deps import DbSession, Operator, Services
+from dicom_node.api.deps import DbSession, Operator, RowId, Services
 from dicom_node.db import Series
 from dicom_node.pipeline import npy_bytes
 from dicom_node.review_tables import SeriesResult
@@ -29,7 +29,7 @@ def _series(session: DbSession, series_id: int) -> Series:
 
 
 @router.get("/series/{series_id}/volume", response_class=Response)
-def volume(series_id: int, session: DbSession, services: Services, _operator: Operator) -> Response:
+def volume(series_id: RowId, session: DbSession, services: Services, _operator: Operator) -> Response:
     """The series as a float32 .npy volume ``(z, y, x)``; geometry in the X-Laurel-* headers."""
     from dicom_node.volume import UnsupportedSeries, load_series
 
@@ -48,7 +48,7 @@ def volume(series_id: int, session: DbSession, services: Services, _operator: Op
 
 @router.get("/series/{series_id}/labels", response_class=Response)
 def labels(
-    series_id: int,
+    series_id: RowId,
     services: Services,
     _operator: Operator,
     version: Literal["draft", "corrected", "current"] = Query("current"),
@@ -59,7 +59,7 @@ def labels(
 
 @router.put("/series/{series_id}/labels")
 async def put_labels(
-    series_id: int,
+    series_id: RowId,
     request: Request,
     services: Services,
     operator: Operator,
@@ -86,7 +86,7 @@ async def put_labels(
 
 
 @router.get("/series/{series_id}/segments")
-def segments(series_id: int, session: DbSession, services: Services, _operator: Operator) -> dict[str, Any]:
+def segments(series_id: RowId, session: DbSession, services: Services, _operator: Operator) -> dict[str, Any]:
     """The label values of the series' model with names, sides, colours and SNOMED CT codes."""
     _series(session, series_id)
     from sqlalchemy import select

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
 from dicom_node import review
-from dicom_node.api.deps import DbSession, Operator, Services
+from dicom_node.api.deps import DbSession, Operator, RowId, Services
 from dicom_node.api.schemas import (
     ApproveRequest,
     DecisionResponse,
@@ -78,17 +79,20 @@ def list_studies(
     session: DbSession,
     _operator: Operator,
     state: StudyState | None = Query(None, description="only studies in this state, e.g. PENDING_REVIEW"),
+    order: Literal["newest", "oldest"] = Query("newest", description="by received time"),
     limit: int = Query(200, ge=1, le=2000),
+    offset: int = Query(0, ge=0, le=2**31),
 ) -> StudyList:
-    """The worklist, newest first."""
-    query = select(Study).order_by(Study.received_at.desc()).limit(limit)
+    """The worklist by received time (newest first unless ``order=oldest``), a page of ``limit`` from ``offset``."""
+    received = Study.received_at.asc() if order == "oldest" else Study.received_at.desc()
+    query = select(Study).order_by(received, Study.id).offset(offset).limit(limit)
     if state is not None:
         query = query.where(Study.state == state)
     return StudyList(studies=[summarise(session, st) for st in session.scalars(query)])
 
 
 @router.get("/studies/{study_id}", response_model=StudyDetail)
-def study_detail(study_id: int, session: DbSession, _operator: Operator) -> StudyDetail:
+def study_detail(study_id: RowId, session: DbSession, _operator: Operator) -> StudyDetail:
     """A study with its series, their models, states and drafts."""
     study = session.get(Study, study_id)
     if study is None:
@@ -121,12 +125,12 @@ def study_detail(study_id: int, session: DbSession, _operator: Operator) -> Stud
 
 
 @router.post("/studies/{study_id}/approve", response_model=DecisionResponse)
-def approve(study_id: int, body: ApproveRequest, services: Services, operator: Operator) -> DecisionResponse:
+def approve(study_id: RowId, body: ApproveRequest, services: Services, operator: Operator) -> DecisionResponse:
     """Approve the study's (corrected) segmentations: approved SEGs go to the PACS, the model learns."""
     return DecisionResponse(**review.approve(services, study_id, operator, body.comment, body.StudyInstanceUID))
 
 
 @router.post("/studies/{study_id}/reject", response_model=DecisionResponse)
-def reject(study_id: int, body: RejectRequest, services: Services, operator: Operator) -> DecisionResponse:
+def reject(study_id: RowId, body: RejectRequest, services: Services, operator: Operator) -> DecisionResponse:
     """Reject the study's drafts with a reason; nothing is exported or learned."""
     return DecisionResponse(**review.reject(services, study_id, operator, body.reason, body.StudyInstanceUID))
