@@ -34,6 +34,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -67,6 +68,9 @@ class SeriesState(StrEnum):
     SEGMENTING = "SEGMENTING"
     SEGMENTED = "SEGMENTED"
     FAILED = "FAILED"
+    #: A SEG this node wrote, sent back by the PACS (e.g. a study-level auto-routing rule): kept, not routed,
+    #: not listed as unrouted.
+    OWN_RESULT = "OWN_RESULT"
 
 
 class JobState(StrEnum):
@@ -98,7 +102,13 @@ STUDY_TRANSITIONS: dict[StudyState, frozenset[StudyState]] = {
     StudyState.EXPORTED: frozenset({StudyState.APPROVED}),
     StudyState.REJECTED: frozenset(),
     StudyState.FAILED: frozenset(
-        {StudyState.COMPLETE, StudyState.SEGMENTING, StudyState.APPROVED, StudyState.REJECTED}
+        {
+            StudyState.COMPLETE,
+            StudyState.SEGMENTING,
+            StudyState.PENDING_REVIEW,
+            StudyState.APPROVED,
+            StudyState.REJECTED,
+        }
     ),
 }
 
@@ -158,6 +168,10 @@ class Series(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
     files_deleted_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: When the series' newest instance arrived (a draft older than this is out of date).
+    last_instance_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: Instances arrived after a draft that has saved corrections: approval waits for a person's decision.
+    changed_since_draft: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series", order_by="Instance.id")

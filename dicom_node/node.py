@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from dicom_node.completion import complete_settled_studies
+from dicom_node.completion import complete_settled_studies, queue_late_arrivals
 from dicom_node.config import NodeConfig
 from dicom_node.db import relativize_paths, session_scope
 from dicom_node.export import EXPORT_JOB, export_handler
@@ -192,6 +192,8 @@ class Node:
         completed = complete_settled_studies(self.engine, self.config.node.settle_seconds, metrics=self.metrics)
         if completed:
             logger.info("studies complete: %s", ", ".join(str(i) for i in completed))
+            self.jobs.notify()
+        if queue_late_arrivals(self.engine, self.config.node.settle_seconds):
             self.jobs.notify()
 
     def _queue_retention(self) -> None:

@@ -21,7 +21,8 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_node.db import Series, SeriesState, Study, StudyState, session_scope, set_study_state
+from dicom_node.completion import OPEN_STATES
+from dicom_node.db import Series, SeriesState, Study, StudyState, session_scope, set_study_state, utcnow
 from dicom_node.jobs import JobContext, fault_point
 from dicom_node.learning import atomic_write
 from dicom_node.review_tables import SeriesResult
@@ -103,18 +104,21 @@ def mark_segment_dead(services: NodeServices, s: Session, payload: dict[str, Any
         set_study_state(s, study, StudyState.FAILED, f"segmentation gave up: {error}")
 
 
-def _segment_series(services: NodeServices, series_id: int, ctx: JobContext | None = None) -> str | None:
-    """Segment one series; returns ``None`` on success or the reason it failed."""
+def _segment_series(
+    services: NodeServices, series_id: int, ctx: JobContext | None = None, *, again: bool = False
+) -> str | None:
+    """Segment one series (``again``: even if it has a draft); returns ``None`` on success or why it failed."""
     from dicom_node.seg import build_seg, seg_to_bytes
     from dicom_node.volume import UnsupportedSeries, load_series
 
     with session_scope(services.engine) as s:
         series = s.get(Series, series_id)
         assert series is not None
-        if series.state == SeriesState.SEGMENTED and _result(s, series_id) is not None:
+        if not again and series.state == SeriesState.SEGMENTED and _result(s, series_id) is not None:
             return None
         model_name = series.model
         assert model_name is not None
+        drafted_at = utcnow()  # every instance indexed before this moment is in the draft
         paths = services.instance_paths(series)
         study_id = series.study_id
         series.state = SeriesState.SEGMENTING
@@ -152,14 +156,61 @@ def _segment_series(services: NodeServices, series_id: int, ctx: JobContext | No
         result.draft_seg_path = services.stored(folder / "draft_seg.dcm")
         result.draft_seg_sop_uid = str(seg.SOPInstanceUID)
         result.corrected_labels_path = None
+        result.corrected_by = None
+        result.corrected_at = None
+        result.drafted_at = drafted_at
+        result.draft_slices = int(labels.shape[0])
         result.segmentation_seconds = elapsed
         s.add(result)
         series.state = SeriesState.SEGMENTED
         series.failure_reason = None
+        series.changed_since_draft = False
     services.metrics.series_segmented.labels(model=model_name, outcome="ok").inc()
     services.metrics.segmentation_seconds.labels(model=model_name).observe(elapsed)
     logger.info("series %s segmented with %s v%s in %.1f s", series_id, pkg.name, pkg.version, elapsed)
     return None
+
+
+def resegment_series(
+    services: NodeServices, series_id: int, ctx: JobContext | None = None, *, operator: str | None = None
+) -> dict[str, Any]:
+    """A series changed after its draft (late instances), or a person asked: make a new draft over every image.
+
+    Without saved corrections the new draft simply replaces the old one. With corrections, a late arrival only
+    marks the series ``changed_since_draft`` (approval is refused until a person decides; the corrections are
+    kept); a person's request (``operator``) makes the new draft and keeps the old corrections' file aside
+    (audited). A study that had FAILED goes to PENDING_REVIEW when the series now has a draft.
+    """
+    with session_scope(services.engine) as s:
+        series = s.get(Series, series_id)
+        if series is None or series.model is None:
+            raise LookupError(f"series {series_id} does not exist or is not routed to a model")
+        study = s.get(Study, series.study_id)
+        assert study is not None
+        if study.state not in OPEN_STATES:
+            return {"skipped": f"study {study.id} is {study.state}; its late instances are stored, not segmented"}
+        result = _result(s, series_id)
+        if result is not None and result.corrected_labels_path is not None and operator is None:
+            series.changed_since_draft = True
+            logger.warning(
+                "series %s received instances after its draft was corrected; approval waits for a re-segmentation",
+                series_id,
+            )
+            return {"changed_since_draft": True, "kept_corrections": True}
+        superseded = result.corrected_labels_path if result is not None else None
+        study_id = study.id
+    reason = _segment_series(services, series_id, ctx, again=True)
+    with session_scope(services.engine) as s:
+        study = s.get(Study, study_id)
+        assert study is not None
+        if reason is None and study.state == StudyState.FAILED:
+            set_study_state(s, study, StudyState.PENDING_REVIEW)
+        if operator is not None:
+            from dicom_node.review_tables import AuditEvent
+
+            detail = {"series_id": series_id, "superseded_corrections": superseded, "failed": reason}
+            s.add(AuditEvent(operator=operator, action="resegment", study_id=study_id, detail=detail))
+    return {"series_id": series_id, "segmented": reason is None, "reason": reason}
 
 
 def _fail_series(services: NodeServices, series_id: int, model_name: str, reason: str) -> str:

@@ -43,6 +43,10 @@ class SeriesResult(Base):
     approved_seg_sop_uid: Mapped[str | None] = mapped_column(String(64))
     dice: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     segmentation_seconds: Mapped[float | None] = mapped_column()
+    #: When the draft was made (each re-segmentation moves it); instances newer than this are not in it.
+    drafted_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: Slices of the series when the draft was made.
+    draft_slices: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 

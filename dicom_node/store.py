@@ -187,6 +187,8 @@ class Store:
         self.instances_dir = self.storage_dir / INSTANCES_DIR
         self.engine = engine
         self.router = router
+        #: What the index needs beyond the routing keywords: whether a SEG is one of this node's own results.
+        self._keywords = tuple(sorted({*router.keywords, "Manufacturer", "ManufacturerModelName"}))
         self.metrics = metrics
         self._queue: list[_Pending] = []
         self._queue_lock = threading.Lock()
@@ -270,7 +272,7 @@ class Store:
         """Check, write, fsync, rename and index one instance; the status says what to answer."""
         started = time.perf_counter()
         try:
-            header = inspect_dataset(item.data, item.transfer_syntax, self.router.keywords)
+            header = inspect_dataset(item.data, item.transfer_syntax, self._keywords)
             check_instance(header, item.sop_class_uid, item.sop_instance_uid, item.context_uid)
         except DatasetRefused as exc:
             logger.warning("refused SOP instance %s: %s", item.sop_instance_uid, exc)
@@ -413,6 +415,13 @@ class Store:
             study_ids = self._study_ids(cur, batch, stamp)
             series_ids = self._series_ids(cur, batch, study_ids, stamp)
             if fresh:
+                cur.executemany(
+                    self._sql("UPDATE series SET last_instance_at = ? WHERE id = ?"),
+                    [
+                        (stamp, sid)
+                        for sid in sorted({series_ids[p.header.text("SeriesInstanceUID") or ""] for p in fresh})
+                    ],
+                )
                 cur.executemany(
                     self._sql(
                         'INSERT INTO instance (series_id, "SOPInstanceUID", "SOPClassUID", '
@@ -587,7 +596,9 @@ class Store:
                 ids[uid] = int(row[0])
                 continue
             attributes = {k: None if v is None else str(v) for k, v in h.attributes.items()}
-            model = self.router.route(p.item.called_ae, attributes)
+            own = is_own_result(p.item.sop_class_uid, attributes)
+            model = None if own else self.router.route(p.item.called_ae, attributes)
+            state = SeriesState.OWN_RESULT if own else SeriesState.ROUTED if model else SeriesState.UNROUTED
             study_id = study_ids[h.text("StudyInstanceUID") or ""]
             cur.execute(
                 self._sql(
@@ -605,7 +616,7 @@ class Store:
                     p.item.called_ae,
                     p.item.calling_ae,
                     model,
-                    (SeriesState.ROUTED if model else SeriesState.UNROUTED).value,
+                    state.value,
                     stamp,
                     stamp,
                 ),
@@ -615,7 +626,11 @@ class Store:
                 "series %s of study %s: %s",
                 ids[uid],
                 study_id,
-                f"routed to model {model}" if model else "no routing rule matches; kept unrouted",
+                "a result of this node, back from the PACS; kept, not routed"
+                if own
+                else f"routed to model {model}"
+                if model
+                else "no routing rule matches; kept unrouted",
             )
         return ids
 
@@ -639,4 +654,16 @@ class Store:
                 )
 
 
-__all__ = ["Incoming", "Store", "StoreResult", "StoreStatus", "encode_file_meta"]
+SEGMENTATION_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
+
+
+def is_own_result(sop_class_uid: str, attributes: dict[str, str | None]) -> bool:
+    """Whether an instance is a SEG this node wrote (manufacturer and model name as :mod:`dicom_node.seg` sets)."""
+    return (
+        sop_class_uid in SEGMENTATION_CLASSES
+        and attributes.get("Manufacturer") == "Laurel"
+        and attributes.get("ManufacturerModelName") == "Laurel node"
+    )
+
+
+__all__ = ["Incoming", "Store", "StoreResult", "StoreStatus", "encode_file_meta", "is_own_result"]
