@@ -350,6 +350,7 @@ class StoreSCP:
             calling_ae=context.get("calling_ae") or str(assoc.requestor.ae_title).strip(),
             called_ae=context.get("called_ae") or self.config.node.ae_title,
             association_id=id(assoc),
+            max_inflated_size=self.config.node.max_inflated_size,
         )
         result = self.store.receive(item)
         return int(result.status), result.comment

@@ -1,4 +1,4 @@
-"""Every peer is bounded: PDU lengths before and after acceptance, stalled peers.
+"""Every peer is bounded: PDU lengths before and after acceptance, stalled peers, deflated datasets.
 
 Raw sockets play the misbehaving peers (an A-ASSOCIATE-RQ built by hand, half PDUs, headers claiming 4 GiB);
 DCMTK storescu and pynetdicom play the well-behaved ones that must keep being served.
@@ -9,15 +9,22 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+from pynetdicom.dsutils import encode
 from sqlalchemy import func, select
 
 from dicom_node.db import Instance, make_engine, session_scope
 from dicom_node.fastnet import set_nodelay
-from tests.peers import NodeProcess, c_echo, node_settings, storescu, wait_until
+from dicom_node.received import StoreStatus
+from tests.peers import NodeProcess, c_echo, make_image, node_settings, store_raw, storescu, wait_until
 
 pytestmark = pytest.mark.peers
 
@@ -154,4 +161,57 @@ def test_stalled_peers_are_aborted_and_free_their_slots(
     assert text.count("nothing received for 2") == 1
     assert text.count("did not complete its association request in time; aborted") == 1
     assert "Traceback" not in text
+    assert c_echo(node.port).echo_status == 0
+
+
+# ---------------------------------------------------------------------------------------------- deflate
+def _deflated_file(path: Path, ds: Dataset, zero_pixel_bytes: int = 0) -> Path:
+    """``ds`` as a Deflated Explicit VR Little Endian file; ``zero_pixel_bytes``: PixelData of that many zeros.
+
+    The zeros are deflated as a stream, so a file of ~1/1000 of the inflated size is made without holding it.
+    """
+    meta = ds.file_meta
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    head = encode(ds, False, True)
+    assert head is not None
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [deflater.compress(head)]
+    if zero_pixel_bytes:
+        parts.append(deflater.compress(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, zero_pixel_bytes)))
+        chunk = bytes(1 << 20)
+        for start in range(0, zero_pixel_bytes, len(chunk)):
+            parts.append(deflater.compress(chunk[: min(len(chunk), zero_pixel_bytes - start)]))
+    parts.append(deflater.flush())
+    body = b"".join(parts)
+    if len(body) % 2:
+        body += b"\x00"
+    fp = DicomBytesIO()
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    path.write_bytes(bytes(128) + b"DICM" + fp.getvalue() + body)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("max_inflated_size", "inflated_mib"),
+    [(None, 80), (8 << 20, 12)],
+    ids=["64-times-what-arrived", "node.max_inflated_size"],
+)
+def test_a_deflated_dataset_inflating_beyond_the_bound_is_refused(
+    node_factory: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    max_inflated_size: int | None,
+    inflated_mib: int,
+) -> None:
+    caplog.set_level(logging.INFO)
+    node = node_factory(node={"max_inflated_size": max_inflated_size} if max_inflated_size else {})
+    study_uid, series_uid = generate_uid(), generate_uid()
+    bomb = _deflated_file(
+        tmp_path / "bomb.dcm", make_image(study_uid, series_uid, pixel_data=False), inflated_mib << 20
+    )
+    assert bomb.stat().st_size * 64 < inflated_mib << 20  # it inflates more than 64-fold
+    good = _deflated_file(tmp_path / "good.dcm", make_image(study_uid, series_uid, instance_number=2))
+    assert store_raw(node.port, [bomb, good, bomb]) == [StoreStatus.OUT_OF_RESOURCES, 0, StoreStatus.OUT_OF_RESOURCES]
+    assert _indexed(node.engine) == 1
+    assert caplog.text.count("inflates beyond") == 2 and "Traceback" not in caplog.text
     assert c_echo(node.port).echo_status == 0
