@@ -1,19 +1,97 @@
-"""Interoperability as it really happens: operations a storage context does not carry."""
+"""Interoperability as it really happens: JPEG-LS from DCMTK, whose transfer syntax order wins, operations a
+storage context does not carry."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    MRImageStorage,
+    generate_uid,
+)
+from sqlalchemy import select
 
-from tests.peers import make_image
+from dicom_node.db import Instance, session_scope
+from dicom_node.volume import load_series
+from tests.peers import PEER_ENV, make_image, require, storescu, write_study
 
 pytestmark = pytest.mark.peers
 
 VERIFICATION = "1.2.840.10008.1.1"
+
+
+def _stored(node: Any) -> list[tuple[Path, str]]:
+    with session_scope(node.engine) as session:
+        return [(Path(i.path), str(i.TransferSyntaxUID)) for i in session.scalars(select(Instance))]
+
+
+# ---------------------------------------------------------------------------------------------- JPEG-LS
+@pytest.mark.parametrize(
+    ("ts", "dcmcjpls_options", "storescu_option", "max_error"),
+    [(JPEGLSLossless, ["+el"], "-xt", 0), (JPEGLSNearLossless, ["+en"], "-xu", 2)],
+    ids=["lossless", "near-lossless"],
+)
+def test_jpeg_ls_compressed_by_dcmtk_is_stored_and_read_as_a_volume(
+    node: Any, tmp_path: Path, ts: str, dcmcjpls_options: list[str], storescu_option: str, max_error: int
+) -> None:
+    study = write_study(tmp_path / "plain", series=1, instances=3, rows=64, columns=64)
+    exe = require("dcmcjpls")
+    (tmp_path / "jpeg-ls").mkdir()
+    compressed = []
+    for path in study.paths:
+        target = tmp_path / "jpeg-ls" / path.name
+        subprocess.run([exe, *dcmcjpls_options, str(path), str(target)], check=True, env=PEER_ENV, capture_output=True)
+        compressed.append(target)
+    proc = storescu(node.port, compressed, extra=[storescu_option])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stored = _stored(node)
+    assert len(stored) == 3 and {ts_uid for _, ts_uid in stored} == {ts}
+    volume = load_series([path for path, _ in stored])
+    original = load_series(study.paths)
+    assert volume.array.shape == original.array.shape == (3, 64, 64)
+    assert np.abs(volume.array - original.array).max() <= max_error  # NEAR = 2 is dcmcjpls's default
+
+
+# ---------------------------------------------------------------------------------------------- negotiation
+@pytest.mark.parametrize(
+    ("proposed", "accepted"),
+    [
+        ([ImplicitVRLittleEndian, ExplicitVRLittleEndian], ImplicitVRLittleEndian),
+        ([ExplicitVRLittleEndian, ImplicitVRLittleEndian], ExplicitVRLittleEndian),
+        ([ExplicitVRBigEndian, ImplicitVRLittleEndian, ExplicitVRLittleEndian], ExplicitVRBigEndian),
+    ],
+    ids=["implicit-first", "explicit-first", "big-endian-first"],
+)
+def test_the_requestors_transfer_syntax_order_wins(node: Any, proposed: list[str], accepted: str) -> None:
+    from pynetdicom import AE
+
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(MRImageStorage, proposed)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="LAUREL")
+    try:
+        assert assoc.is_established
+        assert [cx.transfer_syntax[0] for cx in assoc.accepted_contexts] == [accepted]
+    finally:
+        assoc.release()
+
+
+def test_storescu_gets_its_first_transfer_syntax(node: Any, tmp_path: Path) -> None:
+    """``+C -xb``: one context per SOP class proposing big endian, then explicit and implicit little endian."""
+    study = write_study(tmp_path / "study", series=1, instances=2)
+    proc = storescu(node.port, study.paths, extra=["+C", "-xb"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {ts for _, ts in _stored(node)} == {ExplicitVRBigEndian}
 
 
 # ---------------------------------------------------------------------------------------------- operations
