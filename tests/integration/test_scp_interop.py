@@ -1,5 +1,5 @@
 """Interoperability as it really happens: JPEG-LS from DCMTK, whose transfer syntax order wins, operations a
-storage context does not carry."""
+storage context does not carry, and what DCMTK sees at ``node.max_associations``."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from dicom_node.db import Instance, session_scope
 from dicom_node.volume import load_series
-from tests.peers import PEER_ENV, make_image, require, storescu, write_study
+from tests.peers import PEER_ENV, echoscu, make_image, require, storescu, wait_until, write_study
 
 pytestmark = pytest.mark.peers
 
@@ -125,3 +125,26 @@ def test_query_retrieve_on_a_storage_context_is_refused_without_a_traceback(
     refusals = [r.getMessage() for r in caplog.records if "unrecognised operation" in r.getMessage()]
     assert [message.split(": ")[1].split()[0] for message in refusals] == ["C-FIND-RQ", "C-MOVE-RQ", "C-GET-RQ"]
     assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------- the limit
+def test_dcmtk_at_max_associations_is_rejected_transient_local_limit_exceeded(node_factory: Any, study: Any) -> None:
+    from pynetdicom import AE
+
+    node = node_factory(node={"max_associations": 2})
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(VERIFICATION)
+    held = [ae.associate("127.0.0.1", node.port, ae_title="LAUREL") for _ in range(2)]
+    try:
+        assert all(a.is_established for a in held)
+        for proc in (echoscu(node.port), storescu(node.port, study.paths)):
+            output = proc.stdout + proc.stderr
+            assert proc.returncode != 0
+            assert "Result: Rejected Transient, Source: Service Provider (Presentation Related)" in output, output
+            assert "Reason: Local Limit Exceeded" in output, output
+        assert 'laurel_associations_total{outcome="rejected_limit"} 2.0' in node.metrics.render().decode()
+    finally:
+        for a in held:
+            a.release()
+    wait_until(lambda: storescu(node.port, study.paths).returncode == 0, 30, 0.2, "storescu once slots are free")
+    assert len(_stored(node)) == len(study.paths)
