@@ -56,9 +56,19 @@ class NodeSection(_Strict):
     )
     settle_seconds: float = Field(10.0, gt=0, le=3600)
     completion_scan_seconds: float = Field(1.0, gt=0, le=60)
-    max_associations: int = Field(8, ge=1, le=256)
+    max_associations: int = Field(
+        32, ge=1, le=256, description="associations at once; size it for the PACS's fan-out (it may not retry)"
+    )
     max_pdu: int = Field(262_144, ge=0, description="maximum PDU size we receive; 0 = unlimited")
-    network_timeout: float = Field(30.0, gt=0)
+    network_timeout: float = Field(
+        30.0, gt=0, description="seconds without progress after which an association is aborted"
+    )
+    max_inflated_size: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="largest Deflated Explicit VR Little Endian dataset once inflated (bytes); also at most "
+        "64 times what was received when that is above 64 MiB",
+    )
 
     @field_validator("ae_title")
     @classmethod

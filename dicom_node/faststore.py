@@ -30,6 +30,7 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 NO_DATASET = 0x0101
 PROCESSING_FAILURE = 0x0110
+VERIFICATION = "1.2.840.10008.1.1"
 
 #: ``store(assoc, abstract_syntax, transfer_syntax, sop_class_uid, sop_instance_uid, data) -> (status, comment)``
 StoreCallback = Callable[[Any, str, str, str, str, bytes], tuple[int, str | None]]
@@ -125,9 +126,12 @@ class FastStorePath:
     _data: bytearray = field(default_factory=bytearray)
 
     def _accepted(self) -> dict[int, tuple[str, str]]:
+        """Accepted storage contexts (a C-STORE on the Verification context is pynetdicom's to refuse)."""
         if self._contexts is None:
             self._contexts = {}
             for cx in self.assoc.accepted_contexts:
+                if str(cx.abstract_syntax) == VERIFICATION:
+                    continue
                 ts = cx.transfer_syntax[0] if isinstance(cx.transfer_syntax, list) else cx.transfer_syntax
                 self._contexts[int(cx.context_id)] = (str(cx.abstract_syntax), str(ts))
         return self._contexts

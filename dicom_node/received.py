@@ -50,7 +50,11 @@ _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 _MAX_DEPTH = 64
+#: Without a configured bound a deflated dataset may inflate to this (the recovery scan's files).
 _MAX_INFLATED = 4 << 30
+#: With a configured bound: at most this many times the deflated size, but always up to the floor.
+INFLATE_RATIO = 64
+INFLATE_FLOOR = 64 << 20
 
 # The attributes the index needs: tag -> (keyword, kind); kinds: uid, text (charset-aware), cs, int (IS), us.
 _WANTED: dict[int, tuple[str, str]] = {
@@ -220,17 +224,33 @@ class _Walker:
             count += 1
 
 
-def _inflate(data: bytes | memoryview) -> bytes:
+def inflate_limit(deflated_size: int, max_inflated_size: int | None) -> int:
+    """How large a deflated dataset of ``deflated_size`` bytes may become once inflated.
+
+    ``max_inflated_size`` (``node.max_inflated_size``) caps it; below that cap the limit is
+    :data:`INFLATE_RATIO` times the deflated size, or :data:`INFLATE_FLOOR` if that is more (small datasets
+    of sparse data, e.g. segmentations, deflate far better than 64:1). ``None``: 4 GiB.
+    """
+    if max_inflated_size is None:
+        return _MAX_INFLATED
+    return min(max_inflated_size, max(INFLATE_FLOOR, INFLATE_RATIO * deflated_size))
+
+
+def _inflate(data: bytes | memoryview, max_inflated_size: int | None) -> bytes:
+    limit = inflate_limit(len(data), max_inflated_size)
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        out = inflater.decompress(data, _MAX_INFLATED)
+        out = inflater.decompress(data, limit)  # grows with the output, stops at the limit
     except zlib.error as exc:
         raise DatasetRefused(f"the deflated dataset is corrupt: {exc}", StoreStatus.CANNOT_UNDERSTAND) from exc
-    if inflater.unconsumed_tail:
-        raise DatasetRefused("the deflated dataset inflates beyond 4 GiB", StoreStatus.CANNOT_UNDERSTAND)
-    if not inflater.eof:
-        raise DatasetRefused("the deflated dataset is truncated", StoreStatus.CANNOT_UNDERSTAND)
-    return out
+    if inflater.eof:
+        return out
+    if inflater.unconsumed_tail or len(out) >= limit:
+        raise DatasetRefused(
+            f"deflated dataset of {len(data)} bytes inflates beyond {limit} bytes, the node's limit",
+            StoreStatus.OUT_OF_RESOURCES,
+        )
+    raise DatasetRefused("the deflated dataset is truncated", StoreStatus.CANNOT_UNDERSTAND)
 
 
 def _decode_text(raw: bytes, encodings: list[str], pn: bool) -> str:
@@ -269,17 +289,21 @@ def _wanted(extra_keywords: Iterable[str]) -> dict[int, tuple[str, str]]:
 
 
 def inspect_dataset(
-    data: bytes | memoryview, transfer_syntax: str, extra_keywords: Iterable[str] = ()
+    data: bytes | memoryview,
+    transfer_syntax: str,
+    extra_keywords: Iterable[str] = (),
+    max_inflated_size: int | None = None,
 ) -> DatasetHeader:
     """Walk an encoded dataset (without file meta) in ``transfer_syntax`` to its end.
 
     Returns the index attributes (plus the top-level ``extra_keywords``, as text, for routing rules) and
     the pixel data location; raises :class:`DatasetRefused` with ``CANNOT_UNDERSTAND`` when the bytes
-    are not a well-formed dataset (truncated, garbled).
+    are not a well-formed dataset (truncated, garbled), and with ``OUT_OF_RESOURCES`` when a deflated
+    dataset inflates beyond :func:`inflate_limit`.
     """
     ts = UID(transfer_syntax)
     if ts == DeflatedExplicitVRLittleEndian:
-        data = _inflate(data)
+        data = _inflate(data, max_inflated_size)
     implicit = ts == ImplicitVRLittleEndian
     little = ts != ExplicitVRBigEndian
     wanted = _wanted(extra_keywords) if extra_keywords else _WANTED

@@ -15,9 +15,11 @@ an address that is not that peer's host                not recognised (the peer 
                                                        2 local limit exceeded
 =====================================================  ==========================================
 
-Every rejection is logged with its reason. The C-STORE handler is an adapter: it unpacks the event, calls
-:meth:`dicom_node.store.Store.receive`, and returns a named status; any exception becomes a failure status,
-never a dead association.
+Every rejection is logged with its reason. An accepted association's presentation contexts get the
+first transfer syntax in the *requestor's* order (:func:`contexts_in_requestor_order`). Limits on what a
+peer may send, before and after acceptance, are :mod:`dicom_node.netguard`'s. The C-STORE handler is an
+adapter: it unpacks the event, calls :meth:`dicom_node.store.Store.receive`, and returns a named status;
+any exception becomes a failure status, never a dead association.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from pydicom.uid import (
     JPEGExtended12Bit,
     JPEGLossless,
     JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
     RLELossless,
 )
 
@@ -72,6 +76,8 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
     JPEGExtended12Bit,
     JPEGLossless,
     JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
     JPEG2000Lossless,
     JPEG2000,
     RLELossless,
@@ -171,6 +177,31 @@ def storage_contexts() -> list[PresentationContext]:
     return contexts
 
 
+def contexts_in_requestor_order(
+    proposed: Iterable[PresentationContext], supported: dict[str, tuple[str, ...]]
+) -> list[PresentationContext]:
+    """The supported contexts for the proposed abstract syntaxes, transfer syntaxes in the requestor's order.
+
+    pynetdicom accepts, for each proposed context, the first transfer syntax *in the acceptor's list* that
+    the requestor proposed; listing ours in the order the requestor proposed them (our others after) makes
+    that the requestor's first choice among those we support.
+    """
+    from pynetdicom.presentation import build_context
+
+    order: dict[str, list[str]] = {}
+    for cx in proposed:
+        abstract = str(cx.abstract_syntax)
+        ours = supported.get(abstract)
+        if ours is None:
+            continue
+        chosen = order.setdefault(abstract, [])
+        chosen.extend(str(ts) for ts in cx.transfer_syntax if str(ts) in ours and str(ts) not in chosen)
+    return [
+        build_context(abstract, [*chosen, *(ts for ts in supported[abstract] if ts not in chosen)])
+        for abstract, chosen in order.items()
+    ]
+
+
 class StoreSCP:
     """The pynetdicom application entity of the node, serving C-ECHO and C-STORE into a :class:`Store`."""
 
@@ -183,6 +214,8 @@ class StoreSCP:
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self._established: set[int] = set()
+        #: abstract syntax -> the transfer syntaxes we accept for it (set in :meth:`start`).
+        self._supported: dict[str, tuple[str, ...]] = {}
         #: Handle C-STORE on the DUL thread (:mod:`dicom_node.faststore`); False: pynetdicom's own path.
         self.fast_path = True
         self._lock = threading.Lock()
@@ -219,6 +252,7 @@ class StoreSCP:
         ae.require_calling_aet = []
         ae.maximum_associations = node.max_associations * 4 + 8
         contexts = storage_contexts()
+        self._supported = {str(cx.abstract_syntax): tuple(str(ts) for ts in cx.transfer_syntax) for cx in contexts}
         handlers = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_store),
@@ -314,6 +348,8 @@ class StoreSCP:
         context = getattr(assoc, "context", None)
         if isinstance(context, dict):
             context.update(called_ae=called.strip(), calling_ae=calling.strip(), peer=decision.peer)
+        proposed = getattr(rq, "presentation_context_definition_list", None) or []
+        assoc.acceptor.supported_contexts = contexts_in_requestor_order(proposed, self._supported)
         if self.metrics is not None:
             self.metrics.associations.labels(outcome="accepted").inc()
             self.metrics.associations_active.inc()
@@ -350,6 +386,7 @@ class StoreSCP:
             calling_ae=context.get("calling_ae") or str(assoc.requestor.ae_title).strip(),
             called_ae=context.get("called_ae") or self.config.node.ae_title,
             association_id=id(assoc),
+            max_inflated_size=self.config.node.max_inflated_size,
         )
         result = self.store.receive(item)
         return int(result.status), result.comment

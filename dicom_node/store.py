@@ -79,6 +79,8 @@ class Incoming:
     association_id: int
     implementation_uid: str = ""
     implementation_version: str = ""
+    #: Bound on a deflated dataset once inflated (``node.max_inflated_size``); ``None``: the parser's default.
+    max_inflated_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -272,7 +274,7 @@ class Store:
         """Check, write, fsync, rename and index one instance; the status says what to answer."""
         started = time.perf_counter()
         try:
-            header = inspect_dataset(item.data, item.transfer_syntax, self._keywords)
+            header = inspect_dataset(item.data, item.transfer_syntax, self._keywords, item.max_inflated_size)
             check_instance(header, item.sop_class_uid, item.sop_instance_uid, item.context_uid)
         except DatasetRefused as exc:
             logger.warning("refused SOP instance %s: %s", item.sop_instance_uid, exc)

@@ -95,7 +95,7 @@ def test_concurrent_associations_are_bounded(node_factory: Any) -> None:
     wait_until(lambda: c_echo(node.port).echo_status == 0, 10, 0.1, "a free association slot")
 
 
-def test_accepted_sockets_have_tcp_nodelay(node: Any) -> None:
+def test_accepted_sockets_have_tcp_nodelay_and_keepalive(node: Any) -> None:
     from pynetdicom import AE
 
     ae = AE(ae_title="STORESCU")
@@ -106,6 +106,7 @@ def test_accepted_sockets_have_tcp_nodelay(node: Any) -> None:
         server_side = wait_until(lambda: node.scp.server.active_associations, 5, 0.02, "the acceptor")
         sock = server_side[0].dul.socket.socket
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0
     finally:
         assoc.release()
 

@@ -37,6 +37,8 @@ CASES = [
     ("jpeg-baseline", "1.2.840.10008.1.2.4.50", ("dcmcjpeg", "+eb"), False, "-xy"),
     ("jpeg-lossless", "1.2.840.10008.1.2.4.57", ("dcmcjpeg", "+el"), True, None),
     ("jpeg-lossless-sv1", "1.2.840.10008.1.2.4.70", ("dcmcjpeg", "+e1"), True, "-xs"),
+    ("jpeg-ls-lossless", "1.2.840.10008.1.2.4.80", ("dcmcjpls", "+el"), True, "-xt"),
+    ("jpeg-ls-near-lossless", "1.2.840.10008.1.2.4.81", ("dcmcjpls", "+en"), False, "-xu"),
     ("jpeg2000-lossless", JPEG2000Lossless, "pydicom", True, "-xv"),
     ("jpeg2000", JPEG2000, "pydicom", False, "-xw"),
     ("rle", RLELossless, ("dcmcrle",), True, "-xr"),

@@ -13,6 +13,13 @@ from dicom_node.config import ConfigError, NodeConfig, validate_ae_title
 REPO = Path(__file__).resolve().parents[2]
 
 
+def test_node_defaults_for_pacs_fan_out_and_peer_bounds() -> None:
+    node = NodeConfig.load(None).node
+    assert node.max_associations == 32
+    assert node.network_timeout == 30.0
+    assert node.max_inflated_size == 1 << 30
+
+
 def test_example_config_loads() -> None:
     cfg = NodeConfig.load(REPO / "config" / "node.yaml")
     assert cfg.node.ae_title == "LAUREL"

@@ -13,9 +13,11 @@ from pydicom.uid import (
 from pynetdicom.dsutils import encode
 
 from dicom_node.received import (
+    INFLATE_FLOOR,
     DatasetRefused,
     StoreStatus,
     check_instance,
+    inflate_limit,
     inspect_dataset,
     is_image_sop_class,
 )
@@ -169,3 +171,21 @@ def test_routing_keywords_are_extracted_on_request() -> None:
     header = inspect_dataset(_encoded(ds, EXPLICIT), EXPLICIT, ["ProtocolName", "EchoTime"])
     assert header.text("ProtocolName") == "t1_tse_thigh"
     assert header.text("EchoTime") == "12.5"
+
+
+def test_the_inflated_size_is_bounded_by_what_arrived_and_by_the_configured_cap() -> None:
+    assert inflate_limit(1 << 20, None) == 4 << 30  # no bound configured (the recovery scan): 4 GiB
+    assert inflate_limit(1000, 1 << 30) == INFLATE_FLOOR == 64 << 20  # small datasets: up to 64 MiB
+    assert inflate_limit(10 << 20, 1 << 30) == 640 << 20  # 64 times what arrived
+    assert inflate_limit(100 << 20, 1 << 30) == 1 << 30  # never more than node.max_inflated_size
+    assert inflate_limit(1000, 8 << 20) == 8 << 20
+
+
+def test_a_deflated_dataset_beyond_its_bound_is_refused_as_out_of_resources() -> None:
+    ds = _image(rows=1024, columns=1024)  # 2 MiB of pixel data
+    data = _encoded(ds, DEFLATED)
+    with pytest.raises(DatasetRefused, match="inflates beyond 1048576 bytes") as info:
+        inspect_dataset(data, DEFLATED, max_inflated_size=1 << 20)
+    assert info.value.status == StoreStatus.OUT_OF_RESOURCES
+    _check(ds, data, DEFLATED)  # the same dataset within the default bound
+    assert inspect_dataset(data, DEFLATED, max_inflated_size=4 << 20).number("Rows") == 1024

@@ -12,6 +12,7 @@ from dicom_node.scp import (
     TRANSFER_SYNTAXES,
     VERIFICATION,
     AssociationPolicy,
+    contexts_in_requestor_order,
     storage_contexts,
 )
 from tests.peers import CT_IMAGE, ENHANCED_MR, SECONDARY_CAPTURE, SEGMENTATION
@@ -70,4 +71,34 @@ def test_every_storage_class_with_every_transfer_syntax() -> None:
         "JPEG 2000 Image Compression (Lossless Only)",
         "JPEG 2000 Image Compression",
         "RLE Lossless",
+        "JPEG-LS Lossless Image Compression",
+        "JPEG-LS Lossy (Near-Lossless) Image Compression",
     }
+
+
+def test_contexts_follow_the_requestors_transfer_syntax_order() -> None:
+    from pynetdicom.presentation import build_context, negotiate_as_acceptor
+
+    implicit, explicit, big = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"
+    jpeg_ls = "1.2.840.10008.1.2.4.80"
+    supported = {str(cx.abstract_syntax): tuple(map(str, cx.transfer_syntax)) for cx in storage_contexts()}
+    proposed = [
+        build_context(ENHANCED_MR, [implicit, "1.2.3.4.5", explicit]),  # an unknown syntax is skipped
+        build_context(ENHANCED_MR, [big]),
+        build_context(CT_IMAGE, [jpeg_ls, explicit]),
+        build_context("1.2.3.999", [explicit]),  # not a SOP class of ours
+    ]
+    for number, cx in enumerate(proposed):
+        cx.context_id = 2 * number + 1
+    ours = contexts_in_requestor_order(proposed, supported)
+    by_class = {str(cx.abstract_syntax): [str(t) for t in cx.transfer_syntax] for cx in ours}
+    assert set(by_class) == {ENHANCED_MR, CT_IMAGE}
+    assert by_class[ENHANCED_MR][:3] == [implicit, explicit, big]
+    assert sorted(by_class[ENHANCED_MR]) == sorted(supported[ENHANCED_MR])
+    accepted, _ = negotiate_as_acceptor(proposed, ours)
+    assert [(cx.result, cx.transfer_syntax[0] if cx.result == 0 else None) for cx in accepted] == [
+        (0, implicit),
+        (0, big),
+        (0, jpeg_ls),
+        (3, None),  # abstract syntax not supported
+    ]
