@@ -5,15 +5,18 @@ store's own index connection commits with ``synchronous=NORMAL`` (see :mod:`dico
 loss may take the last index rows with it while their files are safe on disk. At the next start (no
 ``.clean-shutdown`` marker) this scan walks ``storage_dir/instances/<StudyInstanceUID>/<SeriesInstanceUID>/`` and
 indexes each ``<SOPInstanceUID>.dcm`` that is missing from the index, after the same checks a C-STORE gets.
-A file whose name, folders and content disagree is not ours (e.g. derived results) and is left alone; a file
-that is ours but does not parse to its end was never acknowledged and is removed.
+A file whose name, folders and content disagree is not ours and is left alone; a file that is ours but does
+not parse to its end was never acknowledged: it is moved to ``storage_dir/.quarantine/`` (never deleted: a
+person can look at it, and a file this version refuses for another reason is not lost).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -77,6 +80,17 @@ def _indexed_in_series(store: Store, series_uid: str) -> set[str]:
         )
 
 
+QUARANTINE_DIR = ".quarantine"
+
+
+def _quarantine(store: Store, path: Path, why: str) -> None:
+    """Move a file the recovery cannot index out of the tree (kept for a person, never deleted)."""
+    target = store.storage_dir / QUARANTINE_DIR / path.relative_to(store.instances_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, target)
+    logger.warning("recovery: %s was never acknowledged (%s); moved to %s", path.name, why, QUARANTINE_DIR)
+
+
 def recover_unindexed(store: Store) -> RecoveryReport:
     """Index the complete received files the index lacks (run by :meth:`Store.open` after an unclean stop)."""
     from dicom_node.store import Incoming
@@ -104,8 +118,7 @@ def recover_unindexed(store: Store) -> RecoveryReport:
                     header = inspect_dataset(data, meta["ts"])
                     check_instance(header, meta["sop_class"], uid, meta["sop_class"])
                 except DatasetRefused as exc:
-                    logger.warning("recovery: removing %s, never acknowledged (%s)", path, exc)
-                    path.unlink(missing_ok=True)
+                    _quarantine(store, path, str(exc))
                     report.removed += 1
                     continue
                 if (header.text("StudyInstanceUID"), header.text("SeriesInstanceUID")) != (
@@ -128,8 +141,9 @@ def recover_unindexed(store: Store) -> RecoveryReport:
                     report.indexed += 1
     if report.indexed or report.removed:
         logger.warning(
-            "recovery after an unclean stop: %d received files indexed again, %d partial files removed",
+            "recovery after an unclean stop: %d received files indexed again, %d partial files moved to %s",
             report.indexed,
             report.removed,
+            QUARANTINE_DIR,
         )
     return report

@@ -170,6 +170,12 @@ def approve(
         check_identity("Study", study.StudyInstanceUID, study_uid)
         if study.state != StudyState.PENDING_REVIEW:
             raise ReviewConflict(f"study {study_id} is {study.state}; only a study PENDING_REVIEW can be approved")
+        changed = [se.id for se in study.series if se.changed_since_draft]
+        if changed:
+            raise ReviewConflict(
+                f"series {', '.join(map(str, changed))} of study {study_id} received images after its draft was "
+                "corrected: re-segment it (POST /api/v1/series/{id}/resegment) and review the new draft"
+            )
         work = [
             (se.id, services.instance_paths(se))
             for se in study.series
@@ -187,8 +193,14 @@ def approve(
                 final = load_npy(services.path(result.corrected_labels_path or result.draft_labels_path))
                 model_name, model_revision = result.model, result.model_revision
             pkg = services.registry.package(services.registry.revision(model_name, model_revision))
+            volume = load_series(paths)
+            if volume.array.shape != final.shape:  # a draft and its series always agree in shape
+                raise ReviewConflict(
+                    f"series {series_id} now has {volume.array.shape[0]} slices, its draft {final.shape[0]}: images "
+                    "arrived after the draft; wait for the new draft (a few seconds) or re-segment it"
+                )
             seg = build_seg(
-                load_series(paths),
+                volume,
                 final,
                 pkg.region,
                 draft=False,
@@ -292,6 +304,27 @@ def reject(
         s.add(AuditEvent(operator=operator, action="reject", study_id=study_id, detail={"reason": reason}))
     services.metrics.studies_rejected.inc()
     return {"state": StudyState.REJECTED.value}
+
+
+def request_resegment(services: NodeServices, series_id: int, operator: str, series_uid: str | None) -> dict[str, Any]:
+    """A person asks for a new draft over every image of a series (e.g. after late instances); audited."""
+    with session_scope(services.engine) as s:
+        series = s.get(Series, series_id)
+        if series is None:
+            raise NotFound(f"series {series_id} does not exist")
+        check_identity("Series", series.SeriesInstanceUID, series_uid)
+        if series.model is None:
+            raise ReviewConflict(f"series {series_id} is not routed to a model; there is nothing to segment")
+        study = _study(s, series.study_id)
+        if study.state not in (StudyState.PENDING_REVIEW, StudyState.FAILED):
+            raise ReviewConflict(f"study {study.id} is {study.state}; only a study awaiting review can be re-segmented")
+        job = jobs.enqueue(
+            s,
+            "resegment",
+            {"series_id": series_id, "operator": operator},
+            dedupe_key=f"resegment:{series_id}:{utcnow().isoformat()}",
+        )
+        return {"series_id": series_id, "job": job.id}
 
 
 def mark_exported_if_done(s: Session, study_id: int, *, running_job_id: int | None = None) -> None:

@@ -6,6 +6,8 @@ The job kinds (one place documents them all):
 kind      payload                                 does
 ========= ======================================= ==================================================
 segment   ``{study_id}``                          routed series → drafts → PENDING_REVIEW (or FAILED)
+resegment ``{series_id, operator?}``              a series changed after its draft (late instances) or a
+                                                  person asked: a new draft over every image
 export    ``{peer, paths, study_id?, reason?}``   C-STORE of the files to the peer; a study's last
                                                   export moves it to EXPORTED
 learn     ``{series_id}``                         incremental learning → new local model revision
@@ -28,7 +30,7 @@ from dicom_node.db import session_scope
 from dicom_node.export import EXPORT_JOB, export_handler
 from dicom_node.jobs import JobContext
 from dicom_node.learning import ModelRegistry
-from dicom_node.pipeline import mark_segment_dead, segment_study
+from dicom_node.pipeline import mark_segment_dead, resegment_series, segment_study
 from dicom_node.review import mark_exported_if_done
 from dicom_node.services import NodeServices
 
@@ -99,6 +101,9 @@ def attach(node: Node, services: NodeServices) -> None:
     node.add_job_handler(EXPORT_JOB, export)
     node.add_job_handler("segment", lambda ctx, p: segment_study(services, int(p["study_id"]), ctx))
     node.jobs.on_dead("segment", lambda s, p, error: mark_segment_dead(services, s, p, error))
+    node.add_job_handler(
+        "resegment", lambda ctx, p: resegment_series(services, int(p["series_id"]), ctx, operator=p.get("operator"))
+    )
     node.add_job_handler("learn", lambda ctx, p: learning_jobs.learn(services, p, ctx))
     node.add_job_handler("upload", lambda ctx, p: learning_jobs.upload(services, p, ctx))
     node.add_job_handler("sync", lambda ctx, p: learning_jobs.sync(services, p, ctx))

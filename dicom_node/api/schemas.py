@@ -29,6 +29,7 @@ class SeriesSummary(BaseModel):
     failure_reason: str | None = None
     has_draft: bool = False
     has_corrected: bool = False
+    changed_since_draft: bool = Field(False, description="images arrived after the corrected draft: re-segment")
     dice: dict[str, Any] | None = None
 
 
@@ -77,6 +78,12 @@ class RejectRequest(BaseModel):
 
     StudyInstanceUID: str | None = Field(None, max_length=64, description="must be the study's; 409 otherwise")
     reason: str = Field(min_length=1, max_length=2000)
+
+
+class ResegmentRequest(BaseModel):
+    """A new draft of the series the client has open (its SeriesInstanceUID)."""
+
+    SeriesInstanceUID: str | None = Field(None, max_length=64, description="must be the series'; 409 otherwise")
 
 
 class DecisionResponse(BaseModel):

@@ -14,7 +14,7 @@ LAUREL = REPO / ".venv" / "bin" / "laurel"
 
 
 def laurel(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [str(LAUREL)] if LAUREL.exists() else [sys.executable, "-m", "dicom_node.cli"]
+    cmd = [str(LAUREL)] if LAUREL.exists() else [sys.executable, "-m", "dicom_node"]
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120, cwd=REPO)
 
 

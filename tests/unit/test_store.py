@@ -228,6 +228,8 @@ def test_recovery_indexes_files_whose_rows_were_lost_and_removes_partial_ones(st
         indexed = set(session.scalars(select(Instance.SOPInstanceUID)))
     assert indexed == {kept.SOPInstanceUID, lost.SOPInstanceUID}
     assert not paths[partial.SOPInstanceUID].exists() and (derived / "draft.dcm").exists() and misnamed.exists()
+    kept = store.storage_dir / ".quarantine" / paths[partial.SOPInstanceUID].relative_to(store.instances_dir)
+    assert kept.read_bytes() == data[: len(data) // 2]  # never deleted: moved where a person can look
     restarted.close()
     restarted.mark_clean_shutdown()
     again = Store(store.storage_dir, store.engine, Router([]))

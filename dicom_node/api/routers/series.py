@@ -11,6 +11,7 @@ from fastapi.responses import Response
 
 from dicom_node import review
 from dicom_node.api.deps import DbSession, Operator, RowId, Services
+from dicom_node.api.schemas import ResegmentRequest
 from dicom_node.db import Series
 from dicom_node.pipeline import npy_bytes
 from dicom_node.review_tables import SeriesResult
@@ -83,6 +84,12 @@ async def put_labels(
         review.put_labels, services, series_id, array, operator, series_uid
     )
     return result
+
+
+@router.post("/series/{series_id}/resegment")
+def resegment(series_id: RowId, body: ResegmentRequest, services: Services, operator: Operator) -> dict[str, Any]:
+    """A new draft over every image of the series (e.g. after late instances); saved corrections are set aside."""
+    return review.request_resegment(services, series_id, operator, body.SeriesInstanceUID)
 
 
 @router.get("/series/{series_id}/segments")

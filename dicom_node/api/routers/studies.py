@@ -118,6 +118,7 @@ def study_detail(study_id: RowId, session: DbSession, _operator: Operator) -> St
                 failure_reason=se.failure_reason,
                 has_draft=res is not None,
                 has_corrected=bool(res and res.corrected_labels_path),
+                changed_since_draft=se.changed_since_draft,
                 dice=res.dice if res else None,
             )
         )
