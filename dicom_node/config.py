@@ -172,6 +172,9 @@ class JobsSection(_Strict):
     backoff_base_seconds: float = Field(2.0, gt=0)
     backoff_max_seconds: float = Field(600.0, gt=0)
     poll_seconds: float = Field(0.2, gt=0)
+    export_retry_hours: float = Field(
+        24.0, gt=0, description="how long a write-back is retried (capped backoff) before it becomes a dead letter"
+    )
 
 
 class SegmentationSection(_Strict):
@@ -180,6 +183,9 @@ class SegmentationSection(_Strict):
     seg_type: Literal["BINARY", "LABELMAP"] = "BINARY"
     models_dir: Path | None = Field(None, description="local model registry; default storage_dir/models")
     min_learning_slices: int = Field(5, ge=1)
+    labelmap_fallback: bool = Field(
+        True, description="a peer that refuses LABELMAP SEGs gets the same segmentation as BINARY"
+    )
 
 
 def _yaml_source(path: Path | None) -> dict[str, Any]:

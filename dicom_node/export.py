@@ -25,13 +25,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
 from dicom_node.config import NodeConfig, Peer
-from dicom_node.db import Job, resolve_path
+from dicom_node.db import Job, resolve_path, utcnow
 from dicom_node.fastnet import set_nodelay
 from dicom_node.jobs import Handler, JobContext, PermanentJobError, enqueue, fault_point
 from dicom_node.metrics import NodeMetrics
@@ -68,7 +69,7 @@ class SendReport:
     """Per-object outcome of a send: SOP Instance UID → status (``None``: not attempted)."""
 
     statuses: dict[str, int | None] = field(default_factory=dict)
-    refused_contexts: list[tuple[str, str]] = field(default_factory=list)
+    refused_contexts: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -106,12 +107,12 @@ def _nodelay(event: Event) -> None:
 def associate(
     local_ae_title: str,
     peer: Peer,
-    contexts: Iterable[tuple[str, str]],
+    contexts: Iterable[tuple[str, Sequence[str]]],
     *,
     max_pdu: int = 262_144,
     timeout: float = 30.0,
 ) -> Association:
-    """Open an association with ``peer`` proposing exactly these (SOP class, transfer syntax) pairs.
+    """Open an association with ``peer`` proposing these (SOP class, transfer syntaxes) contexts.
 
     TCP_NODELAY is set on the socket as soon as it connects. The association may be refused: check
     ``is_established``.
@@ -123,8 +124,8 @@ def associate(
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
     ae.connection_timeout = timeout
-    for sop_class, ts in contexts:
-        ae.add_requested_context(sop_class, [ts])
+    for sop_class, syntaxes in contexts:
+        ae.add_requested_context(sop_class, list(syntaxes))
     return ae.associate(
         peer.host,
         peer.port,
@@ -140,7 +141,7 @@ def echo(local_ae_title: str, peer: Peer, *, timeout: float = 30.0) -> int:
 
     from dicom_node.scp import VERIFICATION
 
-    assoc = associate(local_ae_title, peer, [(VERIFICATION, ImplicitVRLittleEndian)], timeout=timeout)
+    assoc = associate(local_ae_title, peer, [(VERIFICATION, [ImplicitVRLittleEndian])], timeout=timeout)
     if not assoc.is_established:
         raise ExportError(_why_not_established(assoc, peer))
     try:
@@ -163,6 +164,31 @@ def _why_not_established(assoc: Association, peer: Peer) -> str:
     return f"no association with peer {peer.name} ({where}): not reachable or aborted"
 
 
+#: Uncompressed transfer syntaxes: an object in one of them can be sent in any other (lossless re-encoding).
+UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
+
+
+def proposed_syntaxes(transfer_syntax: str) -> list[str]:
+    """What to propose for an object: its own transfer syntax first, then (uncompressed only) the others."""
+    if transfer_syntax in UNCOMPRESSED:
+        return [transfer_syntax, *(ts for ts in UNCOMPRESSED if ts != transfer_syntax)]
+    return [transfer_syntax]
+
+
+def describe_refusal(sop_class_uid: str, syntaxes: Sequence[str]) -> str:
+    """A refused presentation context in words: the SOP class and the transfer syntaxes offered."""
+    from pydicom.uid import UID
+
+    names = ", ".join(UID(ts).name or ts for ts in syntaxes)
+    known = _NEWER_SOP_CLASSES.get(sop_class_uid) or UID(sop_class_uid).name
+    name = known if known and known != sop_class_uid else "SOP class"
+    return f"{name} ({sop_class_uid}) in {names}"
+
+
+#: SOP classes newer than the pydicom dictionary.
+_NEWER_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation Storage"}
+
+
 def send_objects(
     local_ae_title: str,
     peer: Peer,
@@ -172,50 +198,58 @@ def send_objects(
     max_pdu: int = 262_144,
     timeout: float = 30.0,
 ) -> SendReport:
-    """C-STORE ``objects`` to ``peer`` exactly as they are (their SOP class and transfer syntax).
+    """C-STORE ``objects`` to ``peer``: each in its own transfer syntax, or re-encoded losslessly into another
+    uncompressed one when that is what the peer accepts (explicit → implicit VR little endian, say).
 
     ``on_stored`` is called after each object the peer stored. Raises :class:`ExportError` when an
-    association cannot be made or breaks; returns the per-object statuses otherwise.
+    association cannot be made or breaks; returns the per-object statuses and the refused contexts.
     """
     from pydicom import dcmread
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    from dicom_node.scp import VERIFICATION
 
     report = SendReport({o.sop_instance_uid: None for o in objects})
-    pairs = sorted({(o.sop_class_uid, o.transfer_syntax) for o in objects})
-    for start in range(0, len(pairs), _MAX_CONTEXTS):
-        chunk = set(pairs[start : start + _MAX_CONTEXTS])
-        batch = [o for o in objects if (o.sop_class_uid, o.transfer_syntax) in chunk]
-        assoc = associate(local_ae_title, peer, sorted(chunk), max_pdu=max_pdu, timeout=timeout)
+    wanted: dict[tuple[str, tuple[str, ...]], list[ObjectToSend]] = {}
+    for o in objects:
+        wanted.setdefault((o.sop_class_uid, tuple(proposed_syntaxes(o.transfer_syntax))), []).append(o)
+    keys = sorted(wanted)
+    for start in range(0, len(keys), _MAX_CONTEXTS - 1):
+        chunk = keys[start : start + _MAX_CONTEXTS - 1]
+        # Verification rides along: a peer that refuses every storage context still accepts the association,
+        # so the refusal is known (and answered with another syntax or a dead letter), not taken for an outage.
+        offered = [*chunk, (VERIFICATION, (ImplicitVRLittleEndian,))]
+        assoc = associate(local_ae_title, peer, offered, max_pdu=max_pdu, timeout=timeout)
         if not assoc.is_established:
             raise ExportError(_why_not_established(assoc, peer))
         try:
             accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
-            report.refused_contexts.extend(sorted(chunk - accepted))
-            for obj in batch:
-                if (obj.sop_class_uid, obj.transfer_syntax) not in accepted:
+            for key in chunk:
+                sop_class, syntaxes = key
+                if not any((sop_class, ts) in accepted for ts in syntaxes):
+                    report.refused_contexts.append((sop_class, syntaxes))
                     continue
-                ds = dcmread(obj.path)
-                status = assoc.send_c_store(ds)
-                if "Status" not in status:
-                    raise ExportError(f"peer {peer.name} sent no C-STORE response for an object (association lost)")
-                code = int(status.Status)
-                report.statuses[obj.sop_instance_uid] = code
-                if code == SUCCESS or code in WARNING_STATUSES:
-                    if code != SUCCESS:
-                        logger.warning(
-                            "peer %s stored SOP instance %s with warning 0x%04X",
-                            peer.name,
-                            obj.sop_instance_uid,
-                            code,
+                for obj in wanted[key]:
+                    ds = dcmread(obj.path)
+                    status = assoc.send_c_store(ds)  # pynetdicom re-encodes into the accepted uncompressed syntax
+                    if "Status" not in status:
+                        raise ExportError(f"peer {peer.name} sent no C-STORE response for an object (association lost)")
+                    code = int(status.Status)
+                    report.statuses[obj.sop_instance_uid] = code
+                    if code == SUCCESS or code in WARNING_STATUSES:
+                        if code != SUCCESS:
+                            logger.warning(
+                                "peer %s stored SOP instance %s with warning 0x%04X",
+                                peer.name,
+                                obj.sop_instance_uid,
+                                code,
+                            )
+                        if on_stored is not None:
+                            on_stored(obj, code)
+                    else:
+                        logger.error(
+                            "peer %s refused SOP instance %s: status 0x%04X", peer.name, obj.sop_instance_uid, code
                         )
-                    if on_stored is not None:
-                        on_stored(obj, code)
-                else:
-                    logger.error(
-                        "peer %s refused SOP instance %s: status 0x%04X",
-                        peer.name,
-                        obj.sop_instance_uid,
-                        code,
-                    )
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -235,11 +269,41 @@ def enqueue_export(
     if not paths:
         raise ValueError("an export needs at least one file")
     payload = {"peer": peer_name, "paths": [str(p) for p in paths], "reason": reason}
-    return enqueue(session, EXPORT_JOB, payload, dedupe_key=dedupe_key or export_dedupe_key(peer_name, paths))
+    return enqueue(
+        session,
+        EXPORT_JOB,
+        payload,
+        dedupe_key=dedupe_key or export_dedupe_key(peer_name, paths),
+        max_attempts=EXPORT_MAX_ATTEMPTS,
+    )
 
 
-def export_handler(config: NodeConfig, metrics: NodeMetrics | None = None) -> Handler:
-    """The handler of ``export`` jobs (see the module docstring)."""
+#: SOP classes of DICOM-SEG: BINARY (and FRACTIONAL) segmentation, and Label Map Segmentation.
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"
+SEG_TYPE_OF_CLASS = {SEGMENTATION: "BINARY", LABEL_MAP_SEGMENTATION: "LABELMAP"}
+#: Export jobs retry until their horizon (``jobs.export_retry_hours``), not a number of attempts.
+EXPORT_MAX_ATTEMPTS = 100_000
+
+#: Rebuilds an approved SEG file as another SEG type (BINARY | LABELMAP); returns the new file.
+Rebuild = Callable[[Path, str], Path]
+
+
+def export_handler(config: NodeConfig, metrics: NodeMetrics | None = None, rebuild: Rebuild | None = None) -> Handler:
+    """The handler of ``export`` jobs (see the module docstring).
+
+    With ``rebuild`` (the workflow gives one), an approved SEG whose type is not the configured
+    ``segmentation.seg_type`` is rebuilt before it is sent (a config change applies to jobs already queued),
+    and a peer that refuses LABELMAP gets BINARY when ``segmentation.labelmap_fallback`` is on.
+    """
+
+    def conform(obj: ObjectToSend, seg_type: str) -> ObjectToSend:
+        if rebuild is None or SEG_TYPE_OF_CLASS.get(obj.sop_class_uid, seg_type) == seg_type:
+            return obj
+        try:
+            return describe(rebuild(obj.path, seg_type))
+        except (LookupError, ValueError) as exc:
+            raise PermanentJobError(f"{obj.path.name} cannot be rebuilt as {seg_type}: {exc}") from exc
 
     def handle(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -255,10 +319,9 @@ def export_handler(config: NodeConfig, metrics: NodeMetrics | None = None) -> Ha
                 obj = describe(resolve_path(config.node.storage_dir, str(raw)))
             except ValueError as exc:
                 raise PermanentJobError(str(exc)) from exc
+            obj = conform(obj, config.segmentation.seg_type)
             if obj.sop_instance_uid not in sent:
                 objects.append(obj)
-        started = time.perf_counter()
-
         fault_point("export.before_send", ctx)
 
         def stored(obj: ObjectToSend, status: int) -> None:
@@ -268,29 +331,22 @@ def export_handler(config: NodeConfig, metrics: NodeMetrics | None = None) -> Ha
             if metrics is not None:
                 metrics.instances_exported.labels(peer=peer.name, outcome="stored").inc()
 
-        try:
-            report = (
-                send_objects(
-                    config.node.ae_title,
-                    peer,
-                    objects,
-                    on_stored=stored,
-                    max_pdu=config.node.max_pdu,
-                    timeout=config.node.network_timeout,
-                )
-                if objects
-                else SendReport()
-            )
-        except ExportError:
-            if metrics is not None:
-                metrics.instances_exported.labels(peer=peer.name, outcome="retry").inc()
-            raise
-        finally:
-            if metrics is not None:
-                metrics.export_seconds.labels(peer=peer.name).observe(time.perf_counter() - started)
+        report = _send(ctx, peer, objects, stored)
+        refused = [o for o in objects if o.sop_instance_uid not in sent and _refused(o, report)]
+        fallback = [o for o in refused if o.sop_class_uid == LABEL_MAP_SEGMENTATION]
+        if fallback and rebuild is not None and config.segmentation.labelmap_fallback:
+            logger.warning("peer %s refuses LABELMAP SEGs; sending %d as BINARY", peer.name, len(fallback))
+            binary = [conform(o, "BINARY") for o in fallback]
+            again = _send(ctx, peer, [b for b in binary if b.sop_instance_uid not in sent], stored)
+            report.statuses.update(again.statuses)
+            report.refused_contexts = [c for c in report.refused_contexts if c[0] != LABEL_MAP_SEGMENTATION]
+            report.refused_contexts.extend(again.refused_contexts)
         if report.refused_contexts:
-            refused = ", ".join(f"{c} in {t}" for c, t in report.refused_contexts)
-            raise PermanentJobError(f"peer {peer.name} refused the presentation contexts {refused}")
+            what = "; ".join(describe_refusal(c, t) for c, t in report.refused_contexts)
+            raise PermanentJobError(
+                f"peer {peer.name} accepts none of the transfer syntaxes offered for: {what}. Configure the peer "
+                "to accept them (or set segmentation.seg_type: BINARY), then requeue this job"
+            )
         failed = {
             uid: s for uid, s in report.statuses.items() if s is not None and s != SUCCESS and s not in WARNING_STATUSES
         }
@@ -299,8 +355,46 @@ def export_handler(config: NodeConfig, metrics: NodeMetrics | None = None) -> Ha
                 metrics.instances_exported.labels(peer=peer.name, outcome="failed").inc(len(failed))
             detail = ", ".join(f"0x{s:04X}" for s in sorted(set(failed.values())))
             if all(0xA700 <= s <= 0xA7FF for s in failed.values()):
-                raise ExportError(f"peer {peer.name} is out of resources ({detail}); {len(failed)} objects wait")
+                _retry_or_give_up(ctx, f"peer {peer.name} is out of resources ({detail}); {len(failed)} objects wait")
             raise PermanentJobError(f"peer {peer.name} refused {len(failed)} objects with status {detail}")
         return {"peer": peer.name, "sent": sorted(sent), "count": len(sent)}
 
+    def _send(
+        ctx: JobContext, peer: Peer, objects: list[ObjectToSend], stored: Callable[[ObjectToSend, int], None]
+    ) -> SendReport:
+        if not objects:
+            return SendReport()
+        started = time.perf_counter()
+        try:
+            return send_objects(
+                config.node.ae_title,
+                peer,
+                objects,
+                on_stored=stored,
+                max_pdu=config.node.max_pdu,
+                timeout=config.node.network_timeout,
+            )
+        except ExportError as exc:
+            if metrics is not None:
+                metrics.instances_exported.labels(peer=peer.name, outcome="retry").inc()
+            _retry_or_give_up(ctx, str(exc))
+            raise  # pragma: no cover - _retry_or_give_up always raises
+        finally:
+            if metrics is not None:
+                metrics.export_seconds.labels(peer=peer.name).observe(time.perf_counter() - started)
+
+    def _retry_or_give_up(ctx: JobContext, why: str) -> None:
+        """Within the retry horizon: a retry (ExportError). Past it: a dead letter that says how long it tried."""
+        horizon = timedelta(hours=config.jobs.export_retry_hours)
+        if ctx.created_at is not None and utcnow() - ctx.created_at > horizon:
+            raise PermanentJobError(
+                f"{why}; gave up after {config.jobs.export_retry_hours:g} h of retries (jobs.export_retry_hours). "
+                "Requeue the job once the peer is back"
+            )
+        raise ExportError(why)
+
     return handle
+
+
+def _refused(obj: ObjectToSend, report: SendReport) -> bool:
+    return any(obj.sop_class_uid == sop_class for sop_class, _syntaxes in report.refused_contexts)

@@ -84,6 +84,7 @@ class JobContext:
     engine: Engine
     saved: dict[str, Any] = field(default_factory=dict)
     stop_event: threading.Event = field(default_factory=threading.Event)
+    created_at: datetime | None = None
 
     @property
     def stopping(self) -> bool:
@@ -318,7 +319,9 @@ class JobRunner:
 
     def _run(self, job: Job) -> None:
         handler = self.handlers[job.kind]
-        ctx = JobContext(job.id, job.kind, job.attempts, self.engine, dict(job.result or {}), self._stop)
+        ctx = JobContext(
+            job.id, job.kind, job.attempts, self.engine, dict(job.result or {}), self._stop, job.created_at
+        )
         started = time.perf_counter()
         outcome = "done"
         values: dict[str, Any]

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node import jobs
 from dicom_node.db import Series, SeriesState, Study, StudyState, session_scope, set_study_state, utcnow
+from dicom_node.export import EXPORT_MAX_ATTEMPTS
 from dicom_node.pipeline import APPROVED_SERIES_NUMBER, load_npy, npy_bytes, write_atomic
 from dicom_node.review_tables import AuditEvent, SeriesResult
 from dicom_node.services import NodeServices
@@ -170,6 +171,12 @@ def approve(
         check_identity("Study", study.StudyInstanceUID, study_uid)
         if study.state != StudyState.PENDING_REVIEW:
             raise ReviewConflict(f"study {study_id} is {study.state}; only a study PENDING_REVIEW can be approved")
+        busy = [se.id for se in study.series if se.state == SeriesState.SEGMENTING]
+        if busy:
+            raise ReviewConflict(
+                f"series {', '.join(map(str, busy))} of study {study_id} is being segmented again (images arrived "
+                "after its draft); approve the new draft in a few seconds"
+            )
         changed = [se.id for se in study.series if se.changed_since_draft]
         if changed:
             raise ReviewConflict(
@@ -267,6 +274,7 @@ def _record_approval(
                     "export",
                     {"peer": peer.name, "paths": paths, "study_id": study_id},
                     dedupe_key=f"export:{study_id}:{peer.name}:{approval}",
+                    max_attempts=EXPORT_MAX_ATTEMPTS,  # retried until jobs.export_retry_hours
                 )
                 queued.append({"id": job.id, "kind": job.kind})
         for item in approved:
@@ -304,6 +312,58 @@ def reject(
         s.add(AuditEvent(operator=operator, action="reject", study_id=study_id, detail={"reason": reason}))
     services.metrics.studies_rejected.inc()
     return {"state": StudyState.REJECTED.value}
+
+
+def derived_uid(approval_uid: str, purpose: str) -> str:
+    """A UID that is always the same for one approval and one purpose (a rebuilt SEG resent after a crash
+    keeps its SOP Instance UID, so the PACS keeps one copy)."""
+    import uuid
+
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, f'laurel:{approval_uid}:{purpose}').int}"
+
+
+def rebuild_approved_seg(services: NodeServices, path: Path, seg_type: str) -> Path:
+    """The approved SEG of ``path``'s series built again as ``seg_type`` from the approval's labels snapshot.
+
+    Used by the export job when the configured type changed since the approval, or when a peer refuses
+    LABELMAP. Same approval and type: same UIDs and the same file (written once).
+    """
+    from dicom_node.seg import build_seg, seg_to_bytes
+    from dicom_node.volume import load_series
+
+    series_id = int(path.parent.name)
+    with session_scope(services.engine) as s:
+        series, result = _series_result(s, series_id)
+        if result.approved_seg_sop_uid is None:
+            raise ReviewConflict(f"series {series_id} has no approval to rebuild")
+        approval = result.approved_seg_sop_uid
+        labels_path = result.approved_labels_path or result.corrected_labels_path or result.draft_labels_path
+        labels = load_npy(services.path(labels_path))
+        operator = result.approved_by or "Unknown^Operator"
+        model_name, model_revision = result.model, result.model_revision
+        paths = services.instance_paths(series)
+        folder = services.result_dir(series.study_id, series_id)
+    sop_uid = derived_uid(approval, f"seg:{seg_type}")
+    target = folder / f"approved_seg-{sop_uid}.dcm"
+    if target.exists():
+        return target
+    pkg = services.registry.package(services.registry.revision(model_name, model_revision))
+    seg = build_seg(
+        load_series(paths),
+        labels,
+        pkg.region,
+        draft=False,
+        algorithm_name=pkg.name,
+        algorithm_version=pkg.version,
+        operator=operator if "^" in operator else f"{operator}^",
+        seg_type=seg_type,  # type: ignore[arg-type]
+        series_number=APPROVED_SERIES_NUMBER,
+        series_instance_uid=derived_uid(approval, f"series:{seg_type}"),
+        sop_instance_uid=sop_uid,
+    )
+    write_atomic(target, seg_to_bytes(seg))
+    logger.info("series %s: approved SEG rebuilt as %s for the write-back", series_id, seg_type)
+    return target
 
 
 def request_resegment(services: NodeServices, series_id: int, operator: str, series_uid: str | None) -> dict[str, Any]:

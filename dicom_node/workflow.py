@@ -31,7 +31,7 @@ from dicom_node.export import EXPORT_JOB, export_handler
 from dicom_node.jobs import JobContext
 from dicom_node.learning import ModelRegistry
 from dicom_node.pipeline import mark_segment_dead, resegment_series, segment_study
-from dicom_node.review import mark_exported_if_done
+from dicom_node.review import mark_exported_if_done, rebuild_approved_seg
 from dicom_node.services import NodeServices
 
 if TYPE_CHECKING:
@@ -89,7 +89,9 @@ def build_services(node: Node, client: FederationClient | None = None) -> NodeSe
 
 def attach(node: Node, services: NodeServices) -> None:
     """Register the workflow's job handlers and periodic work on ``node``."""
-    base_export = export_handler(node.config, node.metrics)
+    base_export = export_handler(
+        node.config, node.metrics, rebuild=lambda path, seg_type: rebuild_approved_seg(services, path, seg_type)
+    )
 
     def export(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any] | None:
         result = base_export(ctx, payload)

@@ -131,11 +131,14 @@ def test_dead_letters_are_listed_and_requeued_from_the_cli(
             "backoff_base_seconds": 0.05,
             "backoff_max_seconds": 0.1,
             "max_attempts": 2,
+            "export_retry_hours": 0.001,  # a write-back retries for a time, not a number of attempts
         },
     )
     study = write_study(tmp_path / "out", series=1, instances=2)
     job_id = _export(node, "archive", study.paths)
     wait_until(lambda: _job(node, job_id).state == JobState.DEAD, 60, 0.05, "a dead letter")
+    dead = _job(node, job_id)
+    assert dead.attempts > 2 and "gave up after 0.001 h of retries" in str(dead.last_error)
     status = _laurel(node, tmp_path, "status", "--json")
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
@@ -161,7 +164,7 @@ def test_unknown_peer_is_a_dead_letter_at_once(node: Any, tmp_path: Path) -> Non
 def test_outgoing_associations_have_tcp_nodelay(storescp_factory: Any) -> None:
     archive = storescp_factory(aet="ARCHIVE").start()
     peer = Peer(name="archive", ae_title="ARCHIVE", host="127.0.0.1", port=archive.port)
-    assoc = associate("LAUREL", peer, [(VERIFICATION, ImplicitVRLittleEndian)])
+    assoc = associate("LAUREL", peer, [(VERIFICATION, [ImplicitVRLittleEndian])])
     try:
         assert assoc.is_established
         assert assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
