@@ -98,8 +98,8 @@ STUDY_TRANSITIONS: dict[StudyState, frozenset[StudyState]] = {
     StudyState.PENDING_REVIEW: frozenset(
         {StudyState.APPROVED, StudyState.REJECTED, StudyState.SEGMENTING, StudyState.FAILED}
     ),
-    StudyState.APPROVED: frozenset({StudyState.EXPORTED, StudyState.FAILED}),
-    StudyState.EXPORTED: frozenset({StudyState.APPROVED}),
+    StudyState.APPROVED: frozenset({StudyState.EXPORTED, StudyState.FAILED, StudyState.PENDING_REVIEW}),
+    StudyState.EXPORTED: frozenset({StudyState.APPROVED, StudyState.PENDING_REVIEW}),  # back to review: amend
     StudyState.REJECTED: frozenset(),
     StudyState.FAILED: frozenset(
         {

@@ -199,6 +199,7 @@ def approve(
                 draft = load_npy(services.path(result.draft_labels_path))
                 final = load_npy(services.path(result.corrected_labels_path or result.draft_labels_path))
                 model_name, model_revision = result.model, result.model_revision
+                superseded = result.superseded_seg_path
             pkg = services.registry.package(services.registry.revision(model_name, model_revision))
             volume = load_series(paths)
             if volume.array.shape != final.shape:  # a draft and its series always agree in shape
@@ -217,6 +218,12 @@ def approve(
                 seg_type=services.config.segmentation.seg_type,
                 series_number=APPROVED_SERIES_NUMBER,
             )
+            if superseded is not None:  # an amendment names the approved SEG it supersedes
+                from pydicom import dcmread
+
+                from dicom_node.seg import reference_predecessor
+
+                reference_predecessor(seg, dcmread(services.path(superseded), stop_before_pixels=True))
             uid = str(seg.SOPInstanceUID)
             folder = services.result_dir(study_id, series_id)
             item = _Approved(
@@ -264,6 +271,7 @@ def _record_approval(
             result.approved_by = operator
             result.approved_at = now
             result.dice = item.dice
+            result.superseded_seg_path = None
         set_study_state(s, study, StudyState.APPROVED)
         approval = approved[0].sop_uid  # names this approval in the jobs' dedupe keys
         paths = [services.stored(item.seg_path) for item in approved]
@@ -312,6 +320,54 @@ def reject(
         s.add(AuditEvent(operator=operator, action="reject", study_id=study_id, detail={"reason": reason}))
     services.metrics.studies_rejected.inc()
     return {"state": StudyState.REJECTED.value}
+
+
+def amend(services: NodeServices, study_id: int, operator: str, reason: str, study_uid: str | None) -> dict[str, Any]:
+    """Reopen an approved study for correction: the approved labels become the corrections to start from.
+
+    The next approval makes a new approved SEG that references the one it supersedes; it is written back to
+    the PACS and learned like any approval. Refused while the previous approval is still being written back.
+    """
+    from dicom_node.db import Job, JobState
+
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidLabels("an amendment needs a reason")
+    with session_scope(services.engine) as s:
+        study = _study(s, study_id)
+        check_identity("Study", study.StudyInstanceUID, study_uid)
+        if study.state not in (StudyState.APPROVED, StudyState.EXPORTED):
+            raise ReviewConflict(f"study {study_id} is {study.state}; only an approved study can be amended")
+        pending = [
+            j.id
+            for j in s.scalars(select(Job).where(Job.kind == "export", Job.state != JobState.DONE))
+            if int(j.payload.get("study_id", -1)) == study_id
+        ]
+        if pending:
+            raise ReviewConflict(
+                f"the approval of study {study_id} is still being written back (job {pending[0]}); amend it once "
+                "it is exported, or after a person dealt with that job"
+            )
+        reopened = []
+        for se in study.series:
+            result = s.scalar(select(SeriesResult).where(SeriesResult.series_id == se.id))
+            if result is None or result.approved_seg_path is None:
+                continue
+            labels = result.approved_labels_path or result.corrected_labels_path or result.draft_labels_path
+            path = services.result_dir(study_id, se.id) / "corrected_labels.npy"
+            write_atomic(path, services.path(labels).read_bytes())  # start from what was approved
+            result.corrected_labels_path = services.stored(path)
+            result.corrected_by = operator
+            result.corrected_at = utcnow()
+            result.superseded_seg_path = result.approved_seg_path
+            reopened.append(se.id)
+        set_study_state(s, study, StudyState.PENDING_REVIEW)
+        s.add(
+            AuditEvent(
+                operator=operator, action="amend", study_id=study_id, detail={"reason": reason, "series": reopened}
+            )
+        )
+    return {"state": StudyState.PENDING_REVIEW.value, "dice": {}, "jobs": []}
 
 
 def derived_uid(approval_uid: str, purpose: str) -> str:

@@ -40,6 +40,8 @@ class SeriesResult(Base):
     approved_by: Mapped[str | None] = mapped_column(String(128))
     approved_at: Mapped[datetime | None] = mapped_column(DateTime)
     approved_seg_path: Mapped[str | None] = mapped_column(Text)
+    #: While an approved study is amended: the approved SEG the next approval supersedes (and references).
+    superseded_seg_path: Mapped[str | None] = mapped_column(Text)
     approved_seg_sop_uid: Mapped[str | None] = mapped_column(String(64))
     dice: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     segmentation_seconds: Mapped[float | None] = mapped_column()

@@ -202,6 +202,22 @@ def _segment_description(
     return desc
 
 
+def reference_predecessor(seg: Dataset, previous: Dataset) -> None:
+    """Make an amended SEG name the approved SEG it supersedes: the previous SEG joins the Common Instance
+    Reference (ReferencedSeriesSequence), and the ContentDescription says so."""
+    from pydicom.dataset import Dataset as PlainDataset
+    from pydicom.sequence import Sequence
+
+    item = PlainDataset()
+    item.SeriesInstanceUID = previous.SeriesInstanceUID
+    ref = PlainDataset()
+    ref.ReferencedSOPClassUID = previous.SOPClassUID
+    ref.ReferencedSOPInstanceUID = previous.SOPInstanceUID
+    item.ReferencedInstanceSequence = Sequence([ref])
+    seg.ReferencedSeriesSequence.append(item)
+    seg.ContentDescription = "Amended: supersedes an earlier approved SEG"
+
+
 def seg_to_bytes(ds: Dataset) -> bytes:
     """Encode a SEG (or any dataset with file meta) as a DICOM Part 10 file."""
     buf = io.BytesIO()

@@ -80,6 +80,13 @@ class RejectRequest(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
 
 
+class AmendRequest(BaseModel):
+    """Reopen an approved study (the one the client has open) for correction; the reason is audited."""
+
+    StudyInstanceUID: str | None = Field(None, max_length=64, description="must be the study's; 409 otherwise")
+    reason: str = Field(min_length=1, max_length=2000)
+
+
 class ResegmentRequest(BaseModel):
     """A new draft of the series the client has open (its SeriesInstanceUID)."""
 

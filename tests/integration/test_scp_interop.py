@@ -33,7 +33,8 @@ VERIFICATION = "1.2.840.10008.1.1"
 
 def _stored(node: Any) -> list[tuple[Path, str]]:
     with session_scope(node.engine) as session:
-        return [(Path(i.path), str(i.TransferSyntaxUID)) for i in session.scalars(select(Instance))]
+        root = node.config.node.storage_dir
+        return [(root / i.path, str(i.TransferSyntaxUID)) for i in session.scalars(select(Instance))]
 
 
 # ---------------------------------------------------------------------------------------------- JPEG-LS

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from dicom_node import review
 from dicom_node.api.deps import DbSession, Operator, RowId, Services
 from dicom_node.api.schemas import (
+    AmendRequest,
     ApproveRequest,
     DecisionResponse,
     ModelRef,
@@ -135,3 +136,9 @@ def approve(study_id: RowId, body: ApproveRequest, services: Services, operator:
 def reject(study_id: RowId, body: RejectRequest, services: Services, operator: Operator) -> DecisionResponse:
     """Reject the study's drafts with a reason; nothing is exported or learned."""
     return DecisionResponse(**review.reject(services, study_id, operator, body.reason, body.StudyInstanceUID))
+
+
+@router.post("/studies/{study_id}/amend", response_model=DecisionResponse)
+def amend(study_id: RowId, body: AmendRequest, services: Services, operator: Operator) -> DecisionResponse:
+    """Reopen an approved study for correction; its next approval supersedes the approved SEG in the PACS."""
+    return DecisionResponse(**review.amend(services, study_id, operator, body.reason, body.StudyInstanceUID))

@@ -1,4 +1,4 @@
-"""Restart-safe state: revision idempotency keys, the learning lease, approval records, late arrivals.
+"""Restart-safe state: revision idempotency keys, the learning lease, approval records, late arrivals, amendments.
 
 Revision ID: 0002
 Revises: 0001
@@ -35,6 +35,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("approved_at", sa.DateTime(), nullable=True))
         batch_op.add_column(sa.Column("drafted_at", sa.DateTime(), nullable=True))
         batch_op.add_column(sa.Column("draft_slices", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("superseded_seg_path", sa.Text(), nullable=True))
 
     # 0.1 seeded one zoo revision per model; it records the zoo as its source
     op.execute("UPDATE model_revision SET source_key = 'zoo' WHERE source = 'zoo'")
@@ -42,6 +43,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("series_result", schema=None) as batch_op:
+        batch_op.drop_column("superseded_seg_path")
         batch_op.drop_column("draft_slices")
         batch_op.drop_column("drafted_at")
         batch_op.drop_column("approved_at")
