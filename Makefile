@@ -21,8 +21,9 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# Two workers (one per core): most tests wait on real peers and processes; a test file stays on one worker.
 unit: setup
-	QT_QPA_PLATFORM=offscreen $(BIN)/pytest
+	QT_QPA_PLATFORM=offscreen $(BIN)/pytest -n 2 --dist loadfile
 
 docs: setup
 	$(BIN)/mkdocs build --strict --site-dir build/site

@@ -1,9 +1,11 @@
 """The ``segment`` job: a complete study's routed series → volume → model → draft SEG → PENDING_REVIEW.
 
-The draft is kept on the node (never sent anywhere) as ``draft_labels.npy`` and ``draft_seg.dcm`` in the
-series' result folder, with a :class:`~dicom_node.review_tables.SeriesResult` row committed after both files
-are in place (paths relative to ``storage_dir``). Killed at any point, the job runs again: a series that
-already has its draft row is skipped, one without it is segmented again (the files are replaced whole).
+The draft is kept on the node (never sent anywhere) as ``draft_labels-<SOP UID>.npy`` and
+``draft_seg-<SOP UID>.dcm`` in the series' result folder, with a
+:class:`~dicom_node.review_tables.SeriesResult` row committed after both files are in place (paths relative
+to ``storage_dir``). A new draft gets new files and the row switches to them in one commit, so a reader never
+sees half of one. Killed at any point, the job runs again: a series that already has its draft row is
+skipped, one without it is segmented again.
 A series the model cannot take (a single slice, not axial, not MR, unreadable) is marked FAILED with a
 sentence a person can read; the study goes to PENDING_REVIEW when at least one series has a draft, else to
 FAILED with the reasons of every series. A ``segment`` job that gives up (dead letter) fails its study.
@@ -140,8 +142,10 @@ def _segment_series(
         series_number=DRAFT_SERIES_NUMBER,
     )
     folder = services.result_dir(study_id, series_id)
-    write_atomic(folder / "draft_labels.npy", npy_bytes(labels.astype(np.uint8)))
-    write_atomic(folder / "draft_seg.dcm", seg_to_bytes(seg))
+    uid = str(seg.SOPInstanceUID)  # new names: the previous draft stays whole until the row switches
+    labels_file, seg_file = folder / f"draft_labels-{uid}.npy", folder / f"draft_seg-{uid}.dcm"
+    write_atomic(labels_file, npy_bytes(labels.astype(np.uint8)))
+    write_atomic(seg_file, seg_to_bytes(seg))
     elapsed = time.perf_counter() - started
     if ctx is not None:
         fault_point("segment.after_drafts", ctx)
@@ -149,12 +153,13 @@ def _segment_series(
         series = s.get(Series, series_id)
         assert series is not None
         result = _result(s, series_id) or SeriesResult(series_id=series_id)
+        previous = [p for p in (result.draft_labels_path, result.draft_seg_path) if p]
         result.model = pkg.name
         result.model_version = pkg.version
         result.model_revision = rev.revision
-        result.draft_labels_path = services.stored(folder / "draft_labels.npy")
-        result.draft_seg_path = services.stored(folder / "draft_seg.dcm")
-        result.draft_seg_sop_uid = str(seg.SOPInstanceUID)
+        result.draft_labels_path = services.stored(labels_file)
+        result.draft_seg_path = services.stored(seg_file)
+        result.draft_seg_sop_uid = uid
         result.corrected_labels_path = None
         result.corrected_by = None
         result.corrected_at = None
@@ -165,6 +170,8 @@ def _segment_series(
         series.state = SeriesState.SEGMENTED
         series.failure_reason = None
         series.changed_since_draft = False
+    for old in previous:  # the row names the new draft now; the old files are no one's
+        services.path(old).unlink(missing_ok=True)
     services.metrics.series_segmented.labels(model=model_name, outcome="ok").inc()
     services.metrics.segmentation_seconds.labels(model=model_name).observe(elapsed)
     logger.info("series %s segmented with %s v%s in %.1f s", series_id, pkg.name, pkg.version, elapsed)
@@ -197,7 +204,15 @@ def resegment_series(
                 series_id,
             )
             return {"changed_since_draft": True, "kept_corrections": True}
-        superseded = result.corrected_labels_path if result is not None else None
+        superseded = None
+        if result is not None and result.corrected_labels_path is not None:
+            # a person asked for a new draft: their corrections of the old one are kept under another name
+            old = services.path(result.corrected_labels_path)
+            kept = old.with_name(f"corrected_labels-superseded-{result.draft_seg_sop_uid}.npy")
+            if old.exists():
+                old.replace(kept)
+            superseded = services.stored(kept)
+            result.corrected_labels_path = None
         study_id = study.id
     reason = _segment_series(services, series_id, ctx, again=True)
     with session_scope(services.engine) as s:

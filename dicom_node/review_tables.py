@@ -17,8 +17,8 @@ from dicom_node.db import Base, utcnow
 class SeriesResult(Base):
     """What the pipeline and the operator made of one series: the draft, the correction, the approval.
 
-    Files live under ``storage_dir/derived/<study id>/<series id>/``: ``draft_labels.npy``,
-    ``draft_seg.dcm``, ``corrected_labels.npy``, and per approval ``approved_labels-<SOP UID>.npy`` and
+    Files live under ``storage_dir/derived/<study id>/<series id>/``: ``draft_labels-<SOP UID>.npy``,
+    ``draft_seg-<SOP UID>.dcm``, ``corrected_labels.npy``, and per approval ``approved_labels-<SOP UID>.npy`` and
     ``approved_seg-<SOP UID>.dcm``; every ``*_path`` is recorded relative to ``storage_dir``.
     ``approved_seg_sop_uid`` identifies the approval (the learning job's idempotency key).
     """

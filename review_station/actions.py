@@ -52,6 +52,11 @@ ACTIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "approve (asks for confirmation), then open the next study pending review",
     ),
     "reject": ("Reject…", (), "reject the study (asks for a reason)"),
+    "amend": ("Amend…", (), "reopen this approved study to correct it again (asks for a reason)"),
+    "resegment": (
+        "New draft of this series…", (),
+        "images arrived after the draft: a new draft over every image (your corrections are set aside)",
+    ),
 }  # fmt: skip
 for _i, _key in enumerate(MUSCLE_KEYS):
     ACTIONS[f"muscle_{_i + 1}"] = (f"Muscle {_i + 1} of the list", (_key,), f"make muscle {_i + 1} active")

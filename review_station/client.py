@@ -311,6 +311,28 @@ class NodeClient:
         )
         return body if isinstance(body, dict) else {"result": body}
 
+    def resegment(self, series_id: int, SeriesInstanceUID: str) -> dict[str, Any]:
+        """``POST /api/v1/series/{id}/resegment``: a new draft over every image of the series on screen."""
+        if not SeriesInstanceUID:
+            raise ValueError("a new draft needs the SeriesInstanceUID of the series on screen")
+        body = self._json(
+            "POST", f"/api/v1/series/{int(series_id)}/resegment", json={"SeriesInstanceUID": SeriesInstanceUID}
+        )
+        return body if isinstance(body, dict) else {"result": body}
+
+    def amend(self, study_id: int, StudyInstanceUID: str, reason: str) -> dict[str, Any]:
+        """``POST /api/v1/studies/{id}/amend``: reopen an approved study for correction, with a reason."""
+        if not reason or not reason.strip():
+            raise ValueError("an amendment needs a reason")
+        if not StudyInstanceUID:
+            raise ValueError("an amendment needs the StudyInstanceUID of the study on screen")
+        body = self._json(
+            "POST",
+            f"/api/v1/studies/{int(study_id)}/amend",
+            json={"StudyInstanceUID": StudyInstanceUID, "reason": reason.strip()},
+        )
+        return body if isinstance(body, dict) else {"result": body}
+
     def reject(self, study_id: int, StudyInstanceUID: str, reason: str) -> dict[str, Any]:
         """``POST /api/v1/studies/{id}/reject`` naming the study on screen, with a non-empty reason."""
         if not reason or not reason.strip():

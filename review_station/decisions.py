@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from review_station.client import AuthError
-from review_station.dialogs import ApproveDialog, RejectDialog
+from review_station.dialogs import AmendDialog, ApproveDialog, RejectDialog
 from review_station.domain import StudySummary
 from review_station.text import Heading
 from review_station.window_parts import WindowParts
@@ -111,6 +111,103 @@ class Decisions(WindowParts):
             on_progress=self._progress,
             name="reject",
         )
+
+    def ask_amend(self) -> None:
+        """Reopen the approved study on screen for correction (asks for a reason)."""
+        study = self.review.study
+        if self.client is None or self.study_client is not self.client or study is None:
+            return
+        if study.state not in ("APPROVED", "EXPORTED"):
+            return
+        dlg = AmendDialog(self._heading(study), self)  # type: ignore[arg-type]
+        dlg.accepted.connect(lambda: self.amend_study(dlg.reason_text()))
+        self.dialog = dlg
+        dlg.open()
+
+    def amend_study(self, reason: str) -> None:
+        """Send the amendment, then open the study again (editable, starting from the approved labels)."""
+        study = self.review.study
+        if self.client is None or study is None or not reason.strip():
+            return
+        client = self.client
+
+        def work(progress: Progress) -> dict[str, Any]:
+            progress("reopening", 0, 0)
+            return client.amend(study.id, study.StudyInstanceUID, reason)
+
+        def reopened(_result: dict[str, Any]) -> None:
+            self._say(f"study {study.id} reopened for amendment", 15000)
+            self.worklist.request_refresh()
+            self._load_study(study.id)
+
+        self.writer.start(
+            work,
+            on_done=reopened,
+            on_failed=lambda e: self._amend_failed(e),
+            on_progress=self._progress,
+            name="amend",
+        )
+
+    def ask_resegment(self) -> None:
+        """The series on screen changed since its draft: ask the node for a new one, then open the study again."""
+        study, cur = self._decidable(), self.review.current
+        if study is None or cur is None or self.client is None:
+            return
+        unsaved = cur.session.labels.copy() if cur.session.modified else None
+        if self.offer_new_draft(study, cur.summary.id, cur.summary.SeriesInstanceUID, unsaved):
+            cur.session.mark_saved(cur.session.labels)  # set aside on the node, not lost
+
+    def offer_new_draft(self, study: StudySummary, series_id: int, uid: str, unsaved: np.ndarray | None = None) -> bool:
+        """Ask whether to make a new draft of a series that received images after its draft; True if asked for."""
+        from PyQt5.QtWidgets import QMessageBox
+
+        if self.client is None:
+            return False
+        answer = QMessageBox.question(
+            self,  # type: ignore[arg-type]
+            "New draft",
+            "Images of this series arrived after its draft was corrected. Ask the node for a new draft over every "
+            "image?\nYour corrections of the old draft are set aside (kept on the node, in the audit log).",
+            QMessageBox.Yes | QMessageBox.Cancel,
+            QMessageBox.Cancel,
+        )
+        if answer != QMessageBox.Yes:
+            self.show_worklist()
+            return False
+        client = self.client
+        self.review.set_read_only(True)  # no autosave of the old draft's shape while the new one is made
+
+        def work(progress: Progress) -> dict[str, Any]:
+            import time
+
+            if unsaved is not None:  # kept on the node with the other corrections that are set aside
+                progress("saving your corrections", 0, 0)
+                client.put_labels(series_id, unsaved, uid)
+            progress("asking for a new draft", 0, 0)
+            client.resegment(series_id, uid)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:  # the node makes the draft in the background
+                fresh = next(s for s in client.study(study.id).series if s.id == series_id)
+                if fresh.state == "SEGMENTED" and not fresh.changed_since_draft and not fresh.has_corrected:
+                    return {"state": "ready"}
+                time.sleep(1.0)
+            raise TimeoutError("the node did not make the new draft within 5 minutes; open the study again later")
+
+        def ready(_result: dict[str, Any]) -> None:
+            self.recovery.discard(uid)
+            self._load_study(study.id)
+
+        self.writer.start(
+            work, on_done=ready, on_failed=self._resegment_failed, on_progress=self._progress, name="resegment"
+        )
+        return True
+
+    def _resegment_failed(self, exc: BaseException) -> None:
+        self.review.set_read_only(False)
+        self.show_error("New draft failed", exc)
+
+    def _amend_failed(self, exc: BaseException) -> None:
+        self.show_error("Amendment failed", exc)
 
     def _decided(
         self, study: StudySummary, result: dict[str, Any], default_state: str, sent: list[np.ndarray], then_next: bool

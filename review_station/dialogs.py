@@ -126,6 +126,24 @@ class RejectDialog(QDialog):
             self.accept()
 
 
+class AmendDialog(RejectDialog):
+    """Reopen an approved study for correction: a reason is required (it goes into the audit log)."""
+
+    def __init__(self, heading: Heading, parent: QWidget | None = None) -> None:
+        super().__init__(heading, parent)
+        self.setWindowTitle("Amend approved study")
+        labels = self.findChildren(QLabel)
+        labels[0].setText("Amend this approved study?")
+        for label in labels:
+            if label.text().startswith("Nothing of it"):
+                label.setText(
+                    "It opens again with the approved labels. Your next approval sends a new SEG to the PACS\n"
+                    "that supersedes the approved one, and the model learns from it."
+                )
+        self.reason.setPlaceholderText("e.g. a muscle was missed, wrong side")
+        self.reject_button.setText("Amend")
+
+
 class TokenDialog(QDialog):
     """Ask for the node address and the operator's token (shown when none is given or it was refused)."""
 

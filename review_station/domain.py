@@ -82,6 +82,7 @@ class SeriesSummary:
     failure_reason: str | None
     has_draft: bool
     has_corrected: bool
+    changed_since_draft: bool = False
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> SeriesSummary:
@@ -98,6 +99,7 @@ class SeriesSummary:
             failure_reason=d.get("failure_reason"),
             has_draft=bool(d.get("has_draft")),
             has_corrected=bool(d.get("has_corrected")),
+            changed_since_draft=bool(d.get("changed_since_draft")),
         )
 
     @property

@@ -103,6 +103,8 @@ class MainWindow(StudySession, Decisions, QMainWindow):
         self.review.approveRequested.connect(lambda: self.ask_approve(then_next=False))
         self.review.approveNextRequested.connect(lambda: self.ask_approve(then_next=True))
         self.review.rejectRequested.connect(self.ask_reject)
+        self.review.amendRequested.connect(self.ask_amend)
+        self.review.resegmentRequested.connect(self.ask_resegment)
         self.review.statisticsRequested.connect(self._statistics_requested)
         self.review.canvas.cursorInfo.connect(self.cursor_label.setText)
         for runner in (self.runner, self.writer):
@@ -183,7 +185,7 @@ class MainWindow(StudySession, Decisions, QMainWindow):
                              "brush_smaller", None, "grow", "shrink", "fill_holes", "remove_islands", "smooth", None,
                              "interpolate", "interpolate_block", "propagate_back", "propagate_forward", None,
                              "statistics"))  # fmt: skip
-        menu("&Study", named("approve_next", "approve", "reject"))
+        menu("&Study", named("approve_next", "approve", "reject", "amend", "resegment"))
 
     def _say(self, text: str, msecs: int = 0) -> None:
         sb = self.statusBar()

@@ -50,6 +50,8 @@ class ReviewPage(EditCommands, QWidget):
     approveRequested = pyqtSignal()
     approveNextRequested = pyqtSignal()
     rejectRequested = pyqtSignal()
+    amendRequested = pyqtSignal()
+    resegmentRequested = pyqtSignal()
     statisticsRequested = pyqtSignal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -114,6 +116,8 @@ class ReviewPage(EditCommands, QWidget):
         a["approve"].triggered.connect(self.approveRequested)
         a["approve_next"].triggered.connect(self.approveNextRequested)
         a["reject"].triggered.connect(self.rejectRequested)
+        a["amend"].triggered.connect(self.amendRequested)
+        a["resegment"].triggered.connect(self.resegmentRequested)
         c.brushChanged.connect(p.radius_spin.setValue)
         c.labelsEdited.connect(lambda _e: self.after_edit())
         c.sliceChanged.connect(lambda _z: self._slice_changed())
@@ -159,6 +163,8 @@ class ReviewPage(EditCommands, QWidget):
         decidable = has and self.study is not None and self.study.state == "PENDING_REVIEW" and self.editable
         for name in ("approve", "approve_next", "reject"):
             self.acts[name].setEnabled(decidable)
+        self.acts["amend"].setEnabled(has and self.study is not None and self.study.state in ("APPROVED", "EXPORTED"))
+        self.acts["resegment"].setEnabled(decidable and cur is not None and cur.summary.changed_since_draft)
         if cur is not None and edit:
             h = cur.session.history
             self.acts["undo"].setEnabled(h.can_undo)

@@ -101,6 +101,10 @@ class StudySession(WindowParts):
         study, loaded = result
         series = []
         for summary, vol, labels, draft, segments in loaded:
+            if labels.shape != vol.image.shape and summary.changed_since_draft and study.state == "PENDING_REVIEW":
+                # images arrived after the draft was corrected: the only way forward is a new draft
+                self.offer_new_draft(study, summary.id, summary.SeriesInstanceUID)
+                return
             if labels.shape != vol.image.shape or (draft is not None and draft.shape != labels.shape):
                 self.show_error(
                     "Cannot open the study", f"series {summary.id}: labels and image {vol.image.shape} differ in shape"

@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import numpy as np
     from PyQt5.QtWidgets import QMessageBox
 
     from review_station.client import NodeClient
+    from review_station.domain import StudySummary
     from review_station.recovery import RecoveryStore
     from review_station.review_page import ReviewPage
     from review_station.workers import TaskRunner
@@ -53,3 +55,7 @@ class WindowParts:
         def open_study(self, study_id: int) -> None: ...
 
         def _load_study(self, study_id: int) -> None: ...
+
+        def offer_new_draft(
+            self, study: StudySummary, series_id: int, uid: str, unsaved: np.ndarray | None = None
+        ) -> bool: ...

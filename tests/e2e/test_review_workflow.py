@@ -149,7 +149,8 @@ def test_phantom_study_to_approved_seg_in_orthanc(
     result_dir = running.workdir / "node" / "derived" / str(study["id"]) / str(series["id"])
     approved_files = list(result_dir.glob("approved_seg-*.dcm"))
     assert [p.name for p in approved_files] == [f"approved_seg-{seg.SOPInstanceUID}.dcm"]
-    for path in (result_dir / "draft_seg.dcm", approved_files[0]):
+    (draft_file,) = result_dir.glob("draft_seg-*.dcm")
+    for path in (draft_file, approved_files[0]):
         errors = [line for line in dciodvfy(path) if "Error" in line]
         assert errors == [], (path.name, errors)
 

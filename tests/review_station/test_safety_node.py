@@ -17,7 +17,7 @@ from PyQt5.QtWidgets import QAction, QMessageBox
 pytest.importorskip("dicom_node.api.app", reason="the node API is not there yet")
 
 from review_station.client import NodeClient, NotFound
-from review_station.dialogs import ApproveDialog, TokenDialog
+from review_station.dialogs import AmendDialog, ApproveDialog, TokenDialog
 from review_station.main_window import MainWindow
 from review_station.recovery import RecoveryStore, install_excepthook
 from tests.review_station.node_helpers import (
@@ -193,4 +193,71 @@ def test_approve_and_next_opens_the_next_pending_study(qtbot, node) -> None:
     client = NodeClient(node.url, node.token)
     assert client.study(first).state in ("APPROVED", "EXPORTED")
     assert node_has(node, edits)
+
+    # Amend the approved study: it opens again, editable, with the approved labels, and can be approved anew.
+    w._load_study(first)
+    wait_open(qtbot, w, first)
+    assert not w.review.editable and w.review.acts["amend"].isEnabled()
+    assert not w.review.acts["approve"].isEnabled()
+    w.review.acts["amend"].trigger()
+    dlg = w.dialog
+    assert isinstance(dlg, AmendDialog) and not dlg.reject_button.isEnabled()  # a reason is required
+    dlg.reason.setPlainText("missed part of a muscle")
+    qtbot.mouseClick(dlg.reject_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(
+        lambda: w.review.study is not None and w.review.study.state == "PENDING_REVIEW" and w.review.editable,
+        timeout=120000,
+    )
+    assert {sd.summary.id: sd.session.labels for sd in w.review.series}.keys() == edits.keys()
+    assert all(np.array_equal(sd.session.labels, edits[sd.summary.id]) for sd in w.review.series)
+    assert client.study(first).state == "PENDING_REVIEW"
+    w.close()
+
+
+def test_late_images_after_corrections_offer_a_new_draft(
+    qtbot, workflow_node_factory, tmp_path: Path, monkeypatch
+) -> None:
+    """The rest of the study arrives while the radiologist corrects it: the station offers a new draft over
+    every image, which then opens for review (real node, SYNTHETIC phantom)."""
+    import pydicom
+
+    from tests.workflow_fixtures import phantom_series, send_files
+
+    running = workflow_node_factory()
+    files, _ph = phantom_series(tmp_path / "late", 6464, n_slices=8)
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    send_files(running.node.port, files[:4])
+    study_id = int(running.wait_state(uid, {"PENDING_REVIEW"})["id"])
+    w = open_window(qtbot, running)
+    wait_worklist(qtbot, w)
+    open_row(qtbot, w, study_id)
+    paint_stroke(qtbot, w, row=20)
+    w.autosave()
+    qtbot.waitUntil(lambda: not w.review.modified and not w.writer.busy, timeout=60000)
+    send_files(running.node.port, files)  # the rest arrives after the corrections were saved
+
+    def flagged() -> bool:
+        detail = running.get(f"/api/v1/studies/{study_id}").json()
+        return bool(detail["series"][0]["changed_since_draft"])
+
+    qtbot.waitUntil(flagged, timeout=60000)
+    asked: list[str] = []
+
+    def yes(*args, **kwargs):
+        asked.append(str(args[2]))
+        return QMessageBox.Yes
+
+    monkeypatch.setattr(QMessageBox, "question", yes)
+    w._load_study(study_id)  # opening always reloads from the node: it offers the new draft
+    qtbot.waitUntil(
+        lambda: (
+            w.review.current is not None
+            and w.review.current.session.n_slices == 8
+            and not w.review.current.summary.changed_since_draft
+            and w.review.editable
+        ),
+        timeout=180000,
+    )
+    assert asked and "arrived after its draft" in asked[0]
+    assert not w.review.acts["resegment"].isEnabled()
     w.close()
