@@ -39,6 +39,15 @@ class RunningNode:
         """An authenticated GET."""
         return requests.get(self.url + path, headers=self.headers, timeout=120, **kwargs)
 
+    def approve(self, study_id: int, study_uid: str, **body: Any) -> requests.Response:
+        """``POST /approve`` naming the study by its StudyInstanceUID (as every write must)."""
+        return requests.post(
+            f"{self.url}/api/v1/studies/{study_id}/approve",
+            json={"StudyInstanceUID": study_uid, **body},
+            headers=self.headers,
+            timeout=120,
+        )
+
     def studies(self, state: str | None = None) -> list[dict[str, Any]]:
         """The worklist (optionally one state)."""
         params = {"state": state} if state else {}
@@ -68,6 +77,18 @@ def phantom_series(
 
     ph = generate(PhantomSpec(region="leg", contrast=contrast, seed=seed, n_slices=n_slices, matrix=matrix))  # type: ignore[arg-type]
     return write_series(ph, out), ph
+
+
+def results_peer(name: str, ae_title: str, port: int) -> dict[str, Any]:
+    """A peer on loopback that receives the node's results (and does not send to it)."""
+    return {
+        "name": name,
+        "ae_title": ae_title,
+        "host": "127.0.0.1",
+        "port": port,
+        "send_to_us": False,
+        "receive_results": True,
+    }
 
 
 def send_files(port: int, files: list[Path], calling_ae: str = "STORESCU", called_ae: str = "LAUREL") -> None:

@@ -26,12 +26,7 @@ def _draft_slices(running: RunningNode, series_id: int) -> int:
 
 
 def _approve(running: RunningNode, study: dict[str, Any]) -> requests.Response:
-    return requests.post(
-        f"{running.url}/api/v1/studies/{study['id']}/approve",
-        json={"StudyInstanceUID": study["StudyInstanceUID"]},
-        headers=running.headers,
-        timeout=120,
-    )
+    return running.approve(study["id"], study["StudyInstanceUID"])
 
 
 def _npy(array: np.ndarray) -> bytes:

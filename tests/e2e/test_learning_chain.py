@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import requests
 
 from tests.peers import wait_until
 from tests.workflow_fixtures import RunningNode, phantom_series, send_files
@@ -31,12 +30,7 @@ def test_two_approvals_learned_concurrently_make_a_chain(
         studies[int(running.wait_state(uid, {"PENDING_REVIEW"})["id"])] = uid
     study_ids = list(studies)
     for study_id, uid in studies.items():  # approved one right after the other: both learn jobs are due at once
-        r = requests.post(
-            f"{running.url}/api/v1/studies/{study_id}/approve",
-            json={"StudyInstanceUID": uid},
-            headers=running.headers,
-            timeout=120,
-        )
+        r = running.approve(study_id, uid)
         assert r.status_code == 200, r.text
 
     def learned() -> list[dict[str, object]] | None:

@@ -11,7 +11,6 @@ from typing import Any
 
 import pydicom
 import pytest
-import requests
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
@@ -52,12 +51,7 @@ def test_the_documented_recipe_routes_each_study_once_and_never_loops(
     assert sent.returncode == 0, sent.stderr
     study = running.wait_state(uid, {"PENDING_REVIEW"})
     assert study["instance_count"] == len(files)
-    approved = requests.post(
-        f"{running.url}/api/v1/studies/{study['id']}/approve",
-        json={"StudyInstanceUID": uid},
-        headers=running.headers,
-        timeout=120,
-    )
+    approved = running.approve(study["id"], uid)
     assert approved.status_code == 200, approved.text
     running.wait_state(uid, {"EXPORTED"})
     segs = orthanc.post("/tools/find", {"Level": "Instance", "Query": {"Modality": "SEG"}})

@@ -15,24 +15,13 @@ import requests
 
 from dicom_node.db import Job, session_scope
 from tests.peers import dciodvfy, free_port, wait_until
-from tests.workflow_fixtures import RunningNode, phantom_series, send_files
+from tests.workflow_fixtures import RunningNode, phantom_series, results_peer, send_files
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
 IMPLICIT = "1.2.840.10008.1.2"
 FAST_JOBS = {"workers": 2, "poll_seconds": 0.05, "backoff_base_seconds": 0.05, "backoff_max_seconds": 0.3}
-
-
-def _peer(name: str, aet: str, port: int) -> dict[str, Any]:
-    return {
-        "name": name,
-        "ae_title": aet,
-        "host": "127.0.0.1",
-        "port": port,
-        "send_to_us": False,
-        "receive_results": True,
-    }
 
 
 SENDER = {"name": "modality", "ae_title": "STORESCU", "host": "127.0.0.1", "port": 104}
@@ -43,12 +32,7 @@ def _approved_study(running: RunningNode, tmp_path: Path, seed: int) -> dict[str
     send_files(running.node.port, files)
     uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     study = running.wait_state(uid, {"PENDING_REVIEW"})
-    r = requests.post(
-        f"{running.url}/api/v1/studies/{study['id']}/approve",
-        json={"StudyInstanceUID": uid},
-        headers=running.headers,
-        timeout=120,
-    )
+    r = running.approve(study["id"], uid)
     assert r.status_code == 200, r.text
     return study
 
@@ -72,9 +56,9 @@ def test_the_seg_reaches_pacs_that_refuse_its_syntax_or_labelmap_or_are_down(
     running = workflow_node_factory(
         peers=[
             SENDER,
-            _peer("implicit", "IMPLICIT", implicit_only.port),
-            _peer("nolabelmap", "NOLABELMAP", no_labelmap.dicom_port),
-            _peer("late", "LATE", late.port),
+            results_peer("implicit", "IMPLICIT", implicit_only.port),
+            results_peer("nolabelmap", "NOLABELMAP", no_labelmap.dicom_port),
+            results_peer("late", "LATE", late.port),
         ],
         segmentation={"seg_type": "LABELMAP"},
         jobs={**FAST_JOBS, "max_attempts": 3},
@@ -109,7 +93,7 @@ def test_a_configuration_change_applies_to_a_requeued_write_back(
     workflow_node_factory: Callable[..., RunningNode], storescp_factory: Any, tmp_path: Path
 ) -> None:
     archive = storescp_factory(aet="ARCHIVE").start()
-    peers = [SENDER, _peer("archive", "ARCHIVE", archive.port)]
+    peers = [SENDER, results_peer("archive", "ARCHIVE", archive.port)]
     running = workflow_node_factory(
         peers=peers, segmentation={"seg_type": "LABELMAP", "labelmap_fallback": False}, jobs=FAST_JOBS
     )
