@@ -29,13 +29,14 @@ class CohortDef:
     slice_thickness: float | None
     diseased_fraction: float
     purpose: str
+    scanner: str | None = None  # a models.phantom.scanner profile: another scanner, realistic muscle
 
 
 _DEFS: tuple[CohortDef, ...] = (
     CohortDef("pretrain_pd_leg", "leg", "pd", 44, 100_000, 5.0, 0.25, "pretraining of the leg model"),
     CohortDef("pretrain_pd_thigh", "thigh", "pd", 44, 101_000, 5.0, 0.25, "pretraining of the thigh model"),
-    CohortDef("learning_a_t1_leg", "leg", "t1", 25, 110_000, 8.0, 0.3, "incremental learning, group A"),
-    CohortDef("learning_b_t1_leg", "leg", "t1", 13, 111_000, 8.0, 0.3, "incremental learning, group B"),
+    CohortDef("learning_a_t1_leg", "leg", "t1", 25, 110_000, 8.0, 0.4, "incremental learning, group A", "site_b"),
+    CohortDef("learning_b_t1_leg", "leg", "t1", 13, 111_000, 8.0, 0.4, "incremental learning, group B", "site_b"),
     CohortDef("validation_pd_leg", "leg", "pd", 10, 120_000, 5.0, 0.25, "held-out validation (PD leg)"),
     CohortDef("validation_pd_thigh", "thigh", "pd", 10, 121_000, 5.0, 0.25, "held-out validation (PD thigh)"),
     CohortDef("validation_t1_leg", "leg", "t1", 10, 122_000, 8.0, 0.3, "held-out validation (T1 leg)"),
@@ -89,6 +90,7 @@ def cohort(name: str, n: int | None = None, *, limbs: str = "both") -> list[Phan
                 limbs=limbs,  # type: ignore[arg-type]
                 slice_thickness=d.slice_thickness,
                 fat_infiltration=_disease(d, seed),
+                scanner=d.scanner,
             )
         )
     return specs

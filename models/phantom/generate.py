@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from models.labels import label_names, muscles, region_labels
-from models.phantom.anatomy import LimbAnatomy, draw_subject, render_limb
+from models.phantom.anatomy import LimbAnatomy, LimbRender, draw_subject, render_limb
 from models.phantom.atlas import ATLASES
-from models.phantom.contrast import CONTRASTS, acquisition_parameters, compose
+from models.phantom.contrast import CONTRASTS, ContrastModel, acquisition_parameters, compose
 from models.phantom.noise import add_rician, coil_bias
+from models.phantom.scanner import ScannerProfile, scanner_profile
 from models.phantom.spec import Phantom, PhantomSpec
 
 log = logging.getLogger(__name__)
@@ -142,7 +144,8 @@ def generate(spec: PhantomSpec) -> Phantom:
     right, left = draw_subject(spec.region, spec.seed)
     geom, limbs = resolve_geometry(spec, {"right": right, "left": left})
     nz, n, p = geom.n_slices, geom.matrix, geom.pixel_spacing
-    model = CONTRASTS[spec.contrast]
+    profile = scanner_profile(spec.scanner) if spec.scanner is not None else None
+    model = CONTRASTS[spec.contrast] if profile is None else profile.contrast_model(CONTRASTS[spec.contrast])
     lut_values = {lab.key: lab.value for lab in region_labels(spec.region)}
     image = np.zeros((nz, n, n), np.float32)
     labels = np.zeros((nz, n, n), np.uint8)
@@ -159,29 +162,23 @@ def generate(spec: PhantomSpec) -> Phantom:
             continue
         c0, c1, r0, r1 = int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1
         side = -1 if side_name == "right" else 1
-        rend = render_limb(
-            limb,
-            geom.levels,
-            ys_all[r0:r1] - cy,
-            xs_all[c0:c1] - cx,
-            side,
-            seed=spec.seed,
-            severities=_severities(spec, limb, side_name),
-            spacing_mm=p,
-            dz_mm=geom.slice_thickness,
-        )
+        rend = _render(spec, profile, limb, geom, ys_all[r0:r1] - cy, xs_all[c0:c1] - cx, side, side_name)
         lab_lut = np.zeros(len(limb.muscle_keys) + 1, np.uint8)
         for i, key in enumerate(limb.muscle_keys):
             if key is not None:
                 lab_lut[i + 1] = lut_values[f"{key}_{side_name}"]
-        patch_labels = lab_lut[rend.muscle.astype(np.int64) + 1]
-        signal = compose(rend.tissue, rend.muscle, rend.fat_fraction, rend.texture, model, limb.muscle_tone)
-        signal = ndimage.gaussian_filter(signal, (0.0, 0.5, 0.5), truncate=3.0)
+        if profile is None:
+            patch_labels = lab_lut[rend.muscle.astype(np.int64) + 1]
+            signal = compose(rend.tissue, rend.muscle, rend.fat_fraction, rend.texture, model, limb.muscle_tone)
+            signal = ndimage.gaussian_filter(signal, (0.0, 0.5, 0.5), truncate=3.0)
+            patch_tissue = rend.tissue
+        else:
+            signal, patch_labels, patch_tissue = _scanner_patch(spec, profile, rend, model, limb, lab_lut, geom)
         image[:, r0:r1, c0:c1] += signal
         lab_view = labels[:, r0:r1, c0:c1]
         np.copyto(lab_view, patch_labels, where=patch_labels > 0)
         tis_view = tissue[:, r0:r1, c0:c1]
-        np.copyto(tis_view, rend.tissue, where=rend.tissue > 0)
+        np.copyto(tis_view, patch_tissue, where=patch_tissue > 0)
 
     acq_rng = _stream(spec, 4, {"pd": 1, "t1": 2, "t2fs": 3}[spec.contrast])
     acquisition = acquisition_parameters(spec.contrast, acq_rng)
@@ -190,7 +187,12 @@ def generate(spec: PhantomSpec) -> Phantom:
     image *= np.float32(gain)
     image *= bias_yx[None]
     image *= bias_z[:, None, None]
-    sigma = gain * model.signal[3] / spec.snr
+    snr = spec.snr
+    if profile is not None:
+        image *= profile.ap_field(n, _stream(spec, 5, 2))[None]
+        snr = spec.snr * profile.snr_factor
+        acquisition["ReceiveCoilName"] = profile.coil_name
+    sigma = gain * model.signal[3] / snr
     image = add_rician(image, sigma, acq_rng)
     np.clip(image, 0.0, MAX_PIXEL, out=image)
 
@@ -205,6 +207,7 @@ def generate(spec: PhantomSpec) -> Phantom:
             "subject_scale": geom.scale,
             "levels": [round(float(t), 4) for t in geom.levels],
             "n_muscles_per_limb": len(muscles(spec.region)),
+            "scanner": spec.scanner,
         }
     )
     return Phantom(
@@ -217,3 +220,60 @@ def generate(spec: PhantomSpec) -> Phantom:
         acquisition=acquisition,
         tissue=tissue,
     )
+
+
+def _render(
+    spec: PhantomSpec,
+    profile: ScannerProfile | None,
+    limb: LimbAnatomy,
+    geom: Geometry,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    side: int,
+    side_name: str,
+) -> LimbRender:
+    """Render one limb at the slice levels, or at the sub-slice levels of a scanner profile."""
+    levels, dz = geom.levels, geom.slice_thickness
+    if profile is not None:
+        limb = profile.adjust_limb(copy.deepcopy(limb))
+        levels = profile.sub_levels(levels, dz, ATLASES[spec.region].length_mm)
+        dz = dz / profile.sub_slices
+    return render_limb(
+        limb,
+        levels,
+        ys,
+        xs,
+        side,
+        seed=spec.seed,
+        severities=_severities(spec, limb, side_name),
+        spacing_mm=geom.pixel_spacing,
+        dz_mm=dz,
+    )
+
+
+def _scanner_patch(
+    spec: PhantomSpec,
+    profile: ScannerProfile,
+    rend: LimbRender,
+    model: ContrastModel,
+    limb: LimbAnatomy,
+    lab_lut: np.ndarray,
+    geom: Geometry,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Signal, labels and tissue of a limb patch seen by ``profile``: realistic fat in muscle, partial
+    volume through the slice (sub-slices averaged; labels and tissue of the central sub-slice) and blur."""
+    from scipy import ndimage
+
+    k = profile.sub_slices
+    rng = _stream(spec, 5, 1, limb.field_seed)
+    ff = profile.fat_in_muscle(
+        rng, rend.tissue, rend.muscle, rend.fat_fraction, geom.pixel_spacing, geom.slice_thickness / k
+    )
+    signal = compose(rend.tissue, rend.muscle, ff, rend.texture, model, limb.muscle_tone)
+    nz, ny, nx = geom.n_slices, signal.shape[1], signal.shape[2]
+    signal = signal.reshape(nz, k, ny, nx).mean(axis=1)
+    signal = ndimage.gaussian_filter(signal, (0.0, profile.blur_px, profile.blur_px), truncate=3.0)
+    centre = k // 2
+    muscle = rend.muscle.reshape(nz, k, ny, nx)[:, centre]
+    tissue = np.ascontiguousarray(rend.tissue.reshape(nz, k, ny, nx)[:, centre])
+    return signal.astype(np.float32), lab_lut[muscle.astype(np.int64) + 1], tissue

@@ -40,7 +40,8 @@ class PhantomSpec:
     Anatomy depends only on ``(region, seed)``: the PD and the T1 series of one seed show the same
     subject. ``None`` geometry fields are drawn from the seed (20-40 slices, matrix 256-432, 5-8 mm
     slices, ~1.04 mm pixels). ``fat_infiltration`` maps a muscle key (``soleus``, or ``soleus_left``
-    for one side) to a severity 0..1.
+    for one side) to a severity 0..1. ``scanner`` names a :mod:`models.phantom.scanner` profile (another
+    scanner and more realistic muscle); ``None`` is the default phantom.
     """
 
     region: Region
@@ -53,6 +54,7 @@ class PhantomSpec:
     pixel_spacing: float | None = None
     snr: float = 30.0
     fat_infiltration: Mapping[str, float] = field(default_factory=dict)
+    scanner: str | None = None
 
     def __post_init__(self) -> None:
         if self.region not in REGIONS:
@@ -74,6 +76,10 @@ class PhantomSpec:
         if not self.snr > 0:
             raise ValueError(f"snr must be positive, got {self.snr}")
         _check_infiltration(self.region, self.fat_infiltration)
+        if self.scanner is not None:
+            from models.phantom.scanner import scanner_profile
+
+            scanner_profile(self.scanner)  # raises, naming the known profiles
         frozen = MappingProxyType({str(k): float(v) for k, v in sorted(self.fat_infiltration.items())})
         object.__setattr__(self, "fat_infiltration", frozen)
         object.__setattr__(self, "seed", int(self.seed))
@@ -85,8 +91,9 @@ class PhantomSpec:
         return isinstance(other, PhantomSpec) and self.key() == other.key()
 
     def key(self) -> tuple[object, ...]:
-        """A hashable tuple of every field (fat infiltration as sorted pairs)."""
-        return (
+        """A hashable tuple of every field (fat infiltration as sorted pairs; the scanner only when set, so
+        default specs keep their keys)."""
+        base = (
             self.region,
             self.contrast,
             self.seed,
@@ -98,10 +105,12 @@ class PhantomSpec:
             self.snr,
             tuple(sorted(self.fat_infiltration.items())),
         )
+        return base if self.scanner is None else (*base, self.scanner)
 
     def describe(self) -> str:
         """A short human description, e.g. ``leg t1 seed 42 both limbs``."""
-        return f"{self.region} {self.contrast} seed {self.seed} {self.limbs} limbs"
+        scanner = f" ({self.scanner} scanner)" if self.scanner else ""
+        return f"{self.region} {self.contrast} seed {self.seed} {self.limbs} limbs{scanner}"
 
     def severity(self, muscle_key: str, side: str) -> float:
         """Fat infiltration severity of one muscle on one side (side-specific entry wins)."""
