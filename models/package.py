@@ -228,21 +228,34 @@ class ModelPackage:
         slices: Sequence[int] | None = None,
         progress: Callable[[float], None] | None = None,
         limbs: str = "auto",
+        replay: Sequence[tuple[np.ndarray, np.ndarray, Sequence[float]]] | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> ModelPackage:
         """Incremental learning from corrected ``labels`` on ``slices`` (default: every labelled slice;
-        at least 5). Returns version+1 whose parent is this version."""
-        weights, record = self._fn("learn")(
-            self.runtime_config(),
-            self.weights,
-            np.asarray(volume),
-            np.asarray(labels),
-            tuple(spacing),
-            slices,
-            progress,
-            limbs,
-            self.version,
-        )
+        at least 5). Returns version+1 whose parent is this version.
+
+        ``replay`` (``(volume, labels, spacing)`` stacks of earlier labelled slices) is mixed into the step;
+        ``overrides`` changes learning settings for this step. Both need package code that knows them
+        (:meth:`supports_replay`); older code raises :class:`PackageError`.
+        """
+        fn = self._fn("learn")
+        extra: dict[str, Any] = {}
+        if replay:
+            extra["replay"] = [(np.asarray(v), np.asarray(lab), tuple(sp)) for v, lab, sp in replay]
+        if overrides:
+            extra["overrides"] = dict(overrides)
+        if extra and not self.supports_replay():
+            raise PackageError(f"{self!r} carries learning code without replay; learn without it")
+        args = (self.runtime_config(), self.weights, np.asarray(volume), np.asarray(labels), tuple(spacing))
+        weights, record = fn(*args, slices, progress, limbs, self.version, **extra)
         return self.derive(weights, record)
+
+    def supports_replay(self) -> bool:
+        """Whether this package's own learning code accepts replayed slices and per-step overrides."""
+        import inspect
+
+        params = inspect.signature(self._fn("learn")).parameters
+        return "replay" in params and "overrides" in params
 
     def train(
         self,

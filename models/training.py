@@ -5,9 +5,11 @@ scipy and, inside functions, TensorFlow/Keras). Entry points called by :class:`m
 
 - :func:`initial_weights` (config) → weights, weight names: a freshly initialised network.
 - :func:`apply_volume` (config, weights, volume, spacing) → uint8 label volume at the input's geometry.
-- :func:`learn_volume` (config, weights, volume, labels, spacing, slices, progress) → new weights + record:
-  Dafne's incremental step (at least 5 labelled slices, 5 epochs, batch 5, Adam with AMSGrad, class-balanced
-  border-weighted cross-entropy, every slice used, the last batch may be smaller).
+- :func:`learn_volume` (config, weights, volume, labels, spacing, slices, progress, limbs, seed, replay,
+  overrides) → new weights + record: Dafne's incremental step (at least 5 labelled slices, 5 epochs, batch 5,
+  Adam with AMSGrad, class-balanced border-weighted cross-entropy, every slice used, the last batch may be
+  smaller), with *replay*: labelled slices of earlier corrections (``replay``, kept by the caller) are mixed
+  into every epoch, so the step keeps what the model knew.
 - :func:`train` (config, weights, cases) → weights + record: full training (the zoo's pretraining).
 
 ``config`` is the package's plain dict: ``n_muscles``, ``input_spec``, ``network``, ``learning``.
@@ -244,6 +246,9 @@ def fit(
     return new, history
 
 
+Case = tuple[np.ndarray, np.ndarray, Sequence[float]]
+
+
 def learn_volume(
     config: Mapping[str, Any],
     weights: Sequence[np.ndarray],
@@ -254,14 +259,26 @@ def learn_volume(
     progress: Progress | None = None,
     limbs: str = "auto",
     seed: int = 0,
+    replay: Sequence[Case] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """Dafne's incremental learning step on the corrected slices of one volume."""
-    opts = _learning(config)
+    """Dafne's incremental learning step on the corrected slices of one volume, plus replayed slices.
+
+    ``replay`` holds earlier corrections as ``(volume, labels, spacing)`` stacks of labelled slices; their
+    patches join the new ones in every epoch (the caller bounds how many). ``overrides`` replaces learning
+    settings (``epochs``, ``learning_rate``, ...) for this step only.
+    """
+    opts = _learning(config, overrides)
     zs = labelled_slices(labels) if slices is None else sorted({int(s) for s in slices})
     if len(zs) < int(opts["min_slices"]):
         raise ValueError(f"incremental learning needs at least {opts['min_slices']} labelled slices, got {len(zs)}")
     start = time.perf_counter()
     x, y = training_data(config, volume, labels, spacing, zs, limbs)
+    n_new = len(x)
+    if replay:
+        old = [training_data(config, v, lab, sp) for v, lab, sp in replay]
+        x = np.concatenate([x, *(o[0] for o in old)])
+        y = np.concatenate([y, *(o[1] for o in old)])
     new, history = fit(
         config,
         weights,
@@ -280,6 +297,7 @@ def learn_volume(
         "kind": "incremental",
         "slices": len(zs),
         "samples": len(x),
+        "replay_samples": len(x) - n_new,
         "epochs": int(opts["epochs"]),
         "batch_size": int(opts["batch_size"]),
         "learning_rate": float(opts["learning_rate"]),

@@ -152,3 +152,23 @@ def write_package(pkg: ModelPackage, out: Path, *, register: bool | None = None)
         current.setdefault("packages", {})[pkg.name] = entry
         MANIFEST.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return entry
+
+
+def recode_default(name: str) -> tuple[ModelPackage, dict[str, Any]]:
+    """The shipped package ``name`` with this Laurel's model code (same weights, version and evaluation):
+    how a change of the learning step reaches the zoo without retraining. Write it with
+    :func:`write_package` to ``models/zoo/<name>.laurel``."""
+    from models.code import default_code
+    from models.signing import canonical_json, sha256_hex
+    from models.zoo import load_default
+
+    pkg = load_default(name)
+    code = default_code()
+    record = {
+        "kind": "recode",
+        "version": pkg.version,
+        "code_sha256": sha256_hex(canonical_json(code)),
+        "at": pkg.metadata.get("created_at"),
+    }
+    meta = {**pkg.metadata, "history": [*pkg.metadata.get("history", []), record]}
+    return pkg.with_weights(pkg.weights, code=code, metadata=meta), record
