@@ -1,0 +1,242 @@
+"""Guarded local learning: the site's reference set, the replay buffer and the verdict on a candidate.
+
+A learning step makes a *candidate* revision; it becomes active only when it is not worse than the active
+revision, beyond ``learning.tolerance``, on the site's **reference set**: a rolling, bounded set of recent
+approved series kept on site (a few labelled slices of each), never the series just learned. Approved
+series first fill the reference set up to ``learning.min_reference_cases``, then take turns: one joins the
+reference set, the next the **replay buffer**, whose slices are mixed into later learning steps so that a
+step keeps what the model knew. The two never share a series, so a
+candidate is never judged on slices it replayed.
+
+Cautious fallback: while the reference set holds fewer than ``learning.min_reference_cases`` series, every
+``learning.holdout_every``-th labelled slice of the approved series is held out of the step and joins the
+validation set (with the reference series there are). A candidate that cannot be validated at all (no
+reference series, too few slices to hold any out) is not activated.
+
+Everything here is a plain function of arrays and packages, shared by the node's ``learn`` job and the
+learning experiment (benchmarks/learning_curve.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from models.package import ModelPackage
+
+logger = logging.getLogger(__name__)
+
+REFERENCE = "reference"
+REPLAY = "replay"
+ROLES = (REFERENCE, REPLAY)
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The knobs of guarded learning (``learning`` section of the node config)."""
+
+    tolerance: float = 0.005  # a candidate may be this much worse (Dice) and still become active
+    min_reference_cases: int = 3  # below this, the cautious fallback (held-out slices) applies
+    reference_cases: int = 5  # series kept in the reference set (the newest)
+    replay_cases: int = 8  # series kept in the replay buffer (the newest)
+    case_slices: int = 6  # labelled slices kept per series
+    replay_slices: int = 10  # replayed slices mixed into one learning step
+    holdout_every: int = 4  # fallback: every n-th labelled slice is held out of the step
+    min_learning_slices: int = 5  # a step needs at least this many labelled slices
+
+
+@dataclass(frozen=True)
+class SiteCase:
+    """Labelled slices of one approved series kept on site: ``image``/``labels`` ``(k, y, x)``."""
+
+    key: str  # the approval's source key, ``approval:<SEG SOP Instance UID>``
+    image: np.ndarray
+    labels: np.ndarray
+    spacing: tuple[float, float, float]
+
+    @property
+    def n_slices(self) -> int:
+        """How many slices the case keeps."""
+        return int(self.image.shape[0])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a candidate may become active, and why (a sentence a person can read)."""
+
+    accepted: bool
+    reason: str
+    candidate_dice: float | None
+    active_dice: float | None
+    cases: int  # reference series in the validation set
+    holdout_slices: int  # held-out slices of the approved series in the validation set
+
+
+def spread(indices: Sequence[int], n: int) -> list[int]:
+    """At most ``n`` of ``indices``, evenly spread over them (first and last kept)."""
+    idx = sorted(int(i) for i in indices)
+    if len(idx) <= n:
+        return idx
+    picks = np.unique(np.round(np.linspace(0, len(idx) - 1, n)).astype(int))
+    return [idx[int(p)] for p in picks]
+
+
+def make_case(
+    key: str, image: np.ndarray, labels: np.ndarray, spacing: Sequence[float], slices: Sequence[int]
+) -> SiteCase:
+    """A site case from the given slices of an approved series."""
+    zs = sorted(int(z) for z in slices)
+    sp = tuple(float(v) for v in spacing)
+    return SiteCase(key, np.ascontiguousarray(image[zs]), np.ascontiguousarray(labels[zs]), (sp[0], sp[1], sp[2]))
+
+
+def role_for(n_reference: int, n_replay: int, min_reference: int) -> str:
+    """Which set the next approved series joins: the reference set until it holds ``min_reference``
+    series (so the fallback ends soon), then the two take turns."""
+    return REFERENCE if n_reference < min_reference or n_reference <= n_replay else REPLAY
+
+
+def holdout(labelled: Sequence[int], every: int, min_learning: int) -> tuple[list[int], list[int]]:
+    """``(learn, held_out)``: every ``every``-th labelled slice held out, if at least ``min_learning`` remain."""
+    zs = sorted(int(z) for z in labelled)
+    held = zs[every // 2 :: every] if every > 1 else []
+    learn = [z for z in zs if z not in set(held)]
+    if not held or len(learn) < min_learning:
+        return zs, []
+    return learn, held
+
+
+def replay_cases(buffer: Sequence[SiteCase], n_slices: int) -> list[tuple[np.ndarray, np.ndarray, tuple[float, ...]]]:
+    """Up to ``n_slices`` replay slices shared round-robin over the buffer's series (newest first), each
+    series' share evenly spread over its slices."""
+    counts = [0] * len(buffer)
+    remaining = max(int(n_slices), 0)
+    while remaining > 0 and any(c < case.n_slices for c, case in zip(counts, buffer, strict=True)):
+        for i in reversed(range(len(buffer))):  # the buffer is oldest first
+            if remaining > 0 and counts[i] < buffer[i].n_slices:
+                counts[i] += 1
+                remaining -= 1
+    out = []
+    for case, count in zip(buffer, counts, strict=True):
+        if count:
+            sel = spread(range(case.n_slices), count)
+            out.append((case.image[sel], case.labels[sel], case.spacing))
+    return out
+
+
+def pooled_dice(pkg: ModelPackage, cases: Sequence[SiteCase]) -> float:
+    """The paper's Dice (per slice and label, weighted by the reference's voxels) over all ``cases`` pooled."""
+    from models.metrics import dice
+
+    weighted = 0.0
+    weight = 0
+    for case in cases:
+        voxels = int(np.count_nonzero(case.labels))
+        if voxels == 0:
+            continue
+        overall = dice(pkg.apply(case.image, case.spacing), case.labels)["overall"]
+        weighted += float(overall) * voxels
+        weight += voxels
+    return weighted / weight if weight else float("nan")
+
+
+def judge(
+    candidate: ModelPackage,
+    active: ModelPackage,
+    reference: Sequence[SiteCase],
+    holdout_case: SiteCase | None,
+    *,
+    tolerance: float,
+    min_cases: int,
+) -> Verdict:
+    """Validate ``candidate`` against ``active`` on the reference set (and held-out slices in fallback)."""
+    cases = list(reference)
+    n_hold = holdout_case.n_slices if holdout_case is not None else 0
+    if holdout_case is not None:
+        cases.append(holdout_case)
+    if not cases:
+        return Verdict(
+            False, "not validated: no reference series yet and too few slices to hold any out", None, None, 0, 0
+        )
+    cand = pooled_dice(candidate, cases)
+    act = pooled_dice(active, cases)
+    where = f"{len(reference)} reference series" + (f" + {n_hold} held-out slices" if n_hold else "")
+    if len(reference) < min_cases:
+        where += f" (fallback: fewer than {min_cases} reference series)"
+    if cand < act - tolerance:
+        reason = (
+            f"rejected: Dice {cand:.4f} on {where} is worse than the active revision's {act:.4f} "
+            f"(tolerance {tolerance})"
+        )
+        return Verdict(False, reason, cand, act, len(reference), n_hold)
+    reason = f"accepted: Dice {cand:.4f} on {where}, active revision {act:.4f} (tolerance {tolerance})"
+    return Verdict(True, reason, cand, act, len(reference), n_hold)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """A guarded learning step: the candidate, its verdict and which slices it learned or held out."""
+
+    candidate: ModelPackage
+    verdict: Verdict
+    learned: list[int]
+    held_out: list[int]
+    replayed: int  # replayed slices mixed into the step
+
+
+def guarded_step(
+    active: ModelPackage,
+    image: np.ndarray,
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    labelled: Sequence[int],
+    reference: Sequence[SiteCase],
+    replay: Sequence[SiteCase],
+    settings: GuardSettings,
+    *,
+    overrides: dict[str, Any] | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> StepResult:
+    """Learn a candidate from an approved series (with replay) and judge it against ``active``."""
+    fallback = len(reference) < settings.min_reference_cases
+    learn_zs, held = (
+        holdout(labelled, settings.holdout_every, settings.min_learning_slices) if fallback else (list(labelled), [])
+    )
+    old = replay_cases(replay, settings.replay_slices)
+    if old and not active.supports_replay():
+        logger.warning("%r carries learning code without replay; learning without the replay buffer", active)
+        old = []
+    candidate = active.learn(
+        image, labels, spacing, slices=learn_zs, replay=old or None, overrides=overrides, progress=progress
+    )
+    hold_case = make_case("held-out", image, labels, spacing, held) if held else None
+    verdict = judge(
+        candidate,
+        active,
+        reference,
+        hold_case,
+        tolerance=settings.tolerance,
+        min_cases=settings.min_reference_cases,
+    )
+    logger.info("learning step: %s", verdict.reason)
+    return StepResult(candidate, verdict, learn_zs, held, sum(len(c[0]) for c in old))
+
+
+def admit(
+    key: str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    labelled: Sequence[int],
+    reference: Sequence[SiteCase],
+    replay: Sequence[SiteCase],
+    settings: GuardSettings,
+) -> tuple[str, SiteCase]:
+    """The role and the kept slices of a newly approved series (after its learning step)."""
+    role = role_for(len(reference), len(replay), settings.min_reference_cases)
+    return role, make_case(key, image, labels, spacing, spread(labelled, settings.case_slices))
