@@ -2,7 +2,7 @@
 
 Start from the PD-pretrained leg model of the zoo. The 25 subjects of group A (cohort ``learning_a_t1_leg``,
 imaged by the ``site_b`` scanner profile: another scanner, realistic muscle) are processed in turn through
-the node's own guarded learning (:mod:`dicom_node.guard`): the "radiologist" corrects slices to
+the node's own guarded learning (:mod:`dicom_node.work.guard`): the "radiologist" corrects slices to
 the ground truth (12 slices), a learning step with replay makes a candidate, and the candidate becomes the next
 generation only if it is not worse on the site's reference set (earlier approved subjects of A, never the
 one just learned); otherwise the generation keeps the active model. Every generation is evaluated on all of
@@ -44,22 +44,22 @@ EVAL_SLICES = 8  # slices per subject the Dice is measured on
 
 def spread_slices(ph: Any, n: int) -> list[int]:
     """``n`` slices evenly spread over the labelled slices of a phantom."""
-    from dicom_node.guard import spread
-    from dicom_node.learning_jobs import labelled_slice_indices
+    from dicom_node.work.guard import spread
+    from dicom_node.work.learning_jobs import labelled_slice_indices
 
     return spread(labelled_slice_indices(ph.labels), n)
 
 
 def eval_case(ph: Any) -> Any:
     """The evaluation slices of one subject as a site case (image, labels, spacing)."""
-    from dicom_node.guard import make_case
+    from dicom_node.work.guard import make_case
 
     return make_case(f"seed:{ph.spec.seed}", ph.image, ph.labels, ph.spacing, spread_slices(ph, EVAL_SLICES))
 
 
 def evaluate(pkg: Any, cases: list[Any]) -> list[float]:
     """Overall Dice (the paper's voxel-weighted mean) of ``pkg`` on each subject's evaluation slices."""
-    from dicom_node.review import dice_scores
+    from dicom_node.work.review import dice_scores
 
     out = []
     for case in cases:
@@ -148,7 +148,7 @@ def run(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """One run of the experiment: Dice per generation on both groups, verdicts and step timings."""
-    from dicom_node.guard import GuardSettings, admit, guarded_step
+    from dicom_node.work.guard import GuardSettings, admit, guarded_step
     from models.zoo import load_default
 
     settings = GuardSettings() if replay else GuardSettings(replay_slices=0)
