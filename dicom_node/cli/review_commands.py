@@ -65,7 +65,15 @@ def _show_state(state: dict[str, Any]) -> None:
         f"federation v{state['federation_version']}){' PINNED' if state['pinned'] else ''}"
     )
     for rev in state["revisions"]:
-        typer.echo(f"  r{rev['revision']:<4} v{rev['package_version']:<4} {rev['source']:<10} {rev['note'] or ''}")
+        verdict = {"accepted": "", "rejected": "REJECTED "}.get(rev.get("verdict") or "", "")
+        typer.echo(
+            f"  r{rev['revision']:<4} v{rev['package_version']:<4} {rev['source']:<10} {verdict}{rev['note'] or ''}"
+        )
+        if rev.get("verdict_reason"):
+            typer.echo(f"        {rev['verdict_reason']}")
+    if "site_cases" in state:
+        kept = state["site_cases"]
+        typer.echo(f"  kept on site: {kept['reference']} reference series, {kept['replay']} replay series")
 
 
 def pin(
@@ -88,8 +96,16 @@ def rollback(name: str = typer.Argument(...), revision: int = typer.Argument(...
 
 
 def revisions(name: str = typer.Argument(...), config: Path = _CONFIG) -> None:
-    """The node's revisions of a model and which one is active."""
-    _run_registry(lambda reg: reg.state(name), config)
+    """The node's revisions of a model, which one is active, each learned revision's verdict on the
+    reference set, and how many approved series are kept for guarded learning."""
+    from dicom_node.work.site_cases import SiteCaseStore
+
+    def show(reg: Any) -> dict[str, Any]:
+        state: dict[str, Any] = reg.state(name)
+        state["site_cases"] = SiteCaseStore(reg.engine, reg.models_dir).counts(name)
+        return state
+
+    _run_registry(show, config)
 
 
 def _run_registry(action: Any, config: Path) -> None:

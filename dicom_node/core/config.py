@@ -190,6 +190,34 @@ class SegmentationSection(_Strict):
     )
 
 
+class LearningSection(_Strict):
+    """Guarded local learning: the reference set a new revision must not be worse on, and the replay buffer."""
+
+    guard: bool = Field(
+        True, description="validate each learned revision on the reference set before it becomes active"
+    )
+    tolerance: float = Field(
+        0.005, ge=0.0, le=0.2, description="how much lower a candidate's Dice may be and still become active"
+    )
+    min_reference_cases: int = Field(
+        3, ge=1, le=50, description="below this many reference series, the cautious fallback (held-out slices)"
+    )
+    reference_cases: int = Field(5, ge=1, le=50, description="approved series kept in the reference set")
+    replay_cases: int = Field(8, ge=0, le=100, description="approved series kept in the replay buffer")
+    case_slices: int = Field(6, ge=1, le=64, description="labelled slices kept per series")
+    replay_slices: int = Field(10, ge=0, le=200, description="replayed slices mixed into one learning step")
+    holdout_every: int = Field(4, ge=2, le=20, description="fallback: every n-th labelled slice is held out")
+
+    @model_validator(mode="after")
+    def _reference_holds_minimum(self) -> LearningSection:
+        if self.min_reference_cases > self.reference_cases:
+            raise ValueError(
+                f"min_reference_cases ({self.min_reference_cases}) exceeds reference_cases "
+                f"({self.reference_cases}): the fallback would never end"
+            )
+        return self
+
+
 def _yaml_source(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
@@ -217,6 +245,7 @@ class NodeConfig(BaseSettings):
     retention: RetentionSection = RetentionSection()
     jobs: JobsSection = JobsSection()
     segmentation: SegmentationSection = SegmentationSection()
+    learning: LearningSection = LearningSection()
 
     @classmethod
     def settings_customise_sources(

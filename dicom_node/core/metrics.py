@@ -95,8 +95,20 @@ class NodeMetrics:
         # Learning and federation
         self.learning_runs = Counter(
             "laurel_learning_runs",
-            "Incremental learning runs by model and outcome",
+            "Incremental learning runs by model and outcome (accepted, rejected by the guard, skipped)",
             ["model", "outcome"],
+            registry=r,
+        )
+        self.learning_reference_dice = Gauge(
+            "laurel_learning_reference_dice",
+            "Dice on the site's reference set at the last guarded step, of the candidate and the active revision",
+            ["model", "revision"],
+            registry=r,
+        )
+        self.learning_site_cases = Gauge(
+            "laurel_learning_site_cases",
+            "Approved series kept on site for guarded learning, by role (reference, replay)",
+            ["model", "role"],
             registry=r,
         )
         self.learning_seconds = Histogram(

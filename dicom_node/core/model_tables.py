@@ -1,11 +1,12 @@
-"""The model registry's tables: every package revision the node may apply, and each model's state."""
+"""The model registry's tables: every package revision the node may apply, each model's state, and the
+approved series kept on site for guarded learning (reference set and replay buffer)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import DateTime, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dicom_node.core.db import Base, utcnow
@@ -32,6 +33,11 @@ class ModelRevision(Base):
     note: Mapped[str | None] = mapped_column(Text)
     source_key: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    #: Guarded learning (local revisions): ``accepted`` or ``rejected`` on the reference set, and why.
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    verdict_reason: Mapped[str | None] = mapped_column(Text)
+    reference_dice: Mapped[float | None] = mapped_column(Float)
+    active_reference_dice: Mapped[float | None] = mapped_column(Float)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
@@ -45,6 +51,10 @@ class ModelRevision(Base):
             "sha256": self.sha256,
             "note": self.note,
             "created_at": self.created_at.isoformat() + "Z",
+            "verdict": self.verdict,
+            "verdict_reason": self.verdict_reason,
+            "reference_dice": self.reference_dice,
+            "active_reference_dice": self.active_reference_dice,
         }
 
 
@@ -59,3 +69,36 @@ class ModelState(Base):
     lease_job_id: Mapped[int | None] = mapped_column(Integer)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class SiteCaseRecord(Base):
+    """Labelled slices of one approved series kept on site: a reference case or a replay case of a model.
+
+    The slices live in ``path`` (an ``.npz`` relative to the model registry folder, written before the row);
+    ``source_key`` is the approval (``approval:<SEG SOP Instance UID>``) the series was learned from.
+    """
+
+    __tablename__ = "site_case"
+    __table_args__ = (
+        UniqueConstraint("model", "source_key", name="uq_site_case_model_source_key"),
+        Index("ix_site_case_model_role", "model", "role"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(64))
+    source_key: Mapped[str] = mapped_column(String(255))
+    series_id: Mapped[int | None] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)
+    n_slices: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view."""
+        return {
+            "role": self.role,
+            "source_key": self.source_key,
+            "series_id": self.series_id,
+            "n_slices": self.n_slices,
+            "created_at": self.created_at.isoformat() + "Z",
+        }

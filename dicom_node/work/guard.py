@@ -111,7 +111,10 @@ def holdout(labelled: Sequence[int], every: int, min_learning: int) -> tuple[lis
     return learn, held
 
 
-def replay_cases(buffer: Sequence[SiteCase], n_slices: int) -> list[tuple[np.ndarray, np.ndarray, tuple[float, ...]]]:
+Stack = tuple[np.ndarray, np.ndarray, tuple[float, float, float]]
+
+
+def replay_cases(buffer: Sequence[SiteCase], n_slices: int) -> list[Stack]:
     """Up to ``n_slices`` replay slices shared round-robin over the buffer's series (newest first), each
     series' share evenly spread over its slices."""
     counts = [0] * len(buffer)
@@ -201,9 +204,13 @@ def guarded_step(
     *,
     overrides: dict[str, Any] | None = None,
     progress: Callable[[float], None] | None = None,
+    validate: bool = True,
 ) -> StepResult:
-    """Learn a candidate from an approved series (with replay) and judge it against ``active``."""
-    fallback = len(reference) < settings.min_reference_cases
+    """Learn a candidate from an approved series (with replay) and judge it against ``active``.
+
+    With ``validate=False`` (the guard switched off) nothing is held out and the candidate is accepted
+    unjudged."""
+    fallback = validate and len(reference) < settings.min_reference_cases
     learn_zs, held = (
         holdout(labelled, settings.holdout_every, settings.min_learning_slices) if fallback else (list(labelled), [])
     )
@@ -214,6 +221,9 @@ def guarded_step(
     candidate = active.learn(
         image, labels, spacing, slices=learn_zs, replay=old or None, overrides=overrides, progress=progress
     )
+    if not validate:
+        verdict = Verdict(True, "accepted unvalidated: the guard is switched off", None, None, 0, 0)
+        return StepResult(candidate, verdict, learn_zs, held, sum(len(c[0]) for c in old))
     hold_case = make_case("held-out", image, labels, spacing, held) if held else None
     verdict = judge(
         candidate,

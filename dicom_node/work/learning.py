@@ -48,11 +48,14 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
     from sqlalchemy import Engine
 
+    from dicom_node.work.guard import Verdict
     from models.package import ModelPackage
 
 logger = logging.getLogger(__name__)
 
 SOURCES = ("zoo", "federation", "local")
+ACCEPTED = "accepted"
+REJECTED = "rejected"
 
 
 class RegistryError(ValueError):
@@ -287,13 +290,15 @@ class ModelRegistry:
         payload: bytes | None = None,
         source_key: str | None = None,
         on_record: Callable[[Session, ModelRevision], None] | None = None,
+        verdict: Verdict | None = None,
     ) -> ModelRevision:
-        """Store a new revision; it becomes active unless the model is pinned.
+        """Store a new revision; it becomes active unless the model is pinned or ``verdict`` rejects it.
 
         ``payload`` is the signed package as received (federation); local packages are signed here
         with the node's key. With ``source_key``, a revision that already recorded it is returned instead
-        (nothing is added). ``on_record(session, revision)`` runs in the transaction that records the
-        revision (e.g. to queue its upload), so both happen or neither.
+        (nothing is added). ``verdict`` (guarded learning) is recorded with the revision: a rejected
+        candidate is kept, with its reason, but never activated. ``on_record(session, revision)`` runs in
+        the transaction that records the revision (e.g. to queue its upload), so both happen or neither.
         """
         from models.package import dumps
         from models.signing import sign
@@ -302,7 +307,14 @@ class ModelRegistry:
             raise RegistryError(f"unknown revision source {source!r}")
         data = payload if payload is not None else sign(dumps(pkg), self._node_key)
         return self._record(
-            pkg, data, source=source, parent=parent_revision, note=note, source_key=source_key, on_record=on_record
+            pkg,
+            data,
+            source=source,
+            parent=parent_revision,
+            note=note,
+            source_key=source_key,
+            on_record=on_record,
+            verdict=verdict,
         )
 
     def _record(
@@ -315,6 +327,7 @@ class ModelRegistry:
         note: str | None,
         source_key: str | None,
         on_record: Callable[[Session, ModelRevision], None] | None = None,
+        verdict: Verdict | None = None,
     ) -> ModelRevision:
         name = pkg.name
         if source_key is not None:
@@ -326,6 +339,8 @@ class ModelRegistry:
             try:
                 with session_scope(self.engine) as s:
                     rev, activated = self._insert(s, pkg, relative, digest, source, parent, note, source_key)
+                    if verdict is not None:
+                        activated = self._apply_verdict(s, rev, verdict, activated)
                     if on_record is not None:
                         on_record(s, rev)
                 break
@@ -339,15 +354,22 @@ class ModelRegistry:
             raise RegistryError(f"could not record a new revision of {name}: the registry is too busy")
         with self._lock:
             self._cache[(name, rev.revision, digest)] = pkg
-        logger.info(
-            "model %s: revision %d (v%d, %s)%s",
-            name,
-            rev.revision,
-            pkg.version,
-            source,
-            "" if activated else " stored; the model is pinned",
-        )
+        why = "" if activated else (" kept as a rejected candidate" if rev.verdict == REJECTED else " stored; pinned")
+        logger.info("model %s: revision %d (v%d, %s)%s", name, rev.revision, pkg.version, source, why)
         return rev
+
+    def _apply_verdict(self, s: Session, rev: ModelRevision, verdict: Verdict, activated: bool) -> bool:
+        """Record the guard's verdict on ``rev``; a rejected revision leaves the active one as it was."""
+        rev.verdict = ACCEPTED if verdict.accepted else REJECTED
+        rev.verdict_reason = verdict.reason
+        rev.reference_dice = verdict.candidate_dice
+        rev.active_reference_dice = verdict.active_dice
+        if not verdict.accepted and activated:
+            st = s.get(ModelState, rev.name)
+            assert st is not None and rev.parent_revision is not None
+            st.active_revision = rev.parent_revision
+            return False
+        return activated
 
     def _insert(
         self,
@@ -403,13 +425,17 @@ class ModelRegistry:
         return self.state(name)
 
     def unpin(self, name: str) -> dict[str, Any]:
-        """Let new revisions become active again (the newest one is activated)."""
+        """Let new revisions become active again (the newest one that was not rejected is activated)."""
         self.ensure(name)
         with session_scope(self.engine) as s:
             st = s.get(ModelState, name)
             assert st is not None
             st.pinned = False
-            newest = s.scalar(select(func.max(ModelRevision.revision)).where(ModelRevision.name == name))
+            newest = s.scalar(
+                select(func.max(ModelRevision.revision)).where(
+                    ModelRevision.name == name, or_(ModelRevision.verdict.is_(None), ModelRevision.verdict != REJECTED)
+                )
+            )
             st.active_revision = int(newest or st.active_revision)
         return self.state(name)
 

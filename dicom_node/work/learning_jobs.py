@@ -1,8 +1,12 @@
 """The jobs that make a node learn and share: ``learn``, ``upload`` and ``sync``.
 
-- ``learn`` {series_id, approval}: incremental learning of the series' model on the approved labels (only
-  slices that carry labels, at least ``segmentation.min_learning_slices``), stored as a new local revision;
-  queues an ``upload`` (in the same transaction) when a federation is configured. **Exactly once per
+- ``learn`` {series_id, approval}: *guarded* incremental learning of the series' model on the approved labels
+  (only slices that carry labels, at least ``segmentation.min_learning_slices``), with replayed slices of
+  earlier approvals (:mod:`dicom_node.work.guard`). The candidate is stored as a new local revision with its
+  verdict on the site's reference set: active when it is not worse there (beyond ``learning.tolerance``),
+  else kept as a rejected candidate with the reason. The approval's slices join the reference set or the
+  replay buffer in the same transaction; an ``upload`` is queued with it only for an accepted revision (and
+  a configured federation). **Exactly once per
   approval**: the approval (the approved SEG's SOP Instance UID) is the revision's ``source_key``, checked
   before training and again, by a unique index, when the revision is recorded. Learning jobs of one model
   run one at a time (the model's lease) and each starts from the active revision *at the time it holds the
@@ -33,7 +37,8 @@ from dicom_node.core.db import Job, Series, session_scope
 from dicom_node.core.jobs import JobContext, JobDeferred, fault_point
 from dicom_node.core.model_tables import ModelRevision
 from dicom_node.core.review_tables import SeriesResult
-from dicom_node.work.learning import RegistryError
+from dicom_node.work.guard import REFERENCE, REPLAY, GuardSettings, SiteCase, StepResult, admit, guarded_step
+from dicom_node.work.learning import REJECTED, RegistryError
 from dicom_node.work.pipeline import load_npy
 from dicom_node.work.review import dice_scores
 from dicom_node.work.services import NodeServices
@@ -95,35 +100,53 @@ def learn(services: NodeServices, payload: dict[str, Any], ctx: JobContext) -> d
         rev, pkg = services.registry.active(model_name)  # the newest, now that nobody else changes it
         started = time.perf_counter()
         before = pkg.apply(volume.array, volume.spacing)
-        learned = pkg.learn(volume.array, labels, volume.spacing, slices=labelled)
-        elapsed = time.perf_counter() - started
         values = sorted(int(lab["value"]) for lab in pkg.labels)
         local_dice = dice_scores(labels, before, values)["overall"] or 0.0
+        step, role, case, case_path = _guarded_step(services, model_name, pkg, volume, labels, labelled, source_key)
+        elapsed = time.perf_counter() - started
+        verdict = step.verdict
         fault_point("learn.before_record", ctx)
         upload_job: list[int] = []
+        limits = {REFERENCE: services.config.learning.reference_cases, REPLAY: services.config.learning.replay_cases}
 
-        def queue_upload(s: Session, new: ModelRevision) -> None:
-            if services.config.federation is not None:
-                upload_job.append(_queue_upload(services, s, new, len(labelled), local_dice))
+        def on_record(s: Session, new: ModelRevision) -> None:
+            services.site_cases.record(s, model_name, role, case, case_path, series_id, limits[role])
+            if services.config.federation is not None and verdict.accepted:
+                upload_job.append(_queue_upload(services, s, new, len(step.learned), local_dice))
 
         new_rev = services.registry.add(
-            learned,
+            step.candidate,
             source="local",
             parent_revision=rev.revision,
-            note=f"learned from series {series_id} ({len(labelled)} slices, Dice before {local_dice:.3f})",
+            note=f"learned from series {series_id} ({len(step.learned)} slices, Dice before {local_dice:.3f})",
             source_key=source_key,
-            on_record=queue_upload,
+            on_record=on_record,
+            verdict=verdict if services.config.learning.guard else None,
         )
         fault_point("learn.after_record", ctx)
     finally:
         services.registry.release_lease(model_name, ctx.job_id)
-    services.metrics.learning_runs.labels(model=model_name, outcome="ok").inc()
+    services.site_cases.prune(model_name)
+    outcome = "accepted" if verdict.accepted else "rejected"
+    services.metrics.learning_runs.labels(model=model_name, outcome=outcome).inc()
     services.metrics.learning_seconds.labels(model=model_name).observe(elapsed)
+    if verdict.candidate_dice is not None and verdict.active_dice is not None:
+        services.metrics.learning_reference_dice.labels(model=model_name, revision="candidate").set(
+            verdict.candidate_dice
+        )
+        services.metrics.learning_reference_dice.labels(model=model_name, revision="active").set(verdict.active_dice)
+    for kept_role, n in services.site_cases.counts(model_name).items():
+        services.metrics.learning_site_cases.labels(model=model_name, role=kept_role).set(n)
     out: dict[str, Any] = {
         "model": model_name,
         "revision": new_rev.revision,
         "parent_revision": rev.revision,
-        "slices": len(labelled),
+        "activated": verdict.accepted,
+        "verdict": verdict.reason,
+        "slices": len(step.learned),
+        "held_out_slices": len(step.held_out),
+        "replayed_slices": step.replayed,
+        "kept_as": role,
         "local_dice": local_dice,
         "seconds": round(elapsed, 2),
     }
@@ -132,10 +155,54 @@ def learn(services: NodeServices, payload: dict[str, Any], ctx: JobContext) -> d
     return out
 
 
+def guard_settings(services: NodeServices) -> GuardSettings:
+    """The node's guarded-learning settings (``learning`` and ``segmentation.min_learning_slices``)."""
+    cfg = services.config.learning
+    return GuardSettings(
+        tolerance=cfg.tolerance,
+        min_reference_cases=cfg.min_reference_cases,
+        reference_cases=cfg.reference_cases,
+        replay_cases=cfg.replay_cases,
+        case_slices=cfg.case_slices,
+        replay_slices=cfg.replay_slices,
+        holdout_every=cfg.holdout_every,
+        min_learning_slices=services.config.segmentation.min_learning_slices,
+    )
+
+
+def _guarded_step(
+    services: NodeServices,
+    model_name: str,
+    pkg: Any,
+    volume: Any,
+    labels: np.ndarray,
+    labelled: list[int],
+    source_key: str,
+) -> tuple[StepResult, str, SiteCase, str]:
+    """Learn a candidate (with replay), judge it on the reference set, and keep the approval's slices."""
+    settings = guard_settings(services)
+    store = services.site_cases
+    reference = store.cases(model_name, REFERENCE)
+    replay = store.cases(model_name, REPLAY)
+    step = guarded_step(
+        pkg,
+        volume.array,
+        labels,
+        volume.spacing,
+        labelled,
+        reference,
+        replay,
+        settings,
+        validate=services.config.learning.guard,
+    )
+    role, case = admit(source_key, volume.array, labels, volume.spacing, labelled, reference, replay, settings)
+    return step, role, case, store.write(model_name, case)
+
+
 def _already_learned(services: NodeServices, rev: ModelRevision) -> dict[str, Any]:
     """The approval was learned already (a re-run after a crash): make sure its upload is queued."""
     out: dict[str, Any] = {"model": rev.name, "revision": rev.revision, "already_learned": True}
-    if services.config.federation is not None:
+    if services.config.federation is not None and rev.verdict != REJECTED:
         with session_scope(services.engine) as s:
             existing = s.scalar(select(Job).where(Job.dedupe_key == f"upload:{rev.name}:{rev.revision}"))
             if existing is None:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from dicom_node.core.db import Series
     from dicom_node.core.metrics import NodeMetrics
     from dicom_node.work.learning import ModelRegistry
+    from dicom_node.work.site_cases import SiteCaseStore
     from federation.client import FederationClient
 
 
@@ -27,6 +28,13 @@ class NodeServices:
     metrics: NodeMetrics
     registry: ModelRegistry
     federation: FederationClient | None = None
+
+    @property
+    def site_cases(self) -> SiteCaseStore:
+        """The approved series kept on site for guarded learning (beside the model registry)."""
+        from dicom_node.work.site_cases import SiteCaseStore
+
+        return SiteCaseStore(self.engine, self.registry.models_dir)
 
     @property
     def derived_dir(self) -> Path:

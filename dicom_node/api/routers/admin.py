@@ -62,8 +62,9 @@ def list_models(services: Services, _operator: Operator) -> dict[str, Any]:
 
 @router.get("/models/{name}", tags=["models"])
 def model(name: str, services: Services, _operator: Operator) -> dict[str, Any]:
-    """A model's revisions, the active one and whether it is pinned."""
-    return services.registry.state(name)
+    """A model's revisions (with each learned revision's verdict on the reference set), the active one,
+    whether it is pinned, and the approved series kept on site for guarded learning."""
+    return {**services.registry.state(name), "site_cases": services.site_cases.listing(name)}
 
 
 @router.post("/models/{name}/pin", tags=["models"])
