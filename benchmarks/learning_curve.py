@@ -29,6 +29,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,27 +138,22 @@ def plot(dice_a: np.ndarray, dice_b: np.ndarray, stats: dict[str, Any], path: Pa
     plt.close(fig)
 
 
-def phantoms(cohort_name: str, n: int, cache_dir: Path | None) -> list[Any]:
+@dataclass(frozen=True)
+class Subject:
+    """One SYNTHETIC subject of the experiment: its spec, image, ground truth and spacing."""
+
+    spec: Any
+    image: np.ndarray
+    labels: np.ndarray
+    spacing: tuple[float, float, float]
+
+
+def phantoms(cohort_name: str, n: int, cache_dir: Path | None) -> list[Subject]:
     """The cohort's SYNTHETIC phantoms, generated (or read back from ``cache_dir``, keyed by the spec)."""
-    import hashlib
-    import pickle
+    from models.phantom import cohort
+    from models.zoo.build import phantom_case
 
-    from models.phantom import cohort, generate
-
-    out = []
-    for spec in cohort(cohort_name, n):
-        path = None
-        if cache_dir is not None:
-            path = cache_dir / f"{hashlib.sha256(repr(spec.key()).encode()).hexdigest()[:24]}.pkl"
-            if path.exists():
-                out.append(pickle.loads(path.read_bytes()))  # noqa: S301 - our own cache
-                continue
-        ph = generate(spec)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(pickle.dumps(ph))
-        out.append(ph)
-    return out
+    return [Subject(spec, *phantom_case(spec, cache_dir)) for spec in cohort(cohort_name, n)]
 
 
 def run(
