@@ -89,3 +89,12 @@ def test_cli_exits_nonzero_on_bad_config(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "node.port" in proc.stderr
+
+
+def test_learning_guard_settings_are_validated() -> None:
+    cfg = NodeConfig.load(REPO / "config" / "node.yaml")
+    assert cfg.learning.guard and cfg.learning.tolerance == 0.005
+    with pytest.raises(ConfigError, match=r"min_reference_cases \(6\) exceeds reference_cases"):
+        NodeConfig.load(None, learning={"min_reference_cases": 6, "reference_cases": 5})
+    with pytest.raises(ConfigError, match=r"learning\.tolerance"):
+        NodeConfig.load(None, learning={"tolerance": -0.1})
