@@ -144,6 +144,30 @@ def render_fat(out: Path) -> Path:
     return path
 
 
+def render_scanner(out: Path) -> Path:
+    """The same leg on T1, default phantom and the ``site_b`` scanner profile (the learning experiment's)."""
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for scanner in (None, "site_b"):
+        ph = generate(PhantomSpec("leg", "t1", SEEDS["leg"], n_slices=30, matrix=432, scanner=scanner))
+        k = _slice_at(ph, LEVEL["leg"])
+        rows, cols = _crop(ph, k)
+        img = ph.image[k][rows, cols]
+        panels.append(img / float(np.percentile(img, 99.5)))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 13 * panels[0].shape[0] / panels[0].shape[1] / 2 + 0.3), dpi=90)
+    titles = ("default phantom", "site_b scanner profile: faint fascia, fat streaks, partial volume, bias, noise")
+    for ax, img, title in zip(axes, panels, titles, strict=True):
+        ax.imshow(img, cmap="gray", vmin=0, vmax=1.0, interpolation="nearest")
+        _stamp(ax, f"leg T1 · {title}")
+        _orientation(ax)
+    fig.subplots_adjust(0, 0, 1, 1, wspace=0.01)
+    path = out / "phantom_leg_t1_site_b.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     import matplotlib
 
@@ -155,6 +179,7 @@ def main() -> None:
     written = [render_contrast(r, c, args.out) for r in ("leg", "thigh") for c in ("pd", "t1", "t2fs")]
     written += [render_labels(r, args.out) for r in ("leg", "thigh")]
     written.append(render_fat(args.out))
+    written.append(render_scanner(args.out))
     for p in written:
         print(f"wrote {p}")
 

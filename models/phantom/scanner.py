@@ -2,7 +2,8 @@
 
 The default phantom draws every fascia as a bright line and muscle as nearly uniform tissue, which makes
 it easy to segment. A :class:`ScannerProfile` (named by ``PhantomSpec.scanner``) changes what a second
-site would see, without touching the anatomy or the labels of a seed:
+site would see of the same subject (anatomy drawn from the seed; muscle borders move a little because the
+wavy fascia planes are drawn on the finer through-slice sampling):
 
 - fascia barely visible (their fat fraction scaled down),
 - intramuscular fat streaks and a coarser, stronger muscle texture (marbling),

@@ -54,6 +54,16 @@ def test_dciodvfy_accepts_one_sided_series(tmp_path: Path, limbs: str) -> None:
             assert errors == [], f"{path.name}: {errors}"
 
 
+@needs_dciodvfy
+def test_dciodvfy_accepts_the_site_b_scanner_profile(tmp_path: Path) -> None:
+    ph = generate(PhantomSpec("leg", "t1", 31, n_slices=3, matrix=256, scanner="site_b"))
+    assert ph.acquisition["ReceiveCoilName"] == "SYNTH_FLEX_4CH"
+    for enhanced in (False, True):
+        for path in write_series(ph, tmp_path / str(enhanced), enhanced=enhanced):
+            errors, warnings = dciodvfy(path)
+            assert errors == [] and warnings == [], f"{path.name}: {errors} {warnings}"
+
+
 def _expected_geometry(ph: Phantom) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
     dz, dy, dx = ph.spacing
     return (dx, dy, dz), ph.origin, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
