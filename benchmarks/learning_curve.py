@@ -183,8 +183,12 @@ def run(
     steps: list[dict[str, Any]] = []
     for gen in range(n_gen + 1):
         t = time.perf_counter()
-        dice_a.append(evaluate(pkg, eval_a))
-        dice_b.append(evaluate(pkg, eval_b))
+        if gen > 0 and not steps[-1]["accepted"]:  # the model did not change: the same Dice, not recomputed
+            dice_a.append(list(dice_a[-1]))
+            dice_b.append(list(dice_b[-1]))
+        else:
+            dice_a.append(evaluate(pkg, eval_a))
+            dice_b.append(evaluate(pkg, eval_b))
         if not quiet:
             print(
                 f"generation {gen:2d}: median Dice A {np.median(dice_a[-1]):.3f}  B {np.median(dice_b[-1]):.3f}"
