@@ -570,6 +570,10 @@ def node_settings(
         "routing": list(routing or []),
         "api": {"enabled": False},
         "jobs": {"workers": 1, "poll_seconds": 0.05, "backoff_base_seconds": 0.1, "backoff_max_seconds": 0.5},
+        # These nodes approve drafts as they are, which no learned candidate can beat on the held-out slices
+        # (the active model is perfect on its own draft): the guard is off unless a test turns it on.
+        # Guarded learning is tested in tests/unit/test_guarded_learning.py.
+        "learning": {"guard": False},
     }
     settings.update(sections)
     return settings
