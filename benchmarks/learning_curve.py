@@ -309,7 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         return compare(group_a, group_b, n_gen, args.out or results / "learning_step_compare.json")
     overrides = {k: v for k, v in (("learning_rate", args.learning_rate), ("epochs", args.epochs)) if v is not None}
-    res = run(group_a, group_b, n_gen, guard=not args.no_guard, replay=not args.no_replay, overrides=overrides or None)
+    res = run(
+        group_a,
+        group_b,
+        n_gen,
+        guard=not args.no_guard,
+        replay=not args.no_replay,
+        overrides=overrides or None,
+        checkpoint=args.checkpoint,
+    )
     a, b = res["dice_a"], res["dice_b"]
     learn_seconds = [s["learn_seconds"] for s in res["steps"] if s["learn_seconds"] is not None]
     stats = {"A": mixed_model(a), "B": mixed_model(b)}
