@@ -18,6 +18,8 @@ a significant positive slope on both groups (p < 0.001), no generation whose med
     nice -n 5 .venv/bin/python benchmarks/learning_curve.py          # the full experiment (~30-60 min, 2 cores)
     .venv/bin/python benchmarks/learning_curve.py --generations 3 --subjects-a 3 --subjects-b 2 --out /tmp/q.json
     .venv/bin/python benchmarks/learning_curve.py --compare          # learning rate × epochs × replay, short runs
+    ... --cache-dir /tmp/phantoms --checkpoint /tmp/run.json        # keep phantoms; per-generation checkpoint
+    .venv/bin/python benchmarks/learning_curve.py --from-checkpoint /tmp/run.json   # statistics of a cut run
 
 Writes ``benchmarks/results/learning_curve.json`` and ``docs/img/learning_curve.png`` (``--compare``:
 ``benchmarks/results/learning_step_compare.json``).
@@ -294,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", action="store_true", help="compare learning step settings (short runs)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep generated phantoms here")
     parser.add_argument("--checkpoint", type=Path, default=None, help="partial results after every generation")
+    parser.add_argument("--from-checkpoint", type=Path, default=None, help="summarise a checkpoint, run nothing")
     args = parser.parse_args(argv)
+    results = REPO / "benchmarks" / "results"
+    if args.from_checkpoint is not None:
+        return from_checkpoint(args.from_checkpoint, args.out or results / "learning_curve.json", args.plot)
 
     t0 = time.perf_counter()
     group_a = phantoms("learning_a_t1_leg", args.subjects_a, args.cache_dir)
@@ -305,7 +311,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.perf_counter() - t0:.1f} s; {n_gen} generations",
         flush=True,
     )
-    results = REPO / "benchmarks" / "results"
     if args.compare:
         return compare(group_a, group_b, n_gen, args.out or results / "learning_step_compare.json")
     overrides = {k: v for k, v in (("learning_rate", args.learning_rate), ("epochs", args.epochs)) if v is not None}
@@ -318,20 +323,36 @@ def main(argv: list[str] | None = None) -> int:
         overrides=overrides or None,
         checkpoint=args.checkpoint,
     )
-    a, b = res["dice_a"], res["dice_b"]
-    learn_seconds = [s["learn_seconds"] for s in res["steps"] if s["learn_seconds"] is not None]
+    learning = {
+        "guard": not args.no_guard,
+        "replay": not args.no_replay,
+        "overrides": overrides,
+        "corrected_slices": CORRECTED_SLICES,
+        "eval_slices": EVAL_SLICES,
+    }
+    return summarise(
+        res["dice_a"], res["dice_b"], res["steps"], learning, args.out or results / "learning_curve.json", args.plot, t0
+    )
+
+
+def summarise(
+    a: np.ndarray,
+    b: np.ndarray,
+    steps: list[dict[str, Any]],
+    learning: dict[str, Any],
+    out: Path,
+    plot_path: Path,
+    t0: float | None = None,
+) -> int:
+    """Statistics, targets, the result file and the plot of a run (or of a checkpoint of one)."""
+    n_gen = a.shape[0] - 1
+    learn_seconds = [s["learn_seconds"] for s in steps if s["learn_seconds"] is not None]
     stats = {"A": mixed_model(a), "B": mixed_model(b)}
     med_b = np.median(b, axis=1)
     result = {
         "data": "SYNTHETIC T1 leg phantoms, site_b scanner profile (cohorts learning_a_t1_leg, learning_b_t1_leg)",
         "start_model": "zoo leg (PD-pretrained)",
-        "learning": {
-            "guard": not args.no_guard,
-            "replay": not args.no_replay,
-            "overrides": overrides,
-            "corrected_slices": CORRECTED_SLICES,
-            "eval_slices": EVAL_SLICES,
-        },
+        "learning": learning,
         "generations": n_gen,
         "dice_a": a.round(5).tolist(),
         "dice_b": b.round(5).tolist(),
@@ -339,16 +360,15 @@ def main(argv: list[str] | None = None) -> int:
         "median_b": {"first": float(med_b[0]), "last": float(med_b[-1]), "per_generation": med_b.round(4).tolist()},
         "worst_drop_b": worst_drop(b),
         "mixed_model": stats,
-        "steps": res["steps"],
-        "accepted": sum(1 for s in res["steps"] if s["accepted"]),
+        "steps": steps,
+        "accepted": sum(1 for s in steps if s["accepted"]),
         "learn_seconds_median": float(np.median(learn_seconds)) if learn_seconds else None,
-        "wall_seconds": time.perf_counter() - t0,
+        "wall_seconds": time.perf_counter() - t0 if t0 is not None else None,
         "reference": {"dafne_slope_a": 0.009, "dafne_slope_b": 0.007, "dafne_median": [0.66, 0.73]},
     }
-    out = args.out or results / "learning_curve.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    plot(a, b, stats, args.plot)
+    plot(a, b, stats, plot_path)
     for name in ("A", "B"):
         s = stats[name]
         med = result[f"median_{name.lower()}"]
@@ -367,8 +387,18 @@ def main(argv: list[str] | None = None) -> int:
         f"worst generation-to-generation drop of median B {result['worst_drop_b']:.4f}; "
         f"{result['accepted']}/{n_gen} candidates activated"
     )
-    print(f"wrote {out} and {args.plot} ({result['wall_seconds']:.0f} s)")
+    print(f"wrote {out} and {plot_path}")
     return 0
+
+
+def from_checkpoint(path: Path, out: Path, plot_path: Path) -> int:
+    """Summarise the generations a checkpoint holds (a run cut short)."""
+    data = json.loads(path.read_text())
+    n = min(len(data["dice_a"]), len(data["dice_b"]))
+    learning = {"guard": True, "replay": True, "overrides": {}, "corrected_slices": CORRECTED_SLICES}
+    learning.update({"eval_slices": EVAL_SLICES, "partial": True})
+    steps = data["steps"][: n - 1]
+    return summarise(np.array(data["dice_a"][:n]), np.array(data["dice_b"][:n]), steps, learning, out, plot_path)
 
 
 if __name__ == "__main__":
