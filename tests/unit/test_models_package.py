@@ -165,6 +165,31 @@ def test_learn_makes_a_child_version_using_every_slice() -> None:
         pkg.learn(vol, lab, SPACING, slices=[0, 1, 2, 3])
 
 
+def test_learn_with_replay_mixes_earlier_slices_and_old_code_refuses_it() -> None:
+    vol, lab = synthetic_limbs(n_slices=6, seed=3)
+    old_vol, old_lab = synthetic_limbs(n_slices=3, seed=4)
+    pkg = tiny_package()
+    assert pkg.supports_replay()
+    calls: list[float] = []
+    child = pkg.learn(
+        vol, lab, SPACING, replay=[(old_vol, old_lab, SPACING)], overrides={"epochs": 2}, progress=calls.append
+    )
+    record = child.metadata["history"][-1]
+    assert record["slices"] == 6 and record["replay_samples"] == 6  # both limbs of 3 replayed slices
+    assert record["samples"] == 18 and record["epochs"] == 2
+    assert len(calls) == 2 * 4  # ceil(18 / 5) batches per epoch: the replayed slices are trained on
+    # a package whose learning code predates replay says so instead of silently ignoring it
+    training = pkg.code["models.training"]
+    old_signature = training.replace("    replay: Sequence[Case] | None = None,\n", "").replace(
+        "    overrides: Mapping[str, Any] | None = None,\n", ""
+    )
+    assert old_signature != training
+    old = pkg.with_weights(pkg.weights, code={**pkg.code, "models.training": old_signature})
+    assert not old.supports_replay()
+    with pytest.raises(PackageError, match="without replay"):
+        old.learn(vol, lab, SPACING, replay=[(old_vol, old_lab, SPACING)])
+
+
 def test_package_merges_make_new_versions() -> None:
     pkg = tiny_package()
     other = pkg.with_weights([w + 1 for w in pkg.weights])
