@@ -370,7 +370,10 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
             for s in sites:
                 st = rep.wait(f"{s.name} learned", partial(_local_revision, s), timeout=600, expected=40)
                 s.facts["local_revision"] = st
-                rep.note(f"{s.name}: new local model revision {st['revision']} (v{st['package_version']})")
+                rep.note(
+                    f"{s.name}: new local model revision {st['revision']} (v{st['package_version']}); "
+                    f"{st.get('verdict_reason') or 'not judged'}"
+                )
             for s in sites:
                 job = rep.wait(f"{s.name} upload", partial(_done_job, s, "upload"), timeout=600, expected=10)
                 s.facts["update_id"] = (job.get("result") or {}).get("update_id")
