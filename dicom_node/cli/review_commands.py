@@ -86,7 +86,7 @@ def pin(
 
 
 def unpin(name: str = typer.Argument(...), config: Path = _CONFIG) -> None:
-    """Unpin a model: the newest revision becomes active again."""
+    """Unpin a model: the newest revision that the guard did not reject becomes active again."""
     _run_registry(lambda reg: reg.unpin(name), config)
 
 

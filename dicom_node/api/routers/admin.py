@@ -77,7 +77,7 @@ def pin(name: str, body: VersionRequest, services: Services, session: DbSession,
 
 @router.post("/models/{name}/unpin", tags=["models"])
 def unpin(name: str, services: Services, session: DbSession, operator: Operator) -> dict[str, Any]:
-    """Unpin: the newest revision becomes active again."""
+    """Unpin: the newest revision that the guard did not reject becomes active again."""
     state = services.registry.unpin(name)
     session.add(AuditEvent(operator=operator, action="unpin", detail={"model": name}))
     return state
