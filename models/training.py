@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_LEARNING: dict[str, Any] = {
     "epochs": 5,
     "batch_size": 5,
-    "learning_rate": 1e-3,
+    "learning_rate": 5e-4,
     "min_slices": 5,
     "border_weight": 3.0,
     "border_width": 1,
