@@ -124,9 +124,9 @@ def learn(services: NodeServices, payload: dict[str, Any], ctx: JobContext) -> d
             verdict=verdict if services.config.learning.guard else None,
         )
         fault_point("learn.after_record", ctx)
+        services.site_cases.prune(model_name)  # under the lease: no other step is writing a case file now
     finally:
         services.registry.release_lease(model_name, ctx.job_id)
-    services.site_cases.prune(model_name)
     outcome = "accepted" if verdict.accepted else "rejected"
     services.metrics.learning_runs.labels(model=model_name, outcome=outcome).inc()
     services.metrics.learning_seconds.labels(model=model_name).observe(elapsed)
