@@ -6,7 +6,7 @@ whole ``storescu`` run (association, 500 C-STOREs, release), the same client and
 Every target receives 128 KiB PDUs and TCP_NODELAY=1. Afterwards it checks that each target really holds
 the 500 images, then prints images/s (best and median of the rounds) and the ratios of medians.
 
-* node: the Laurel DICOM spine (``dicom_node.node.Node``: SCP with its C-STORE fast path, files and their
+* node: the Laurel DICOM spine (``dicom_node.process.node.Node``: SCP with its C-STORE fast path, files and their
   folders fsync'd before Success, SQLite WAL index, completion scan, job workers) in its own process, as
   ``laurel serve`` runs it (without the segmentation workflow, which does not touch ingest);
 * DCMTK storescp: writes files, no fsync, no index;
@@ -121,8 +121,9 @@ class NodeRun:
     def count(self) -> int:
         from sqlalchemy import func, select
 
-        from dicom_node.config import NodeConfig
-        from dicom_node.db import Instance, make_engine, session_scope
+        from dicom_node.core.config import NodeConfig
+        from dicom_node.core.db import Instance, session_scope
+        from dicom_node.core.engine import make_engine
 
         engine = make_engine(NodeConfig.load(self.config).node.db_url)
         with session_scope(engine) as session:
@@ -140,8 +141,8 @@ def serve_node(config: Path) -> None:
     """Child mode: run the node's spine until SIGTERM."""
     import threading
 
-    from dicom_node.config import NodeConfig
-    from dicom_node.node import Node
+    from dicom_node.core.config import NodeConfig
+    from dicom_node.process.node import Node
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -31,10 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
-    from dicom_node.config import NodeConfig
-    from dicom_node.db import session_scope
-    from dicom_node.tokens import create_token
-    from dicom_node.workflow import build_node
+    from dicom_node.core.config import NodeConfig
+    from dicom_node.core.db import session_scope
+    from dicom_node.core.tokens import create_token
+    from dicom_node.process.node import build_node
     from models.phantom import PhantomSpec, generate, write_series
     from tests.peers import PEER_ENV, OrthancProcess, free_port, node_settings, require, wait_until
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     to_review: list[float] = []
     to_pacs: list[float] = []
     try:
-        from dicom_node.workflow import warm_models
+        from dicom_node.work.workflow import warm_models
 
         warm_models(node.services)  # what a node does once at start, so the first study pays no graph build
 

@@ -34,14 +34,14 @@ sys.path.insert(0, str(REPO))
 
 def labelled_slices(labels: np.ndarray) -> list[int]:
     """The slices a correction labels (what the node's learn job trains on)."""
-    from dicom_node.learning_jobs import labelled_slice_indices
+    from dicom_node.work.learning_jobs import labelled_slice_indices
 
     return labelled_slice_indices(labels)
 
 
 def evaluate(pkg: Any, subjects: list[Any]) -> list[float]:
     """Overall Dice (the paper's voxel-weighted mean) of ``pkg`` on each subject."""
-    from dicom_node.review import dice_scores
+    from dicom_node.work.review import dice_scores
 
     out = []
     for ph in subjects:

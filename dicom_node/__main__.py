@@ -1,5 +1,5 @@
 """``python -m dicom_node`` is ``laurel``."""
 
-from dicom_node.cli import main
+from dicom_node.cli.main import main
 
 main()

@@ -83,10 +83,10 @@ def temporary_node(folder: Path, seeds: list[int]) -> Iterator[tuple[str, str]]:
     """A whole node with the thigh model holding one SYNTHETIC study per seed pending review: (url, token)."""
     import requests
 
-    from dicom_node.config import NodeConfig
-    from dicom_node.db import session_scope
-    from dicom_node.tokens import create_token
-    from dicom_node.workflow import build_node
+    from dicom_node.core.config import NodeConfig
+    from dicom_node.core.db import session_scope
+    from dicom_node.core.tokens import create_token
+    from dicom_node.process.node import build_node
     from models.phantom import write_series
 
     api_port = _free_port()

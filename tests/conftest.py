@@ -16,12 +16,12 @@ from tests.peers import DcmtkStorescp, OrthancProcess, StudyFiles, node_settings
 
 @pytest.fixture
 def node_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    """Start in-process nodes (``dicom_node.node.Node``) with test settings; all are stopped afterwards.
+    """Start in-process nodes (``dicom_node.process.node.Node``) with test settings; all are stopped afterwards.
 
     ``node_factory(**overrides)`` takes the keyword arguments of :func:`tests.peers.node_settings`.
     """
-    from dicom_node.config import NodeConfig
-    from dicom_node.node import Node
+    from dicom_node.core.config import NodeConfig
+    from dicom_node.process.node import Node
 
     nodes: list[Node] = []
 

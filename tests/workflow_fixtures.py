@@ -1,6 +1,6 @@
 """Fixtures of the whole node (spine + workflow + API) running in the test process, fed SYNTHETIC phantoms.
 
-``workflow_node_factory(**overrides)`` starts nodes built by :func:`dicom_node.workflow.build_node` with the
+``workflow_node_factory(**overrides)`` starts nodes built by :func:`dicom_node.process.node.build_node` with the
 API on a free port; ``node_api`` is one such node holding two phantom leg studies in PENDING_REVIEW, with
 ``url`` and ``token`` for HTTP clients (the review station's acceptance tests use it).
 """
@@ -100,10 +100,10 @@ def send_files(port: int, files: list[Path], calling_ae: str = "STORESCU", calle
 @pytest.fixture
 def workflow_node_factory(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
     """Start whole nodes (API on a free port, leg routing by SeriesDescription); stopped afterwards."""
-    from dicom_node.config import NodeConfig
-    from dicom_node.db import session_scope
-    from dicom_node.tokens import create_token
-    from dicom_node.workflow import build_node
+    from dicom_node.core.config import NodeConfig
+    from dicom_node.core.db import session_scope
+    from dicom_node.core.tokens import create_token
+    from dicom_node.process.node import build_node
 
     started: list[RunningNode] = []
 

@@ -11,10 +11,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from dicom_node.api.routers import admin, series, studies
-from dicom_node.learning import RegistryError
-from dicom_node.metrics import CONTENT_TYPE
-from dicom_node.review import InvalidLabels, NotFound, ReviewConflict
-from dicom_node.services import NodeServices
+from dicom_node.core.metrics import CONTENT_TYPE
+from dicom_node.work.learning import RegistryError
+from dicom_node.work.review import InvalidLabels, NotFound, ReviewConflict
+from dicom_node.work.services import NodeServices
 
 
 def create_app(services: NodeServices) -> FastAPI:
@@ -50,7 +50,7 @@ def create_app(services: NodeServices) -> FastAPI:
     @app.get("/metrics", tags=["health"])
     def metrics() -> Response:
         """Prometheus metrics (no auth)."""
-        from dicom_node.db import session_scope
+        from dicom_node.core.db import session_scope
 
         with session_scope(services.engine) as session:
             services.metrics.refresh(session)

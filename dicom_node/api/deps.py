@@ -9,9 +9,9 @@ from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from dicom_node.db import session_scope
-from dicom_node.services import NodeServices
-from dicom_node.tokens import operator_for
+from dicom_node.core.db import session_scope
+from dicom_node.core.tokens import operator_for
+from dicom_node.work.services import NodeServices
 
 _bearer = HTTPBearer(auto_error=False, description="an operator token from `laurel token create OPERATOR`")
 

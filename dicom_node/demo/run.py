@@ -312,7 +312,7 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
                     io.BytesIO(s.get(f"/api/v1/series/{s.series_id}/labels", params={"version": "draft"}).content),
                     allow_pickle=False,
                 )
-                from dicom_node.review import dice_scores
+                from dicom_node.work.review import dice_scores
 
                 values = sorted(int(v) for v in np.unique(truths[s.name]) if v)
                 s.facts["draft_dice"] = dice_scores(truths[s.name], draft, values)["overall"]

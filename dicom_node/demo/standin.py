@@ -1,7 +1,7 @@
 """A stand-in PACS for the demo when Orthanc is not installed: a pynetdicom storage SCP writing to a folder.
 
 It receives what the nodes write back (approved SEGs) and "routes" studies to a node by C-STORE with the
-node's own SCU (:func:`dicom_node.export.send_objects`), as a PACS auto-routing rule would.
+node's own SCU (:func:`dicom_node.work.export.send_objects`), as a PACS auto-routing rule would.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import threading
 from pathlib import Path
 from typing import Any, cast
 
-from dicom_node.config import Peer
-from dicom_node.export import describe, send_objects
-from dicom_node.scp import VERIFICATION
+from dicom_node.core.config import Peer
+from dicom_node.intake.scp import VERIFICATION
+from dicom_node.work.export import describe, send_objects
 
 logger = logging.getLogger(__name__)
 

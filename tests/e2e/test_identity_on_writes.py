@@ -82,7 +82,7 @@ def test_saved_corrections_survive_a_restart(node_api: RunningNode, workflow_nod
     )
     assert saved.status_code == 200
     node_api.node.stop()  # the same storage, started again as a new node
-    from dicom_node.workflow import build_node
+    from dicom_node.process.node import build_node
 
     again = build_node(node_api.node.config)
     again.start()

@@ -54,8 +54,8 @@ def _approvals(running: RunningNode, study_ids: list[int]) -> set[str]:
     """The approved SEGs' SOP Instance UIDs (each approval's identity)."""
     from sqlalchemy import select
 
-    from dicom_node.db import Series, session_scope
-    from dicom_node.review_tables import SeriesResult
+    from dicom_node.core.db import Series, session_scope
+    from dicom_node.core.review_tables import SeriesResult
 
     with session_scope(running.node.engine) as s:
         rows = s.scalars(

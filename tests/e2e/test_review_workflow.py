@@ -133,8 +133,8 @@ def test_phantom_study_to_approved_seg_in_orthanc(
     assert seg.get_segment_description(1).SegmentAlgorithmType == "SEMIAUTOMATIC"
     referenced = {str(r.SeriesInstanceUID) for r in seg.ReferencedSeriesSequence}
     assert referenced == {str(source.SeriesInstanceUID)}
-    from dicom_node.seg import read_seg
-    from dicom_node.volume import load_series
+    from dicom_node.dicom.seg import read_seg
+    from dicom_node.dicom.volume import load_series
 
     assert np.array_equal(read_seg(pydicom.dcmread(io.BytesIO(raw)), load_series(files)), edited)
 

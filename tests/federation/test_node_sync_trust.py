@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from dicom_node.config import NodeConfig
-from dicom_node.db import make_engine
-from dicom_node.jobs import JobContext
-from dicom_node.learning import ModelRegistry
-from dicom_node.learning_jobs import sync
-from dicom_node.metrics import NodeMetrics
-from dicom_node.services import NodeServices
+from dicom_node.core.config import NodeConfig
+from dicom_node.core.engine import make_engine
+from dicom_node.core.jobs import JobContext
+from dicom_node.core.metrics import NodeMetrics
+from dicom_node.work.learning import ModelRegistry
+from dicom_node.work.learning_jobs import sync
+from dicom_node.work.services import NodeServices
 from federation.client import FederationClient
 from models.package import dumps
 from models.signing import generate_keypair, public_key_to_b64, sign

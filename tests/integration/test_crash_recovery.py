@@ -10,8 +10,8 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
-from dicom_node.db import Instance, Study, StudyState, session_scope
-from dicom_node.store import INCOMING_DIR
+from dicom_node.core.db import Instance, Study, StudyState, session_scope
+from dicom_node.intake.store import INCOMING_DIR
 from tests.peers import NodeProcess, node_settings, store_raw, wait_until, write_study
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]

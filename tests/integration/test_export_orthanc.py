@@ -13,10 +13,10 @@ import pytest
 import yaml
 from pydicom.uid import ImplicitVRLittleEndian
 
-from dicom_node.config import Peer
-from dicom_node.db import Job, JobState, session_scope
-from dicom_node.export import associate, enqueue_export
-from dicom_node.scp import VERIFICATION
+from dicom_node.core.config import Peer
+from dicom_node.core.db import Job, JobState, session_scope
+from dicom_node.intake.scp import VERIFICATION
+from dicom_node.work.export import associate, enqueue_export
 from tests.peers import PEER_ENV, REPO, OrthancProcess, wait_until, write_study
 
 pytestmark = pytest.mark.peers

@@ -14,7 +14,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from dicom_node.db import Series, SeriesState, Study, session_scope
+from dicom_node.core.db import Series, SeriesState, Study, session_scope
 from tests.peers import REPO, free_port, make_image, storescu, wait_until
 from tests.workflow_fixtures import RunningNode, phantom_series
 
@@ -76,7 +76,7 @@ def test_the_documented_recipe_routes_each_study_once_and_never_loops(
         own = s.scalars(select(Series).where(Series.state == SeriesState.OWN_RESULT)).all()
         assert len(own) == 1 and own[0].model is None
         assert s.scalars(select(Study).where(Study.StudyInstanceUID == uid)).one().state == "EXPORTED"
-    from dicom_node.node_commands import status_report
+    from dicom_node.cli.node_commands import status_report
 
     assert [u["id"] for u in status_report(running.node.config)["unrouted"]] == [
         next(se.id for se in _series_rows(running) if se.SeriesInstanceUID == marker.SeriesInstanceUID)

@@ -21,9 +21,10 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 from pynetdicom.dsutils import encode
 from sqlalchemy import func, select
 
-from dicom_node.db import Instance, make_engine, session_scope
-from dicom_node.fastnet import set_nodelay
-from dicom_node.received import StoreStatus
+from dicom_node.core.db import Instance, session_scope
+from dicom_node.core.engine import make_engine
+from dicom_node.intake.fastnet import set_nodelay
+from dicom_node.intake.received import StoreStatus
 from tests.peers import NodeProcess, c_echo, make_image, node_settings, store_raw, storescu, wait_until
 
 pytestmark = pytest.mark.peers

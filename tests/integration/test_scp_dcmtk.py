@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from dicom_node.db import Instance, Job, Series, SeriesState, Study, StudyState, session_scope
+from dicom_node.core.db import Instance, Job, Series, SeriesState, Study, StudyState, session_scope
 from tests.peers import c_echo, echoscu, storescu, wait_until, write_study
 
 pytestmark = pytest.mark.peers

@@ -22,8 +22,8 @@ from pydicom.uid import (
 )
 from sqlalchemy import select
 
-from dicom_node.db import Instance, session_scope
-from dicom_node.volume import load_series
+from dicom_node.core.db import Instance, session_scope
+from dicom_node.dicom.volume import load_series
 from tests.peers import PEER_ENV, echoscu, make_image, require, storescu, wait_until, write_study
 
 pytestmark = pytest.mark.peers

@@ -9,9 +9,9 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from dicom_node.db import Instance, Study, session_scope
-from dicom_node.received import StoreStatus
-from dicom_node.store import INCOMING_DIR, StoreResult
+from dicom_node.core.db import Instance, Study, session_scope
+from dicom_node.intake.received import StoreStatus
+from dicom_node.intake.store import INCOMING_DIR, StoreResult
 from tests.peers import CT_IMAGE, c_echo, echoscu, make_image, store_datasets, store_raw
 
 pytestmark = pytest.mark.peers
@@ -109,7 +109,7 @@ def test_disk_full_answers_out_of_resources_and_the_association_goes_on(
 ) -> None:
     import errno
 
-    from dicom_node import store as store_module
+    from dicom_node.intake import store as store_module
 
     real_write_all = store_module._write_all
     calls = {"n": 0}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from dicom_node.db import Study, StudyState, session_scope
+from dicom_node.core.db import Study, StudyState, session_scope
 from tests.peers import free_port, wait_until, write_study
 
 pytestmark = pytest.mark.peers

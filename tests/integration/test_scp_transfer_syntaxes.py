@@ -13,7 +13,7 @@ from pydicom.filereader import read_preamble
 from pydicom.uid import JPEG2000, JPEG2000Lossless, RLELossless, generate_uid
 from sqlalchemy import select
 
-from dicom_node.db import Instance, session_scope
+from dicom_node.core.db import Instance, session_scope
 from tests.peers import (
     ENHANCED_MR,
     PEER_ENV,

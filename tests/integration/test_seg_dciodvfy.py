@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicom_node.seg import build_seg, seg_to_bytes
-from dicom_node.volume import InPlaneTransform, SeriesVolume, load_datasets
+from dicom_node.dicom.seg import build_seg, seg_to_bytes
+from dicom_node.dicom.volume import InPlaneTransform, SeriesVolume, load_datasets
 from tests.unit.test_volume import make_series, random_stored, shuffled, to_multiframe
 
 pytestmark = pytest.mark.peers

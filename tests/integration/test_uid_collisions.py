@@ -10,7 +10,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from dicom_node.db import Series, Study, session_scope
+from dicom_node.core.db import Series, Study, session_scope
 from tests.peers import make_image, storescu
 
 pytestmark = pytest.mark.peers

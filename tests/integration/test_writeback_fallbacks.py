@@ -13,7 +13,7 @@ import pydicom
 import pytest
 import requests
 
-from dicom_node.db import Job, session_scope
+from dicom_node.core.db import Job, session_scope
 from tests.peers import dciodvfy, free_port, wait_until
 from tests.workflow_fixtures import RunningNode, phantom_series, results_peer, send_files
 
@@ -104,8 +104,8 @@ def test_a_configuration_change_applies_to_a_requeued_write_back(
     assert archive.files() == []
     # The sysadmin switches to BINARY and restarts the node, then requeues the dead letter: the SEG is
     # rebuilt from the approval, not the stale LABELMAP file resent.
-    from dicom_node.config import NodeConfig
-    from dicom_node.workflow import build_node
+    from dicom_node.core.config import NodeConfig
+    from dicom_node.process.node import build_node
 
     running.node.stop()
     settings = running.node.config.model_dump()

@@ -130,8 +130,8 @@ class NodeServer(HeldProcess):
 
     def engine(self) -> Any:
         """An engine on the node's index (for assertions)."""
-        from dicom_node.config import NodeConfig
-        from dicom_node.db import make_engine
+        from dicom_node.core.config import NodeConfig
+        from dicom_node.core.engine import make_engine
 
         return make_engine(NodeConfig.load(self.config_path).node.db_url)
 

@@ -21,9 +21,9 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from dicom_node.db import Job, Series, Study, session_scope
-from dicom_node.learning import ModelRevision
-from dicom_node.review_tables import SeriesResult
+from dicom_node.core.db import Job, Series, Study, session_scope
+from dicom_node.core.model_tables import ModelRevision
+from dicom_node.core.review_tables import SeriesResult
 from tests.peers import OrthancProcess, free_port, node_settings, store_raw, wait_until
 from tests.restart.harness import FederationServer, NodeServer
 from tests.workflow_fixtures import phantom_series, send_files

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from dicom_node.completion import complete_settled_studies
-from dicom_node.db import Job, Series, SeriesState, Study, StudyState, make_engine, session_scope, utcnow
+from dicom_node.core.db import Job, Series, SeriesState, Study, StudyState, session_scope, utcnow
+from dicom_node.core.engine import make_engine
+from dicom_node.intake.completion import complete_settled_studies
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.config import ConfigError, NodeConfig, validate_ae_title
+from dicom_node.core.config import ConfigError, NodeConfig, validate_ae_title
 
 REPO = Path(__file__).resolve().parents[2]
 

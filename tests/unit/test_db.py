@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.db import InvalidTransition, Study, StudyState, make_engine, session_scope, set_study_state
+from dicom_node.core.db import InvalidTransition, Study, StudyState, session_scope, set_study_state
+from dicom_node.core.engine import make_engine
 
 
 def test_journey_stamps_completed_and_finished(tmp_path: Path) -> None:
@@ -48,8 +49,8 @@ def test_an_index_of_laurel_0_1_is_upgraded_with_its_rows(tmp_path: Path) -> Non
     import sqlalchemy as sa
     from alembic import command
 
-    from dicom_node.db import HEAD_REVISION, _alembic_config, current_revision
-    from dicom_node.learning import ModelRevision
+    from dicom_node.core.engine import HEAD_REVISION, _alembic_config, current_revision
+    from dicom_node.core.model_tables import ModelRevision
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     old = sa.create_engine(url)
@@ -77,7 +78,8 @@ def test_the_migrations_from_empty_give_the_schema_of_the_code(tmp_path: Path) -
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from dicom_node.db import Base, _alembic_config, import_table_modules
+    from dicom_node.core.db import Base
+    from dicom_node.core.engine import _alembic_config, import_table_modules
 
     import_table_modules()
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'migrated.db'}")
@@ -91,7 +93,7 @@ def test_the_migrations_from_empty_give_the_schema_of_the_code(tmp_path: Path) -
 def test_an_index_from_a_newer_laurel_is_refused_with_what_to_do(tmp_path: Path) -> None:
     import sqlalchemy as sa
 
-    from dicom_node.db import SchemaError
+    from dicom_node.core.errors import SchemaError
 
     url = f"sqlite:///{tmp_path / 'new.db'}"
     make_engine(url).dispose()

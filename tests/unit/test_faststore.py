@@ -12,7 +12,7 @@ from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 
-from dicom_node.faststore import FastStorePath, encode_store_response, pack_pdata, parse_command
+from dicom_node.intake.faststore import FastStorePath, encode_store_response, pack_pdata, parse_command
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 EXPLICIT = "1.2.840.10008.1.2.1"

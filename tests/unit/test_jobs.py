@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from dicom_node.config import JobsSection
-from dicom_node.db import Job, JobState, make_engine, session_scope, utcnow
-from dicom_node.jobs import (
+from dicom_node.core.config import JobsSection
+from dicom_node.core.db import Job, JobState, session_scope, utcnow
+from dicom_node.core.engine import make_engine
+from dicom_node.core.jobs import (
     JobContext,
     JobInterrupted,
     JobRunner,
@@ -204,7 +205,7 @@ def test_runner_threads_run_jobs_and_leave_kinds_without_handlers_queued(engine:
 
 
 def test_deferred_jobs_wait_without_spending_an_attempt(engine: Engine) -> None:
-    from dicom_node.jobs import JobDeferred
+    from dicom_node.core.jobs import JobDeferred
 
     job_id = add(engine)
 

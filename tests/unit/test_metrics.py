@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dicom_node.db import Study, make_engine, session_scope
-from dicom_node.jobs import enqueue
-from dicom_node.metrics import NodeMetrics
+from dicom_node.core.db import Study, session_scope
+from dicom_node.core.engine import make_engine
+from dicom_node.core.jobs import enqueue
+from dicom_node.core.metrics import NodeMetrics
 
 
 def test_registries_are_per_node_and_render(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dicom_node.db import make_engine
-from dicom_node.learning import ModelRegistry, RegistryError
+from dicom_node.core.engine import make_engine
+from dicom_node.work.learning import ModelRegistry, RegistryError
 from models.package import UntrustedPackage, load
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,8 +94,8 @@ def test_every_revision_loads_in_a_fresh_process_and_after_a_move(registry: Mode
     shutil.copytree(tmp_path, moved)  # a backup restored at another path
     code = f"""
 from pathlib import Path
-from dicom_node.db import make_engine
-from dicom_node.learning import ModelRegistry
+from dicom_node.core.engine import make_engine
+from dicom_node.work.learning import ModelRegistry
 root = Path({str(moved)!r})
 reg = ModelRegistry(make_engine(f"sqlite:///{{root / 'index.db'}}"), root / "models", root / "node_key.pem")
 for r in (1, 2):
@@ -115,8 +115,8 @@ def test_a_zoo_revision_stored_by_0_1_is_repaired(registry: ModelRegistry) -> No
     legacy.write_bytes(bogus)
     from sqlalchemy import update
 
-    from dicom_node.db import session_scope
-    from dicom_node.learning import ModelRevision
+    from dicom_node.core.db import session_scope
+    from dicom_node.core.model_tables import ModelRevision
     from models.signing import sha256_hex
 
     with session_scope(registry.engine) as s:
@@ -138,8 +138,8 @@ def test_one_source_key_one_revision(registry: ModelRegistry) -> None:
 
 
 def test_the_lease_is_one_job_at_a_time_and_freed_by_a_dead_holder(registry: ModelRegistry) -> None:
-    from dicom_node.db import Job, session_scope
-    from dicom_node.jobs import enqueue
+    from dicom_node.core.db import Job, session_scope
+    from dicom_node.core.jobs import enqueue
 
     with session_scope(registry.engine) as s:
         a = enqueue(s, "learn", {"series_id": 1})

@@ -10,7 +10,7 @@ from pydicom.uid import MRImageStorage
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_MOVE, C_STORE
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RJ
 
-from dicom_node.netguard import (
+from dicom_node.intake.netguard import (
     ASSOCIATION_PDU_LIMIT,
     KEEPALIVE_IDLE,
     PDU_SLACK,

@@ -11,12 +11,13 @@ import yaml
 from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
-from dicom_node import node_commands
-from dicom_node.config import NodeConfig
-from dicom_node.db import JobState, make_engine, session_scope
-from dicom_node.jobs import enqueue
-from dicom_node.routing import Router
-from dicom_node.store import Store
+from dicom_node.cli import node_commands
+from dicom_node.core.config import NodeConfig
+from dicom_node.core.db import JobState, session_scope
+from dicom_node.core.engine import make_engine
+from dicom_node.core.jobs import enqueue
+from dicom_node.intake.routing import Router
+from dicom_node.intake.store import Store
 from tests.peers import make_image
 from tests.unit.test_store import incoming
 

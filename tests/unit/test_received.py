@@ -12,7 +12,7 @@ from pydicom.uid import (
 )
 from pynetdicom.dsutils import encode
 
-from dicom_node.received import (
+from dicom_node.intake.received import (
     INFLATE_FLOOR,
     DatasetRefused,
     StoreStatus,

@@ -8,11 +8,12 @@ from pathlib import Path
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from dicom_node.config import NodeConfig
-from dicom_node.db import Series, SeriesState, Study, StudyState, make_engine, session_scope, utcnow
-from dicom_node.retention import apply_retention, instance_files_exist
-from dicom_node.routing import Router
-from dicom_node.store import Store
+from dicom_node.core.config import NodeConfig
+from dicom_node.core.db import Series, SeriesState, Study, StudyState, session_scope, utcnow
+from dicom_node.core.engine import make_engine
+from dicom_node.intake.routing import Router
+from dicom_node.intake.store import Store
+from dicom_node.work.retention import apply_retention, instance_files_exist
 from tests.peers import make_image
 from tests.unit.test_store import incoming
 

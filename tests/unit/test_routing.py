@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dicom_node.config import NodeConfig, RoutingRule
-from dicom_node.routing import Router
+from dicom_node.core.config import NodeConfig, RoutingRule
+from dicom_node.intake.routing import Router
 
 REPO = Path(__file__).resolve().parents[2]
 

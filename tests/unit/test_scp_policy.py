@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydicom.uid import UID
 
-from dicom_node.config import Peer
-from dicom_node.scp import (
+from dicom_node.core.config import Peer
+from dicom_node.intake.scp import (
     CALLED_AE_NOT_RECOGNISED,
     CALLING_AE_NOT_RECOGNISED,
     HOST_NOT_RECOGNISED,

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from dicom_node.seg import (
+from dicom_node.dicom.seg import (
     APPROVED_CONTENT_LABEL,
     DRAFT_CONTENT_LABEL,
     build_seg,
@@ -21,7 +21,7 @@ from dicom_node.seg import (
     seg_summary,
     seg_to_bytes,
 )
-from dicom_node.volume import InPlaneTransform, SeriesVolume, load_datasets
+from dicom_node.dicom.volume import InPlaneTransform, SeriesVolume, load_datasets
 from models.labels import region_labels
 from tests.unit.test_volume import make_series, random_stored, shuffled, to_multiframe
 
@@ -214,7 +214,7 @@ def test_phantom_round_trip_if_available(tmp_path: Path) -> None:
         from models.phantom import PhantomSpec, generate, write_series
     except ImportError:
         pytest.skip("models.phantom (generate, write_series) is not available yet")
-    from dicom_node.volume import load_series
+    from dicom_node.dicom.volume import load_series
 
     ph = generate(PhantomSpec(region="thigh", contrast="t1", seed=5, n_slices=6, matrix=128))
     vol = load_series(write_series(ph, tmp_path))

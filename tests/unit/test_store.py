@@ -16,13 +16,14 @@ from pydicom.uid import generate_uid
 from pynetdicom.dsutils import encode
 from sqlalchemy import func, select
 
-from dicom_node import store as store_module
-from dicom_node.config import RoutingRule
-from dicom_node.db import Instance, Series, SeriesState, Study, StudyState, make_engine, session_scope
-from dicom_node.metrics import NodeMetrics
-from dicom_node.received import StoreStatus
-from dicom_node.routing import Router
-from dicom_node.store import INCOMING_DIR, Incoming, Store
+from dicom_node.core.config import RoutingRule
+from dicom_node.core.db import Instance, Series, SeriesState, Study, StudyState, session_scope
+from dicom_node.core.engine import make_engine
+from dicom_node.core.metrics import NodeMetrics
+from dicom_node.intake import store as store_module
+from dicom_node.intake.received import StoreStatus
+from dicom_node.intake.routing import Router
+from dicom_node.intake.store import INCOMING_DIR, Incoming, Store
 from tests.peers import make_image
 
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -204,7 +205,7 @@ def test_open_after_a_crash_clears_partial_files_and_open_associations(store: St
 def test_recovery_indexes_files_whose_rows_were_lost_and_removes_partial_ones(store: Store) -> None:
     from sqlalchemy import delete
 
-    from dicom_node.store import CLEAN_MARKER
+    from dicom_node.intake.store import CLEAN_MARKER
 
     study_uid, series_uid = generate_uid(), generate_uid()
     kept, lost, partial = (make_image(study_uid, series_uid, instance_number=i) for i in (1, 2, 3))

@@ -17,7 +17,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, MRImageStorage, RLELossless, generate_uid
 
-from dicom_node.volume import InPlaneTransform, SeriesVolume, UnsupportedSeries, load_datasets, load_series
+from dicom_node.dicom.volume import InPlaneTransform, SeriesVolume, UnsupportedSeries, load_datasets, load_series
 
 X, Y, Z = np.eye(3)
 

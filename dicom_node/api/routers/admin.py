@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from dicom_node import jobs
 from dicom_node.api.deps import DbSession, Operator, RowId, Services
 from dicom_node.api.schemas import VersionRequest
-from dicom_node.db import Job, JobState
-from dicom_node.review import NotFound, ReviewConflict
-from dicom_node.review_tables import AuditEvent
+from dicom_node.core import jobs
+from dicom_node.core.db import Job, JobState
+from dicom_node.core.review_tables import AuditEvent
+from dicom_node.work.review import NotFound, ReviewConflict
 
 router = APIRouter()
 

@@ -9,12 +9,12 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from dicom_node import review
 from dicom_node.api.deps import DbSession, Operator, RowId, Services
 from dicom_node.api.schemas import ResegmentRequest
-from dicom_node.db import Series
-from dicom_node.pipeline import npy_bytes
-from dicom_node.review_tables import SeriesResult
+from dicom_node.core.db import Series
+from dicom_node.core.review_tables import SeriesResult
+from dicom_node.work import review
+from dicom_node.work.pipeline import npy_bytes
 
 router = APIRouter(tags=["series"])
 
@@ -32,7 +32,7 @@ def _series(session: DbSession, series_id: int) -> Series:
 @router.get("/series/{series_id}/volume", response_class=Response)
 def volume(series_id: RowId, session: DbSession, services: Services, _operator: Operator) -> Response:
     """The series as a float32 .npy volume ``(z, y, x)``; geometry in the X-Laurel-* headers."""
-    from dicom_node.volume import UnsupportedSeries, load_series
+    from dicom_node.dicom.volume import UnsupportedSeries, load_series
 
     series = _series(session, series_id)
     try:

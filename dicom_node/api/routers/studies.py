@@ -8,7 +8,6 @@ from typing import Literal
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
-from dicom_node import review
 from dicom_node.api.deps import DbSession, Operator, RowId, Services
 from dicom_node.api.schemas import (
     AmendRequest,
@@ -21,8 +20,9 @@ from dicom_node.api.schemas import (
     StudyList,
     StudySummary,
 )
-from dicom_node.db import Instance, Series, Study, StudyState
-from dicom_node.review_tables import SeriesResult
+from dicom_node.core.db import Instance, Series, Study, StudyState
+from dicom_node.core.review_tables import SeriesResult
+from dicom_node.work import review
 
 router = APIRouter(tags=["studies"])
 

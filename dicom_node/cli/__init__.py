@@ -1,0 +1,1 @@
+"""The `laurel` console script and its command groups."""

@@ -1,0 +1,112 @@
+"""``laurel token ...``: operator tokens of the node API (printed once, stored hashed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+token_app = typer.Typer(no_args_is_help=True, help="operator tokens of the node API")
+
+_CONFIG = typer.Option(Path("config/node.yaml"), "--config", "-c", help="node configuration (YAML)")
+
+
+@token_app.command("create")
+def create(
+    operator: str = typer.Argument(..., help="the operator's name, as it goes into the audit log and SEGs"),
+    config: Path = _CONFIG,
+) -> None:
+    """Create a bearer token for OPERATOR and print it once; only its hash is stored."""
+    from dicom_node.cli.common import load_config
+    from dicom_node.core.db import session_scope
+    from dicom_node.core.tokens import create_token
+
+    cfg = load_config(config)
+    with session_scope(cfg.node.engine()) as session:
+        try:
+            token = create_token(session, operator)
+        except ValueError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from exc
+    typer.echo(token)
+    typer.echo(
+        f"(token for {operator.strip()}: shown once, keep it safe; revoke with `laurel token revoke`)",
+        err=True,
+    )
+
+
+@token_app.command("revoke")
+def revoke(
+    operator: str = typer.Argument(..., help="the operator whose tokens to revoke"), config: Path = _CONFIG
+) -> None:
+    """Revoke every token of OPERATOR."""
+    from dicom_node.cli.common import load_config
+    from dicom_node.core.db import session_scope
+    from dicom_node.core.tokens import revoke_tokens
+
+    cfg = load_config(config)
+    with session_scope(cfg.node.engine()) as session:
+        n = revoke_tokens(session, operator)
+    typer.echo(f"revoked {n} token(s) of {operator}")
+
+
+def _registry(config: Path) -> Any:
+    from dicom_node.cli.common import load_config
+    from dicom_node.work.learning import ModelRegistry
+
+    cfg = load_config(config)
+    return ModelRegistry(cfg.node.engine(), cfg.models_dir, cfg.node.storage_dir / "node_signing_key.pem")
+
+
+def _show_state(state: dict[str, Any]) -> None:
+    typer.echo(
+        f"{state['name']}: active revision {state['active_revision']} (v{state['active_version']}, "
+        f"federation v{state['federation_version']}){' PINNED' if state['pinned'] else ''}"
+    )
+    for rev in state["revisions"]:
+        typer.echo(f"  r{rev['revision']:<4} v{rev['package_version']:<4} {rev['source']:<10} {rev['note'] or ''}")
+
+
+def pin(
+    name: str = typer.Argument(..., help="model name, e.g. leg"),
+    revision: int | None = typer.Option(None, "--revision", "-r", help="revision to pin (default: the active one)"),
+    config: Path = _CONFIG,
+) -> None:
+    """Pin a model revision on this node: learning and federation sync no longer replace it."""
+    _run_registry(lambda reg: reg.pin(name, revision), config)
+
+
+def unpin(name: str = typer.Argument(...), config: Path = _CONFIG) -> None:
+    """Unpin a model: the newest revision becomes active again."""
+    _run_registry(lambda reg: reg.unpin(name), config)
+
+
+def rollback(name: str = typer.Argument(...), revision: int = typer.Argument(...), config: Path = _CONFIG) -> None:
+    """Make an older revision active (and pin it)."""
+    _run_registry(lambda reg: reg.rollback(name, revision), config)
+
+
+def revisions(name: str = typer.Argument(...), config: Path = _CONFIG) -> None:
+    """The node's revisions of a model and which one is active."""
+    _run_registry(lambda reg: reg.state(name), config)
+
+
+def _run_registry(action: Any, config: Path) -> None:
+    from dicom_node.work.learning import RegistryError
+
+    try:
+        state = action(_registry(config))
+    except RegistryError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from exc
+    _show_state(state)
+
+
+def register(app: typer.Typer, model_app: typer.Typer) -> None:
+    """Attach ``laurel token`` and the node's ``laurel model pin|unpin|rollback|revisions``."""
+    app.add_typer(token_app, name="token")
+    model_app.command("pin")(pin)
+    model_app.command("unpin")(unpin)
+    model_app.command("rollback")(rollback)
+    model_app.command("revisions")(revisions)

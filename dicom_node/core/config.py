@@ -1,0 +1,277 @@
+"""The node's configuration: pydantic models of ``config/node.yaml``.
+
+Validated at start: a bad file stops the node with a message that names the field and says what to fix.
+Any field can be overridden from the environment with the ``LAUREL_`` prefix and ``__`` between levels,
+e.g. ``LAUREL_NODE__PORT=11113`` or ``LAUREL_API__PORT=8081``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dicom_node.core.errors import ConfigError
+
+# PS3.5 AE: default character repertoire without backslash and control characters, at most 16 characters,
+# leading and trailing spaces not significant, not all spaces.
+_AE_ALLOWED = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+def validate_ae_title(value: str) -> str:
+    """Return the AE title stripped of insignificant spaces, or raise ``ValueError`` saying what is wrong."""
+    if not isinstance(value, str):
+        raise ValueError("an AE title must be a string")
+    stripped = value.strip(" ")
+    if not stripped:
+        raise ValueError("an AE title must not be empty or all spaces")
+    if len(stripped) > 16:
+        raise ValueError(f"AE title {stripped!r} has {len(stripped)} characters; DICOM allows at most 16")
+    if not _AE_ALLOWED.match(stripped):
+        raise ValueError(
+            f"AE title {stripped!r} contains a backslash or a control character; "
+            "use letters, digits, spaces and printable punctuation only"
+        )
+    return stripped
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSection(_Strict):
+    """The node's own DICOM identity and where it keeps things."""
+
+    ae_title: str = "LAUREL"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    storage_dir: Path = Path("var/node")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the index; default: SQLite (WAL) in storage_dir/laurel.db"
+    )
+    database_busy_seconds: float = Field(
+        30.0, gt=0, le=600, description="how long a SQLite write waits for another process's lock before failing"
+    )
+    settle_seconds: float = Field(10.0, gt=0, le=3600)
+    completion_scan_seconds: float = Field(1.0, gt=0, le=60)
+    max_associations: int = Field(
+        32, ge=1, le=256, description="associations at once; size it for the PACS's fan-out (it may not retry)"
+    )
+    max_pdu: int = Field(262_144, ge=0, description="maximum PDU size we receive; 0 = unlimited")
+    network_timeout: float = Field(
+        30.0, gt=0, description="seconds without progress after which an association is aborted"
+    )
+    max_inflated_size: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="largest Deflated Explicit VR Little Endian dataset once inflated (bytes); also at most "
+        "64 times what was received when that is above 64 MiB",
+    )
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, v: str) -> str:
+        return validate_ae_title(v)
+
+    def engine(self) -> Any:
+        """An engine on the index (schema migrated), with this node's busy timeout."""
+        from dicom_node.core.engine import make_engine
+
+        return make_engine(self.db_url, busy_seconds=self.database_busy_seconds)
+
+    @property
+    def db_url(self) -> str:
+        """The index database URL (SQLite in the storage folder unless configured)."""
+        return self.database_url or f"sqlite:///{(self.storage_dir / 'laurel.db').as_posix()}"
+
+
+class Peer(_Strict):
+    """A DICOM application we talk to: a PACS that sends us studies and/or receives our results."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    send_to_us: bool = True
+    receive_results: bool = False
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, v: str) -> str:
+        return validate_ae_title(v)
+
+
+class RoutingRule(_Strict):
+    """First match wins: the called AE title and/or regexes on DICOM attributes choose the model."""
+
+    model: str
+    called_ae: str | None = None
+    match: dict[str, str] = Field(default_factory=dict, description="DICOM keyword -> regular expression")
+
+    @field_validator("called_ae")
+    @classmethod
+    def _ae(cls, v: str | None) -> str | None:
+        return None if v is None else validate_ae_title(v)
+
+    @field_validator("match")
+    @classmethod
+    def _regexes(cls, v: dict[str, str]) -> dict[str, str]:
+        from pydicom.datadict import tag_for_keyword
+
+        for keyword, pattern in v.items():
+            if tag_for_keyword(keyword) is None:
+                raise ValueError(f"{keyword!r} is not a DICOM keyword (e.g. Modality, SeriesDescription)")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"routing regex for {keyword} is invalid: {exc}") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> RoutingRule:
+        if self.called_ae is None and not self.match:
+            raise ValueError(f"routing rule for model {self.model!r} needs called_ae or match")
+        return self
+
+
+class ApiSection(_Strict):
+    """The node's HTTP API (review queue) served by ``laurel serve``."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class FederationSection(_Strict):
+    """Where learned weights go and new shared versions come from; absent = no federation."""
+
+    url: str
+    api_key_env: str = "LAUREL_FEDERATION_KEY"
+    server_public_key: str | None = Field(
+        None, description="the federation server's Ed25519 public key (base64 raw or a PEM file path)"
+    )
+    sync_interval_seconds: float = Field(3600.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class RetentionSection(_Strict):
+    """Received images are deleted this long after their study is finished; nothing else deletes them."""
+
+    finished_study_days: float = Field(30.0, ge=0)
+    unrouted_days: float = Field(30.0, ge=0)
+    scan_interval_seconds: float = Field(3600.0, gt=0)
+
+
+class JobsSection(_Strict):
+    """The persistent job queue: retries with exponential backoff and jitter, then dead letters."""
+
+    workers: int = Field(2, ge=1, le=32)
+    max_attempts: int = Field(8, ge=1, le=100)
+    backoff_base_seconds: float = Field(2.0, gt=0)
+    backoff_max_seconds: float = Field(600.0, gt=0)
+    poll_seconds: float = Field(0.2, gt=0)
+    export_retry_hours: float = Field(
+        24.0, gt=0, description="how long a write-back is retried (capped backoff) before it becomes a dead letter"
+    )
+
+
+class SegmentationSection(_Strict):
+    """How drafts and approved results are encoded and where models live."""
+
+    seg_type: Literal["BINARY", "LABELMAP"] = "BINARY"
+    models_dir: Path | None = Field(None, description="local model registry; default storage_dir/models")
+    min_learning_slices: int = Field(5, ge=1)
+    labelmap_fallback: bool = Field(
+        True, description="a peer that refuses LABELMAP SEGs gets the same segmentation as BINARY"
+    )
+
+
+def _yaml_source(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+class NodeConfig(BaseSettings):
+    """The whole node configuration. Build it with :meth:`load`."""
+
+    model_config = SettingsConfigDict(env_prefix="LAUREL_", env_nested_delimiter="__", extra="forbid")
+
+    node: NodeSection = NodeSection()
+    peers: list[Peer] = Field(default_factory=list)
+    routing: list[RoutingRule] = Field(default_factory=list)
+    api: ApiSection = ApiSection()
+    federation: FederationSection | None = None
+    retention: RetentionSection = RetentionSection()
+    jobs: JobsSection = JobsSection()
+    segmentation: SegmentationSection = SegmentationSection()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the YAML file (passed as init kwargs).
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _peers_unique(self) -> NodeConfig:
+        for attr in ("name", "ae_title"):
+            seen: set[str] = set()
+            for peer in self.peers:
+                value = getattr(peer, attr)
+                if value in seen:
+                    raise ValueError(f"two peers share the {attr} {value!r}; each peer needs its own")
+                seen.add(value)
+        endpoints = [(p.host, p.port) for p in self.peers if p.receive_results]
+        if len(endpoints) != len(set(endpoints)):
+            raise ValueError("two result-receiving peers share host and port")
+        if self.api.enabled and self.api.port == self.node.port and self.api.host == self.node.host:
+            raise ValueError("api.port and node.port must differ")
+        return self
+
+    @classmethod
+    def load(cls, path: Path | str | None = None, **overrides: Any) -> NodeConfig:
+        """Read and validate a YAML file (or embedded defaults when ``path`` is None).
+
+        Raises :class:`ConfigError` with every problem listed as ``field: message``.
+        """
+        data = _yaml_source(Path(path) if path is not None else None)
+        data.update(overrides)
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+            )
+            where = f" in {path}" if path is not None else ""
+            raise ConfigError(f"invalid configuration{where}: {problems}") from exc
+
+    @property
+    def models_dir(self) -> Path:
+        """The local model registry folder."""
+        return self.segmentation.models_dir or self.node.storage_dir / "models"
+
+    def peer(self, name_or_ae: str) -> Peer:
+        """The configured peer with this name (or AE title); ``KeyError`` saying which exist otherwise."""
+        for p in self.peers:
+            if name_or_ae in (p.name, p.ae_title):
+                return p
+        known = ", ".join(p.name for p in self.peers) or "none"
+        raise KeyError(f"no peer named {name_or_ae!r} is configured (configured: {known})")

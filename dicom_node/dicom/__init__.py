@@ -1,0 +1,1 @@
+"""DICOM objects ⇄ arrays: series volumes and DICOM-SEG; no database, no network."""

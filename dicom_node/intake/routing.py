@@ -1,0 +1,65 @@
+"""Which series goes to which model: the called AE title or rules on DICOM attributes, first match wins.
+
+A series is routed once, when its first instance arrives (the routing attributes are series-level). A series
+that matches no rule gets ``model = NULL`` and state ``UNROUTED``: it is kept for
+``retention.unrouted_days``, listed by ``laurel status``, and never deleted earlier.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_node.core.config import RoutingRule
+from dicom_node.core.db import Series, SeriesState
+
+
+@dataclass(frozen=True)
+class _CompiledRule:
+    model: str
+    called_ae: str | None
+    match: tuple[tuple[str, re.Pattern[str]], ...]
+
+
+class Router:
+    """The configured routing rules, compiled once."""
+
+    def __init__(self, rules: Sequence[RoutingRule]) -> None:
+        self._rules = [
+            _CompiledRule(
+                rule.model,
+                rule.called_ae,
+                tuple((keyword, re.compile(pattern)) for keyword, pattern in rule.match.items()),
+            )
+            for rule in rules
+        ]
+        #: The DICOM keywords the rules look at (the receiver extracts these from every dataset).
+        self.keywords: tuple[str, ...] = tuple(sorted({keyword for rule in self._rules for keyword, _ in rule.match}))
+        #: AE titles that select a model; the SCP answers to these as well as to its own title.
+        self.called_ae_titles: frozenset[str] = frozenset(r.called_ae for r in self._rules if r.called_ae)
+
+    def route(self, called_ae: str | None, attributes: Mapping[str, str | None]) -> str | None:
+        """The model for a series, or ``None`` when no rule matches.
+
+        A rule matches when its ``called_ae`` (if any) equals the called AE title and every regular
+        expression in its ``match`` finds a match (``re.search``) in the attribute's value; a missing
+        attribute never matches.
+        """
+        for rule in self._rules:
+            if rule.called_ae is not None and rule.called_ae != (called_ae or "").strip():
+                continue
+            if all(
+                (value := attributes.get(keyword)) is not None and pattern.search(value)
+                for keyword, pattern in rule.match
+            ):
+                return rule.model
+        return None
+
+
+def unrouted_series(session: Session) -> list[Series]:
+    """Series no rule routed to a model, oldest first (kept for retention.unrouted_days)."""
+    return list(session.scalars(select(Series).where(Series.state == SeriesState.UNROUTED).order_by(Series.id)))

@@ -1,0 +1,1 @@
+"""What the worker processes run: segmentation, review, learning, write-back, federation sync, retention."""

@@ -1,0 +1,254 @@
+"""The jobs that make a node learn and share: ``learn``, ``upload`` and ``sync``.
+
+- ``learn`` {series_id, approval}: incremental learning of the series' model on the approved labels (only
+  slices that carry labels, at least ``segmentation.min_learning_slices``), stored as a new local revision;
+  queues an ``upload`` (in the same transaction) when a federation is configured. **Exactly once per
+  approval**: the approval (the approved SEG's SOP Instance UID) is the revision's ``source_key``, checked
+  before training and again, by a unique index, when the revision is recorded. Learning jobs of one model
+  run one at a time (the model's lease) and each starts from the active revision *at the time it holds the
+  lease*, so two approvals give two revisions in a chain, never two siblings.
+- ``upload`` {model, revision}: sends that revision's weights (never images) to the federation; the job is
+  the durable outbox: it is retried with backoff while the server is down and survives restarts, and its
+  ``Idempotency-Key`` (a digest of the node and the revision) makes a retry return the same update.
+- ``sync`` {}: pulls every newer shared version the federation published. A package is taken only when it
+  is signed by the server's key (never because it is a zoo package), its signed manifest names the model and
+  the version the server announced, and that version is newer than every shared version the node holds; a
+  version already pulled adds nothing. Pinned models are skipped; a model whose lease another job holds is
+  retried shortly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_node.core import jobs
+from dicom_node.core.db import Job, Series, session_scope
+from dicom_node.core.jobs import JobContext, JobDeferred, fault_point
+from dicom_node.core.model_tables import ModelRevision
+from dicom_node.core.review_tables import SeriesResult
+from dicom_node.work.learning import RegistryError
+from dicom_node.work.pipeline import load_npy
+from dicom_node.work.review import dice_scores
+from dicom_node.work.services import NodeServices
+
+logger = logging.getLogger(__name__)
+
+#: How long a learn or sync job may hold a model's lease before another job may take it over.
+LEASE_SECONDS = 1800.0
+
+
+def labelled_slice_indices(labels: np.ndarray) -> list[int]:
+    """Indices of the slices that carry at least one label (the slices a correction teaches)."""
+    return [int(z) for z in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))]
+
+
+def _queue_upload(services: NodeServices, s: Session, rev: ModelRevision, n_slices: int, local_dice: float) -> int:
+    job = jobs.enqueue(
+        s,
+        "upload",
+        {"model": rev.name, "revision": rev.revision, "n_slices": n_slices, "local_dice": local_dice},
+        dedupe_key=f"upload:{rev.name}:{rev.revision}",
+    )
+    return job.id
+
+
+def learn(services: NodeServices, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Learn from one approval of a series; returns the new (or already recorded) revision."""
+    from dicom_node.dicom.volume import load_series
+
+    series_id = int(payload["series_id"])
+    with session_scope(services.engine) as s:
+        series = s.get(Series, series_id)
+        result = s.scalar(select(SeriesResult).where(SeriesResult.series_id == series_id))
+        if series is None or result is None or result.approved_seg_path is None:
+            raise jobs.PermanentJobError(f"series {series_id} has no approved segmentation to learn from")
+        approval = str(payload.get("approval") or result.approved_seg_sop_uid)
+        labels_path = result.approved_labels_path or result.corrected_labels_path or result.draft_labels_path
+        labels = load_npy(services.path(labels_path))
+        paths = services.instance_paths(series)
+        model_name = result.model
+    source_key = f"approval:{approval}"
+    done = services.registry.find(model_name, source_key)
+    if done is not None:  # learned before a crash or a stop: never twice
+        return _already_learned(services, done)
+    labelled = labelled_slice_indices(labels)
+    minimum = services.config.segmentation.min_learning_slices
+    if len(labelled) < minimum:
+        logger.info("series %s: %d labelled slices (< %d); no learning", series_id, len(labelled), minimum)
+        services.metrics.learning_runs.labels(model=model_name, outcome="skipped").inc()
+        return {"skipped": f"only {len(labelled)} labelled slices; learning needs {minimum}"}
+    holder = services.registry.acquire_lease(model_name, ctx.job_id, LEASE_SECONDS)
+    if holder is not None:
+        raise JobDeferred(f"model {model_name} is being changed by job {holder}", delay=2.0)
+    try:
+        done = services.registry.find(model_name, source_key)  # recorded while we waited for the lease?
+        if done is not None:
+            return _already_learned(services, done)
+        volume = load_series(paths)
+        rev, pkg = services.registry.active(model_name)  # the newest, now that nobody else changes it
+        started = time.perf_counter()
+        before = pkg.apply(volume.array, volume.spacing)
+        learned = pkg.learn(volume.array, labels, volume.spacing, slices=labelled)
+        elapsed = time.perf_counter() - started
+        values = sorted(int(lab["value"]) for lab in pkg.labels)
+        local_dice = dice_scores(labels, before, values)["overall"] or 0.0
+        fault_point("learn.before_record", ctx)
+        upload_job: list[int] = []
+
+        def queue_upload(s: Session, new: ModelRevision) -> None:
+            if services.config.federation is not None:
+                upload_job.append(_queue_upload(services, s, new, len(labelled), local_dice))
+
+        new_rev = services.registry.add(
+            learned,
+            source="local",
+            parent_revision=rev.revision,
+            note=f"learned from series {series_id} ({len(labelled)} slices, Dice before {local_dice:.3f})",
+            source_key=source_key,
+            on_record=queue_upload,
+        )
+        fault_point("learn.after_record", ctx)
+    finally:
+        services.registry.release_lease(model_name, ctx.job_id)
+    services.metrics.learning_runs.labels(model=model_name, outcome="ok").inc()
+    services.metrics.learning_seconds.labels(model=model_name).observe(elapsed)
+    out: dict[str, Any] = {
+        "model": model_name,
+        "revision": new_rev.revision,
+        "parent_revision": rev.revision,
+        "slices": len(labelled),
+        "local_dice": local_dice,
+        "seconds": round(elapsed, 2),
+    }
+    if upload_job:
+        out["upload_job"] = upload_job[0]
+    return out
+
+
+def _already_learned(services: NodeServices, rev: ModelRevision) -> dict[str, Any]:
+    """The approval was learned already (a re-run after a crash): make sure its upload is queued."""
+    out: dict[str, Any] = {"model": rev.name, "revision": rev.revision, "already_learned": True}
+    if services.config.federation is not None:
+        with session_scope(services.engine) as s:
+            existing = s.scalar(select(Job).where(Job.dedupe_key == f"upload:{rev.name}:{rev.revision}"))
+            if existing is None:
+                out["upload_job"] = _queue_upload(services, s, rev, 0, 0.0)
+    logger.info("model %s revision %d already records this approval; not learned again", rev.name, rev.revision)
+    return out
+
+
+def upload(services: NodeServices, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Send a local revision's weights to the federation; returns the server's update id."""
+    from federation.client import FederationRefused
+
+    client = services.federation
+    if client is None:
+        raise jobs.PermanentJobError("no federation is configured on this node")
+    rev = services.registry.revision(payload["model"], int(payload["revision"]))
+    pkg = services.registry.package(rev)
+    fault_point("upload.before_send", ctx)
+    try:
+        update_id = client.upload_update(
+            rev.name,
+            rev.federation_version,
+            pkg.weights,
+            n_slices=int(payload["n_slices"]),
+            local_dice=float(payload["local_dice"]),
+            # the same key on every retry of this job: the server never merges this update twice
+            idempotency_key=hashlib.sha256(f"{services.config.node.ae_title}:{rev.sha256}".encode()).hexdigest(),
+        )
+    except FederationRefused as exc:
+        services.metrics.federation_uploads.labels(outcome="refused").inc()
+        raise jobs.PermanentJobError(f"the federation refused the update: {exc}") from exc
+    fault_point("upload.after_send", ctx)
+    services.metrics.federation_uploads.labels(outcome="ok").inc()
+    return {"update_id": update_id, "base_version": rev.federation_version}
+
+
+class SyncRefused(Exception):
+    """A package the federation offered does not prove what it claims; the message says why."""
+
+
+def _check_offer(services: NodeServices, name: str, announced: int, data: bytes) -> Any:
+    """The package if it is the server-signed ``name`` version ``announced``; :class:`SyncRefused` otherwise."""
+    from models.package import PackageError, load
+    from models.signing import parse
+
+    try:
+        manifest = parse(data).manifest  # JSON only; the signature below covers it
+        pkg = load(data, services.registry.federation_keys, allow_zoo=False)
+    except PackageError as exc:
+        raise SyncRefused(f"{name} version {announced}: {exc}") from exc
+    if manifest.get("name") != name or pkg.name != name:
+        raise SyncRefused(f"the server announced {name} version {announced} but sent model {manifest.get('name')!r}")
+    if manifest.get("version") != announced or pkg.version != announced:
+        raise SyncRefused(
+            f"the server announced {name} version {announced} but the signed package is version "
+            f"{manifest.get('version')!r}"
+        )
+    _rev, current = services.registry.active(name)
+    if pkg.family_id != current.family_id:
+        raise SyncRefused(f"{name} version {announced} belongs to another model family")
+    return pkg
+
+
+def sync(services: NodeServices, payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Pull newer shared versions of every model this node uses (see the module docstring)."""
+    client = services.federation
+    if client is None:
+        return {"skipped": "no federation configured"}
+    pulled: dict[str, int] = {}
+    refused: dict[str, str] = {}
+    busy: list[str] = []
+    names = sorted({*services.registry.names(), *(r.model for r in services.config.routing)})
+    for name in names:
+        try:
+            state = services.registry.state(name)
+        except RegistryError:
+            continue  # not a model this node can have (no zoo package): nothing to sync
+        if state["pinned"]:
+            continue  # a pinned model is left alone until a person unpins it
+        latest = client.latest_version(name)
+        have = services.registry.newest_shared_version(name)
+        if latest is None or latest <= have:
+            continue
+        if services.registry.acquire_lease(name, ctx.job_id, LEASE_SECONDS) is not None:
+            busy.append(name)
+            continue
+        try:
+            if services.registry.find(name, f"federation:{latest}") is not None:
+                continue
+            data = client.download_bytes(name, latest)
+            try:
+                pkg = _check_offer(services, name, latest, data)
+            except SyncRefused as exc:
+                logger.error("sync refused a package: %s", exc)
+                services.metrics.federation_syncs.labels(outcome="refused").inc()
+                refused[name] = str(exc)
+                continue
+            fault_point("sync.before_record", ctx)
+            services.registry.add(
+                pkg,
+                source="federation",
+                parent_revision=state["active_revision"],
+                note=f"federation version {latest}",
+                payload=data,
+                source_key=f"federation:{latest}",
+            )
+            pulled[name] = latest
+        finally:
+            services.registry.release_lease(name, ctx.job_id)
+    if busy:
+        raise JobDeferred(f"models {', '.join(busy)} are being changed by another job; sync again shortly", 5.0)
+    services.metrics.federation_syncs.labels(outcome="ok").inc()
+    out: dict[str, Any] = {"pulled": pulled}
+    if refused:
+        out["refused"] = refused
+    return out

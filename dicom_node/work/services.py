@@ -1,0 +1,50 @@
+"""What the workflow code (pipeline, review, learning jobs, API) needs from a running node, in one object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dicom_node.core.db import resolve_path, stored_path
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from dicom_node.core.config import NodeConfig
+    from dicom_node.core.db import Series
+    from dicom_node.core.metrics import NodeMetrics
+    from dicom_node.work.learning import ModelRegistry
+    from federation.client import FederationClient
+
+
+@dataclass
+class NodeServices:
+    """The node's configuration, index, metrics, model registry and (optional) federation client."""
+
+    config: NodeConfig
+    engine: Engine
+    metrics: NodeMetrics
+    registry: ModelRegistry
+    federation: FederationClient | None = None
+
+    @property
+    def derived_dir(self) -> Path:
+        """Where drafts, corrections and approved SEGs are kept (``storage_dir/derived``)."""
+        return self.config.node.storage_dir / "derived"
+
+    def result_dir(self, study_id: int, series_id: int) -> Path:
+        """The folder of one series' results."""
+        return self.derived_dir / str(study_id) / str(series_id)
+
+    def path(self, stored: str) -> Path:
+        """The file a path recorded in the index names (recorded paths are relative to ``storage_dir``)."""
+        return resolve_path(self.config.node.storage_dir, stored)
+
+    def stored(self, path: Path) -> str:
+        """How the index records ``path`` (relative to ``storage_dir``)."""
+        return stored_path(self.config.node.storage_dir, path)
+
+    def instance_paths(self, series: Series) -> list[Path]:
+        """The stored files of a series' instances."""
+        return [self.path(inst.path) for inst in series.instances]

@@ -1,0 +1,138 @@
+"""Plugs the review workflow into the DICOM spine: job handlers, the API, the federation sync.
+
+The job kinds (one place documents them all):
+
+========= ======================================= ==================================================
+kind      payload                                 does
+========= ======================================= ==================================================
+segment   ``{study_id}``                          routed series → drafts → PENDING_REVIEW (or FAILED)
+resegment ``{series_id, operator?}``              a series changed after its draft (late instances) or a
+                                                  person asked: a new draft over every image
+export    ``{peer, paths, study_id?, reason?}``   C-STORE of the files to the peer; a study's last
+                                                  export moves it to EXPORTED
+learn     ``{series_id}``                         incremental learning → new local model revision
+upload    ``{model, revision, n_slices, ...}``    the revision's weights to the federation
+sync      ``{}``                                  newer signed federation versions → new revisions
+retention ``{}``                                  deletes received files past the retention period
+========= ======================================= ==================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from dicom_node.core.config import NodeConfig
+from dicom_node.core.db import session_scope
+from dicom_node.core.jobs import JobContext
+from dicom_node.work import learning_jobs
+from dicom_node.work.export import EXPORT_JOB, export_handler
+from dicom_node.work.learning import ModelRegistry
+from dicom_node.work.pipeline import mark_segment_dead, resegment_series, segment_study
+from dicom_node.work.review import mark_exported_if_done, rebuild_approved_seg
+from dicom_node.work.services import NodeServices
+
+if TYPE_CHECKING:
+    from dicom_node.process.node import Node
+    from federation.client import FederationClient
+
+logger = logging.getLogger(__name__)
+
+
+class WorkflowConfigError(ValueError):
+    """The workflow cannot start with this configuration; the message says what to fix."""
+
+
+def federation_client(cfg: NodeConfig) -> FederationClient | None:
+    """The client of the configured federation (``None`` without one); the key comes from the environment."""
+    if cfg.federation is None:
+        return None
+    from federation.client import FederationClient
+
+    key = os.environ.get(cfg.federation.api_key_env, "")
+    if not key:
+        raise WorkflowConfigError(
+            f"federation.url is set but the environment variable {cfg.federation.api_key_env} (the site's "
+            "API key) is empty; set it to the key from `laurel federation add-site`, or remove federation"
+        )
+    if not cfg.federation.server_public_key:
+        raise WorkflowConfigError(
+            "federation.server_public_key is required: nodes load only packages signed by the server "
+            "(print it with `laurel federation public-key`)"
+        )
+    return FederationClient(
+        cfg.federation.url,
+        key,
+        server_public_key=cfg.federation.server_public_key,
+        timeout=cfg.federation.timeout_seconds,
+    )
+
+
+def build_services(node: Node, client: FederationClient | None = None) -> NodeServices:
+    """The workflow's services over a node's engine and metrics."""
+    cfg = node.config
+    trusted = []
+    if client is not None and cfg.federation is not None and cfg.federation.server_public_key:
+        from federation.client import parse_public_key
+
+        trusted.append(parse_public_key(cfg.federation.server_public_key))
+    registry = ModelRegistry(
+        node.engine,
+        cfg.models_dir,
+        cfg.node.storage_dir / "node_signing_key.pem",
+        trusted_keys=trusted,
+    )
+    return NodeServices(config=cfg, engine=node.engine, metrics=node.metrics, registry=registry, federation=client)
+
+
+def attach(node: Node, services: NodeServices) -> None:
+    """Register the workflow's job handlers and periodic work on ``node``."""
+    base_export = export_handler(
+        node.config, node.metrics, rebuild=lambda path, seg_type: rebuild_approved_seg(services, path, seg_type)
+    )
+
+    def export(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any] | None:
+        result = base_export(ctx, payload)
+        if payload.get("study_id") is not None:
+            with session_scope(services.engine) as s:
+                mark_exported_if_done(s, int(payload["study_id"]), running_job_id=ctx.job_id)
+        return result
+
+    node.add_job_handler(EXPORT_JOB, export)
+    node.add_job_handler("segment", lambda ctx, p: segment_study(services, int(p["study_id"]), ctx))
+    node.jobs.on_dead("segment", lambda s, p, error: mark_segment_dead(services, s, p, error))
+    node.add_job_handler(
+        "resegment", lambda ctx, p: resegment_series(services, int(p["series_id"]), ctx, operator=p.get("operator"))
+    )
+    node.add_job_handler("learn", lambda ctx, p: learning_jobs.learn(services, p, ctx))
+    node.add_job_handler("upload", lambda ctx, p: learning_jobs.upload(services, p, ctx))
+    node.add_job_handler("sync", lambda ctx, p: learning_jobs.sync(services, p, ctx))
+    node.add_on_start("warm-models", lambda: warm_models(services))
+    if services.federation is not None and node.config.federation is not None:
+        interval = node.config.federation.sync_interval_seconds
+
+        def queue_sync() -> None:
+            bucket = int(time.time() // interval)
+            node.enqueue("sync", {}, dedupe_key=f"sync:{bucket}")
+
+        node.add_periodic("federation-sync", queue_sync, interval)
+
+
+def warm_models(services: NodeServices) -> None:
+    """Load every routed model and run it once on a tiny volume, so the first study does not wait for
+    TensorFlow to build its graph (seconds on a CPU)."""
+    import numpy as np
+
+    for name in sorted({rule.model for rule in services.config.routing}):
+        try:
+            _rev, pkg = services.registry.active(name)
+        except Exception:
+            logger.exception("model %s could not be loaded", name)
+            continue
+        volume = np.zeros((2, 64, 64), dtype=np.float32)
+        volume[:, 16:48, 16:48] = 100.0
+        started = time.perf_counter()
+        pkg.apply(volume, (5.0, 1.0, 1.0))
+        logger.info("model %s warmed up in %.1f s", name, time.perf_counter() - started)
