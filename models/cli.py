@@ -255,7 +255,8 @@ def install_command(
     config: Path = typer.Option(Path("config/node.yaml"), "--config", "-c", help="node configuration (YAML)"),
 ) -> None:
     """Install a signed package on this node: it becomes a revision the node's routing can name."""
-    from dicom_node.config import ConfigError, NodeConfig
+    from dicom_node.core.config import NodeConfig
+    from dicom_node.core.errors import ConfigError
     from models.create.build import install_into_node, read_public_keys
 
     try:

@@ -140,6 +140,7 @@ def _segment_series(
         algorithm_version=pkg.version,
         seg_type=services.config.segmentation.seg_type,
         series_number=DRAFT_SERIES_NUMBER,
+        label_table=pkg.labels,
     )
     folder = services.result_dir(study_id, series_id)
     uid = str(seg.SOPInstanceUID)  # new names: the previous draft stays whole until the row switches

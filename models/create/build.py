@@ -297,7 +297,7 @@ def load_package(name_or_file: str, public_keys: Sequence[Any] = ()) -> Any:
 def install_into_node(cfg: Any, package: Path, public_keys: Sequence[Any]) -> dict[str, Any]:
     """Make a signed package a revision of the node's registry (``cfg``: the node's ``NodeConfig``): verified
     with ``public_keys``, then stored re-signed by the node's own key, active unless the model is pinned."""
-    from dicom_node.learning import ModelRegistry
+    from dicom_node.work.learning import ModelRegistry
     from models.package import load
     from models.signing import sha256_hex
 

@@ -4,7 +4,7 @@ DICOM: every file under the folder is read (header first, bounded); a SEG is mat
 by its ReferencedSeriesSequence and the SOP instances its frames reference, its segments to the label table
 by SegmentLabel / TrackingID / SNOMED CT code + laterality. A SEG whose frames do not lie on its series'
 pixel grid (size, orientation, spacing, positions) is refused with the reason. Images are read the way the
-node reads them (:func:`dicom_node.volume.load_series`), so a model sees the same orientation in training
+node reads them (:func:`dicom_node.dicom.volume.load_series`), so a model sees the same orientation in training
 and on the node.
 
 NIfTI: ``images/<case>.nii[.gz]`` with ``labels/<case>.nii[.gz]`` (also ``imagesTr``/``labelsTr`` and the
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 POSITION_TOL_MM = 0.05
+GENERIC_BODY_STRUCTURE = "123037004"  # SCT "Body structure": what the node writes for a label without a code
 LIMITS = {
     "files": 100_000,  # files under a DICOM folder
     "file_bytes": 2 << 30,  # one file
@@ -253,7 +254,8 @@ def segment_infos(ds: Any) -> dict[int, SegmentInfo]:
         code = meaning = side = None
         seq = item.get("SegmentedPropertyTypeCodeSequence")
         if seq:
-            if str(seq[0].get("CodingSchemeDesignator", "")) in ("SCT", "SRT"):
+            generic = str(seq[0].CodeValue) == GENERIC_BODY_STRUCTURE  # a label without its own code
+            if str(seq[0].get("CodingSchemeDesignator", "")) in ("SCT", "SRT") and not generic:
                 code, meaning = str(seq[0].CodeValue), str(seq[0].get("CodeMeaning", ""))
             for mod in seq[0].get("SegmentedPropertyTypeModifierCodeSequence", []):
                 side = side_codes.get(str(mod.get("CodeValue", "")), side)
@@ -343,7 +345,7 @@ def _read_dicom_case(
     import highdicom as hd
     import pydicom
 
-    from dicom_node.volume import UnsupportedSeries, load_series
+    from dicom_node.dicom.volume import UnsupportedSeries, load_series
 
     try:
         volume = load_series(source.files)

@@ -24,22 +24,20 @@ from tests.workflow_fixtures import RunningNode, send_files
 
 pytestmark = pytest.mark.timeout(900)
 
-FAST = ["--epochs", "20", "--no-augment", "--patch", "64", "--spacing", "2.5", "--base-filters", "8", "--levels", "3"]
-MIN_DICE = 0.5  # per label; an untrained or broken trainer scores ~0 (13 classes, muscles ~2 % of voxels each)
+FAST = ["--epochs", "20", "--patch", "64", "--spacing", "2.5", "--base-filters", "8", "--levels", "3"]
+MIN_DICE = 0.4  # per label; chance is ~0.02 (13 classes, a muscle is 1-4 % of the voxels), untrained ~0
 
 
 def _cli(args: list[str]) -> str:
-    from dicom_node.cli import _register, app
+    """``laurel model ...`` (the group the console script attaches)."""
+    from models.cli import model_app
 
-    _register()
-    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    result = CliRunner().invoke(model_app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
 
 
-def test_create_evaluate_install_and_draft(
-    tmp_path: Path, workflow_node_factory: Callable[..., RunningNode]
-) -> None:
+def test_create_evaluate_install_and_draft(tmp_path: Path, workflow_node_factory: Callable[..., RunningNode]) -> None:
     train_dir, test_dir = tmp_path / "site", tmp_path / "heldout"
     for i in range(10):
         _files, seg, _ph = write_labelled_phantom(train_dir / f"subject{i:02d}", 8100 + i)
@@ -48,10 +46,8 @@ def test_create_evaluate_install_and_draft(
         write_labelled_phantom(test_dir / f"subject{i}", 8200 + i)
     key, out = tmp_path / "keys" / "site.pem", tmp_path / "calf-site.laurel"
 
-    created = _cli(
-        ["model", "create", str(train_dir), "--name", "calf-site", "--out", str(out), "--signing-key", str(key)]
-        + ["--holdout", "2", *FAST]
-    )
+    args = ["create", str(train_dir), "--name", "calf-site", "--out", str(out), "--signing-key", str(key)]
+    created = _cli([*args, "--holdout", "2", *FAST])
     assert "= the leg catalogue" in created and "signed by key" in created
     report = json.loads(Path(f"{out}.report.json").read_text())
     assert report["cases"] == 2 and len(report["training"]["training_subjects"]) == 8
@@ -62,7 +58,7 @@ def test_create_evaluate_install_and_draft(
 
     # The same report for the package on other labelled data (subjects never seen by `create`).
     evaluated = _cli(
-        ["model", "evaluate", str(out), str(test_dir), "--public-key", f"{key}.pub", "--report", str(tmp_path / "e.json")]
+        ["evaluate", str(out), str(test_dir), "--public-key", f"{key}.pub", "--report", str(tmp_path / "e.json")]
     )
     assert "soleus_left" in evaluated
     ev = json.loads((tmp_path / "e.json").read_text())
