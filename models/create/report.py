@@ -151,7 +151,7 @@ def _rounded(sc: Mapping[str, float | None]) -> dict[str, float | None]:
 def format_report(report: Mapping[str, Any], title: str = "") -> str:
     """The report as a fixed-width text table, one row per label."""
     lines = [title] if title else []
-    lines.append(f"{report['cases']} held-out case(s); mean Dice over labels {_f(report.get('mean_dice'))}")
+    lines.append(f"{report['cases']} case(s); mean Dice over labels {_f(report.get('mean_dice'))}")
     header = (
         f"{'label':32} {'cases':>5} {'Dice mean':>9} {'median':>7} {'min':>6} {'HD95 mm':>8} {'missed':>6} "
         f"{'dVol ml':>8} {'|dVol| %':>8}"
