@@ -276,3 +276,45 @@ def test_create_a_model_for_any_anatomy_from_nifti(tmp_path: Path) -> None:
     assert report["cases"] == 1 and pkg.metadata["evaluation"]["labels"] == report["labels"]
     for row in report["labels"]:
         assert row["dice"]["mean"] > 0.6, row  # untrained: ~0
+
+
+# --- the command line: phantom ground truth as SEG, installing a package on a node --------------------------
+
+
+def test_phantom_command_writes_its_ground_truth_as_seg(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from models.phantom.cli import phantom
+
+    cli = typer.Typer()
+    cli.command()(phantom)
+    args = ["--region", "leg", "--contrast", "t1", "--seed", "5500", "--slices", "3", "--matrix", "96", "--seg"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    assert dciodvfy(tmp_path / "s" / "seg.dcm") == []
+    _image, labels, _sp = load_dataset(tmp_path / "s").cases[0].load()
+    assert np.array_equal(labels, np.load(tmp_path / "s" / "labels.npz")["labels"])
+
+
+def test_install_command_verifies_and_registers_a_package(tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from models.cli import model_app
+    from models.create.build import signing_key, write_signed
+    from tests.helpers_models import tiny_package
+    from tests.peers import node_settings
+
+    write_signed(tiny_package(), tmp_path / "tiny.laurel", signing_key(tmp_path / "k.pem"))
+    signing_key(tmp_path / "other.pem")
+    config = tmp_path / "node.yaml"
+    config.write_text(yaml.safe_dump(node_settings(tmp_path / "node")))
+    base = ["install", str(tmp_path / "tiny.laurel"), "--config", str(config), "--public-key"]
+
+    refused = CliRunner().invoke(model_app, [*base, str(tmp_path / "other.pem.pub")])
+    assert refused.exit_code == 2 and "not trusted" in refused.output
+    for _ in range(2):  # installing the same bytes again adds nothing
+        ok = CliRunner().invoke(model_app, [*base, str(tmp_path / "k.pem.pub")])
+        assert ok.exit_code == 0, ok.output
+        assert "tiny-leg: revision 1 installed; active revision 1" in ok.output
