@@ -127,6 +127,9 @@ def warm_models(services: NodeServices) -> None:
     TensorFlow to build its graph (seconds on a CPU)."""
     import numpy as np
 
+    from models.network import device_summary
+
+    logger.info("models run on %s", device_summary())
     for name in sorted({rule.model for rule in services.config.routing}):
         try:
             _rev, pkg = services.registry.active(name)
