@@ -29,7 +29,10 @@ stamp=.venv/.laurel-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing Laurel and its dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  # LAUREL_GPU=1 installs the full TensorFlow build (NVIDIA GPU hosts); the CPU build otherwise.
+  tf_extra=cpu
+  if [ "${LAUREL_GPU:-0}" = "1" ]; then tf_extra=gpu; fi
+  .venv/bin/python -m pip install -q -e ".[dev,${tf_extra}]"
   touch "$stamp"
 fi
 echo "setup: ready"

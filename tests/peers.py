@@ -578,9 +578,10 @@ def node_settings(
 class NodeProcess(ManagedProcess):
     """``laurel serve`` in a subprocess with a generated config (for kill -9 tests)."""
 
-    def __init__(self, workdir: Path, settings: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, settings: dict[str, Any], env: dict[str, str] | None = None) -> None:
         super().__init__(workdir, "node")
         self.settings = settings
+        self.extra_env = dict(env or {})
         self.config_path = self.workdir / "node.yaml"
         self.config_path.write_text(yaml.safe_dump(settings))
 
@@ -596,7 +597,7 @@ class NodeProcess(ManagedProcess):
 
     def start(self, timeout: float = 60) -> NodeProcess:
         """Start ``python -m dicom_node serve`` and wait until it answers C-ECHO."""
-        env = {**PEER_ENV, "PYTHONPATH": str(REPO)}
+        env = {**PEER_ENV, "PYTHONPATH": str(REPO), **self.extra_env}
         self._spawn([sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config_path)], env)
         calling = next(p["ae_title"] for p in self.settings["peers"] if p.get("send_to_us", True))
         wait_until(

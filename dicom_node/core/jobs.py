@@ -46,6 +46,10 @@ from dicom_node.core.metrics import NodeMetrics
 
 logger = logging.getLogger(__name__)
 
+#: Job kinds queued by the intake process's scheduler (their handlers run in the workers).
+RETENTION_JOB = "retention"
+SYNC_JOB = "sync"
+
 
 class PermanentJobError(Exception):
     """Raised by a handler when retrying cannot help: the job becomes DEAD at once with this message."""
@@ -240,10 +244,12 @@ class JobRunner:
         """Something was queued: look now instead of at the next poll."""
         self._wake.set()
 
-    def start(self) -> None:
-        """Recover interrupted jobs and start the workers."""
-        with session_scope(self.engine) as session:
-            recover_interrupted(session, self.config.max_attempts, self.dead_handlers)
+    def start(self, *, recover: bool = True) -> None:
+        """Start the workers; ``recover`` first queues again the jobs a crash left RUNNING (only right when no
+        other runner works on this database: the supervisor recovers once, before its workers start)."""
+        if recover:
+            with session_scope(self.engine) as session:
+                recover_interrupted(session, self.config.max_attempts, self.dead_handlers)
         self._stop.clear()
         for n in range(self.config.workers):
             thread = threading.Thread(target=self._work, name=f"laurel-jobs-{n}", daemon=True)

@@ -122,6 +122,34 @@ def approved_series_description(algorithm_name: str, algorithm_version: str, ope
     return _lo(f"Approved muscle segmentation ({algorithm_name} v{algorithm_version}, reviewed by {operator})")
 
 
+#: Type 2 attributes of the Patient and General Study modules that highdicom copies from the source images.
+#: Senders omit them now and then (they must be present, may be empty); the SEG then carries them empty.
+_TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def with_type2_defaults(ds: Dataset) -> Dataset:
+    """``ds``, or a shallow copy of it with the copied Type 2 attributes it lacks present and empty."""
+    missing = [keyword for keyword in _TYPE2_COPIED if keyword not in ds]
+    if not missing:
+        return ds
+    copy = Dataset(ds)
+    if hasattr(ds, "file_meta"):
+        copy.file_meta = ds.file_meta
+    for keyword in missing:
+        setattr(copy, keyword, "")
+    return copy
+
+
 def build_seg(
     volume: SeriesVolume,
     labels: np.ndarray,
@@ -187,7 +215,7 @@ def build_seg(
         content_description = _lo(f"Muscle segmentation reviewed and approved by {creator}")
         content_label = APPROVED_CONTENT_LABEL
     seg = hd.seg.Segmentation(
-        source_images=volume.source_images,
+        source_images=[with_type2_defaults(ds) for ds in volume.source_images],
         pixel_array=frames,
         segmentation_type=seg_type,
         segment_descriptions=descriptions,

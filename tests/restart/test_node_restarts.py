@@ -28,7 +28,8 @@ from tests.peers import OrthancProcess, free_port, node_settings, store_raw, wai
 from tests.restart.harness import FederationServer, NodeServer
 from tests.workflow_fixtures import phantom_series, send_files
 
-pytestmark = [pytest.mark.peers, pytest.mark.slow]
+# The journey restarts a real node eight times; on a loaded 2-core machine it can pass 10 minutes.
+pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def _study(engine: Any, uid: str) -> dict[str, Any] | None:
