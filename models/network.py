@@ -49,6 +49,16 @@ def configure_threads(intra_op: int | None = None, inter_op: int = 1) -> None:
         logger.debug("TensorFlow thread pools already initialised")
 
 
+def preload() -> None:
+    """Import TensorFlow and Keras now, in the calling thread. Python's import of TensorFlow is not safe
+    from two threads at once (a worker's model warm-up and its first job would both start it), so a
+    process that runs models in threads calls this first."""
+    _tensorflow()
+    import keras  # noqa: F401
+
+    configure_threads()
+
+
 def device_summary() -> str:
     """Where the models run: ``GPU: <names>`` when TensorFlow sees one, else ``CPU``."""
     tf = _tensorflow()

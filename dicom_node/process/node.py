@@ -184,7 +184,9 @@ def build_node(cfg: NodeConfig) -> Node:
     """The whole node in one process: intake + workflow jobs + API (what the demo and the tests start)."""
     from dicom_node.api.app import create_app
     from dicom_node.work.workflow import attach, build_services, federation_client, warm_models
+    from models.network import preload
 
+    preload()  # TensorFlow's import is not thread-safe: the warm-up thread and the job threads would race
     node = Node(cfg, api_app_factory=lambda n: create_app(n.services))  # type: ignore[attr-defined]
     services = build_services(cfg, node.engine, node.metrics, federation_client(cfg))
     node.services = services  # type: ignore[attr-defined]

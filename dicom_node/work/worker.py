@@ -36,6 +36,10 @@ class WorkerService:
     def start(self, *, recover: bool = True, warm: bool = True) -> None:
         """Start claiming jobs (``recover``: first release the jobs a crashed process left RUNNING) and warm the
         routed models in the background, so the first study does not wait for TensorFlow."""
+        if warm:
+            from models.network import preload
+
+            preload()  # before any thread imports TensorFlow: its import is not thread-safe
         self.runner.start(recover=recover)
         if warm:
             threading.Thread(target=self._warm, name="laurel-warm-models", daemon=True).start()
