@@ -246,26 +246,3 @@ def evaluate_command(
     report["model"] = {"name": pkg.name, "region": pkg.region, "version": pkg.version, "family_id": pkg.family_id}
     typer.echo(format_report(report, f"model {pkg.name} v{pkg.version} ({pkg.region}) on {data}"))
     _write_report(report, report_path)
-
-
-@model_app.command("install")
-def install_command(
-    package: Path = typer.Argument(..., help="a signed package file (from `laurel model create`)"),
-    public_keys: list[Path] = typer.Option(..., "--public-key", help="PEM key that signed it (repeatable)"),
-    config: Path = typer.Option(Path("config/node.yaml"), "--config", "-c", help="node configuration (YAML)"),
-) -> None:
-    """Install a signed package on this node: it becomes a revision the node's routing can name."""
-    from dicom_node.core.config import NodeConfig
-    from dicom_node.core.errors import ConfigError
-    from models.create.build import install_into_node, read_public_keys
-
-    try:
-        state = install_into_node(NodeConfig.load(config), package, read_public_keys(public_keys))
-    except ConfigError as exc:
-        raise _die(exc) from exc
-    except (ValueError, OSError) as exc:
-        raise _die(exc) from exc
-    typer.echo(
-        f"{state['name']}: revision {state['installed_revision']} installed; active revision {state['active_revision']}"
-        f"{' (PINNED: the model stays on its pinned revision)' if state['pinned'] else ''}"
-    )

@@ -292,31 +292,3 @@ def load_package(name_or_file: str, public_keys: Sequence[Any] = ()) -> Any:
     if name_or_file in DEFINITIONS and not Path(name_or_file).exists():
         return load_default(name_or_file)
     return load(Path(name_or_file).read_bytes(), list(public_keys), allow_zoo=True)
-
-
-def install_into_node(cfg: Any, package: Path, public_keys: Sequence[Any]) -> dict[str, Any]:
-    """Make a signed package a revision of the node's registry (``cfg``: the node's ``NodeConfig``): verified
-    with ``public_keys``, then stored re-signed by the node's own key, active unless the model is pinned."""
-    from dicom_node.work.learning import ModelRegistry
-    from models.package import load
-    from models.signing import sha256_hex
-
-    data = Path(package).read_bytes()
-    pkg = load(data, list(public_keys), allow_zoo=False)
-    registry = ModelRegistry(cfg.node.engine(), cfg.models_dir, cfg.node.storage_dir / "node_signing_key.pem")
-    if pkg.name in registry.names():
-        _rev, current = registry.active(pkg.name)
-        if current.family_id != pkg.family_id:
-            raise ValueError(
-                f"this node already has a model named {pkg.name!r} of another family; create yours under another name"
-            )
-    rev = registry.add(
-        pkg,
-        source="local",
-        parent_revision=None,
-        note=f"installed {Path(package).name}",
-        source_key=f"install:{sha256_hex(data)}",
-    )
-    state: dict[str, Any] = registry.state(pkg.name)
-    state["installed_revision"] = rev.revision
-    return state

@@ -68,7 +68,8 @@ def test_create_evaluate_install_and_draft(tmp_path: Path, workflow_node_factory
 
     # A node routes leg series to the new model by its name and drafts with it.
     running = workflow_node_factory(routing=[{"model": "calf-site", "match": {"SeriesDescription": "(?i)leg"}}])
-    from models.create.build import install_into_node, read_public_keys
+    from dicom_node.cli.model_install import install_into_node
+    from models.create.build import read_public_keys
 
     state = install_into_node(running.node.config, out, read_public_keys([Path(f"{key}.pub")]))
     assert state["name"] == "calf-site" and state["active_revision"] == state["installed_revision"]

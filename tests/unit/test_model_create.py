@@ -299,13 +299,16 @@ def test_phantom_command_writes_its_ground_truth_as_seg(tmp_path: Path) -> None:
 
 def test_install_command_verifies_and_registers_a_package(tmp_path: Path) -> None:
     import yaml
+    import typer
     from typer.testing import CliRunner
 
-    from models.cli import model_app
+    from dicom_node.cli.review_commands import register
     from models.create.build import signing_key, write_signed
     from tests.helpers_models import tiny_package
     from tests.peers import node_settings
 
+    model_app = typer.Typer()
+    register(typer.Typer(), model_app)  # `laurel model install` is a node command, attached to the model group
     write_signed(tiny_package(), tmp_path / "tiny.laurel", signing_key(tmp_path / "k.pem"))
     signing_key(tmp_path / "other.pem")
     config = tmp_path / "node.yaml"
