@@ -39,7 +39,7 @@ def import_table_modules() -> None:
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: The revision this code needs; a database at another revision is upgraded by :func:`migrate`.
 #: Revision ``0001`` is the schema of Laurel 0.1, which had no ``alembic_version`` table.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003_job_leases"
 _BASELINE_REVISION = "0001"
 
 
