@@ -1,4 +1,4 @@
-"""Shared fixtures: an in-process node, real peers (Orthanc, DCMTK storescp), a synthetic study.
+"""Shared fixtures: an in-process node, real peers (Orthanc, DCMTK storescp, PostgreSQL), a synthetic study.
 
 Classes and helpers live in :mod:`tests.peers`; areas may add fixtures in their own ``conftest.py``.
 """
@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from tests.peers import DcmtkStorescp, OrthancProcess, StudyFiles, node_settings, write_study
+from tests.peers import (
+    DcmtkStorescp,
+    OrthancProcess,
+    PostgresServer,
+    StudyFiles,
+    node_settings,
+    postgres_bin_dir,
+    write_study,
+)
 
 
 @pytest.fixture
@@ -78,6 +86,41 @@ def storescp_factory(tmp_path: Path) -> Iterator[Callable[..., DcmtkStorescp]]:
 def study(tmp_path: Path) -> StudyFiles:
     """A synthetic MR study on disk: 3 series × 3 instances (32×32)."""
     return write_study(tmp_path / "study", series=3, instances=3)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (skips when PostgreSQL is not installed); stopped by PID afterwards."""
+    import tempfile
+
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed (scripts/setup.sh installs the postgresql package)")
+    workdir = Path(tempfile.mkdtemp(prefix="laurel-pg-"))  # not under pytest's 0700 tree: the postgres user reads it
+    server = PostgresServer(bin_dir, workdir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a new empty database on the session's PostgreSQL server."""
+    return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty index database on each backend: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database()
 
 
 # Whole-node fixtures (spine + workflow + API): workflow_node_factory, node_api.
