@@ -457,9 +457,10 @@ class JobRunner:
         skip_locked = self.engine.dialect.name == "postgresql"
         now = utcnow()
         owner = str(self.owner)
+        taken: Job | None = None
         with session_scope(self.engine) as session:
             query = (
-                select(Job.id, Job.state, Job.attempts, Job.max_attempts, Job.claimed_by, Job.lease_until)
+                select(Job.id, Job.kind, Job.state, Job.attempts, Job.max_attempts, Job.claimed_by, Job.lease_until)
                 .where(self._due(now))
                 .order_by(Job.next_run_at, Job.id)
             )
@@ -469,14 +470,17 @@ class JobRunner:
                 else:
                     rows = session.execute(query.limit(8)).all()
                 if not rows:
-                    return None
+                    break
                 for row in rows:
                     taken = self._take(session, row, now, owner, conditional=not skip_locked)
                     if taken is not None:
-                        with self._claims_lock:
-                            self._claims[taken.id] = _Claim(taken.id, taken.kind, now)
-                        return taken
-        return None
+                        break
+                if taken is not None:
+                    break
+        if taken is not None:
+            with self._claims_lock:
+                self._claims[taken.id] = _Claim(taken.id, taken.kind, now)
+        return taken
 
     def _take(self, session: Session, row: Any, now: datetime, owner: str, *, conditional: bool) -> Job | None:
         """Claim the job of ``row`` (or bury it: an expired lease on its last attempt); ``None`` if not claimed."""
@@ -489,12 +493,18 @@ class JobRunner:
                 where.append(Job.next_run_at <= now)
         if row.state == JobState.RUNNING:
             if row.attempts >= (row.max_attempts or self.config.max_attempts):
-                job = session.get(Job, row.id, with_for_update=not conditional)
-                if job is None or job.state != JobState.RUNNING:
-                    return None
                 error = f"its runner stopped answering (lease expired) on each of {row.attempts} attempts"
-                _give_up(session, job, error, now, self.dead_handlers)
-                logger.error("job %s (%s): %s; now a dead letter", job.id, job.kind, error)
+                buried = session.execute(
+                    update(Job)
+                    .where(*where)
+                    .values(state=JobState.DEAD, last_error=error, finished_at=now, lease_until=None, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+                if buried.rowcount == 1:  # type: ignore[attr-defined]
+                    logger.error("job %s (%s): %s; now a dead letter", row.id, row.kind, error)
+                    job = session.get(Job, row.id, populate_existing=True)
+                    if job is not None and row.kind in self.dead_handlers:
+                        self._on_dead(session, job, error)
                 return None
             logger.warning("job %s: the lease of %s expired; taken over", row.id, row.claimed_by or "a runner")
         result = session.execute(
