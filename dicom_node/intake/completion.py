@@ -105,7 +105,13 @@ def queue_late_arrivals(engine: Engine, settle_seconds: float, *, now: datetime 
                 Series.last_instance_at.is_not(None),
                 Series.state.not_in([SeriesState.SEGMENTING]),
                 or_(
-                    and_(SeriesResult.id.is_(None), Series.state == SeriesState.ROUTED, Study.state != "COMPLETE"),
+                    # a routed series without a draft in a study past segmentation (a SEGMENTING study's series
+                    # are its segment job's: a series that job missed is caught once the study leaves SEGMENTING)
+                    and_(
+                        SeriesResult.id.is_(None),
+                        Series.state == SeriesState.ROUTED,
+                        Study.state.not_in([StudyState.COMPLETE, StudyState.SEGMENTING]),
+                    ),
                     SeriesResult.drafted_at < Series.last_instance_at,
                 ),
             )
