@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +14,9 @@ from dicom_node.intake.completion import complete_settled_studies
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Any:
-    e = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+def engine(db_url: str) -> Any:
+    """An index on each backend (SQLite, PostgreSQL)."""
+    e = make_engine(db_url)
     yield e
     e.dispose()
 
