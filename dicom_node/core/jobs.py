@@ -321,6 +321,8 @@ class JobRunner:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._halt = threading.Event()  # stops the heartbeat, once the workers are done
+        self._heartbeat: threading.Thread | None = None
         self._claims: dict[int, _Claim] = {}
         self._claims_lock = threading.Lock()
 
@@ -356,12 +358,12 @@ class JobRunner:
             thread = threading.Thread(target=self._work, name=f"laurel-jobs-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        heartbeat = threading.Thread(target=self._heartbeat_loop, name="laurel-jobs-lease", daemon=True)
-        heartbeat.start()
-        self._threads.append(heartbeat)
+        self._halt.clear()
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="laurel-jobs-lease", daemon=True)
+        self._heartbeat.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Ask the workers to stop after their current job and wait for them."""
+        """Ask the workers to stop after their current job and wait for them (their leases renewed meanwhile)."""
         self._stop.set()
         self._wake.set()
         deadline = time.monotonic() + timeout
@@ -374,6 +376,10 @@ class JobRunner:
                     thread.name,
                 )
         self._threads = []
+        self._halt.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(5.0)
+            self._heartbeat = None
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -388,19 +394,11 @@ class JobRunner:
 
     # ------------------------------------------------------------------ leases
     def _heartbeat_loop(self) -> None:
-        interval = self.config.lease_seconds / 3
-        while not self._stop.wait(interval):
+        while not self._halt.wait(self.config.lease_seconds / 3):
             try:
                 self.heartbeat()
             except Exception:
                 logger.exception("job lease heartbeat failed (database unavailable?)")
-        # the workers may still finish their jobs after the stop: keep their leases until they do
-        while any(t.is_alive() for t in self._threads if t.name != "laurel-jobs-lease"):
-            try:
-                self.heartbeat()
-            except Exception:
-                logger.exception("job lease heartbeat failed (database unavailable?)")
-            time.sleep(min(interval, 0.5))
 
     def heartbeat(self) -> int:
         """Extend the leases of the jobs this runner runs; returns how many it still holds."""
