@@ -150,3 +150,24 @@ def test_an_index_from_a_newer_laurel_is_refused_with_what_to_do(tmp_path: Path)
     raw.dispose()
     with pytest.raises(SchemaError, match="newer Laurel"):
         make_engine(url)
+
+
+def test_postgresql_urls_use_psycopg_3() -> None:
+    from dicom_node.core.engine import normalize_url
+
+    assert normalize_url("postgresql://laurel:pw@db:5432/laurel") == "postgresql+psycopg://laurel:pw@db:5432/laurel"
+    assert normalize_url("postgresql+psycopg://laurel@db/laurel") == "postgresql+psycopg://laurel@db/laurel"
+    assert normalize_url("sqlite:////var/lib/laurel/laurel.db") == "sqlite:////var/lib/laurel/laurel.db"
+
+
+def test_a_postgresql_index_that_cannot_be_reached_is_said_in_one_line(postgres_server: Any) -> None:
+    from dicom_node.core.errors import StartupError
+    from tests.peers import free_port
+
+    missing = postgres_server.url("no_such_database")
+    with pytest.raises(StartupError, match="no_such_database does not exist: create it"):
+        make_engine(missing)
+    nobody = f"postgresql://laurel@127.0.0.1:{free_port()}/laurel"
+    with pytest.raises(StartupError, match=r"does not answer: check node\.database_url") as raised:
+        make_engine(nobody, busy_seconds=2)
+    assert "laurel@127.0.0.1" in str(raised.value)
