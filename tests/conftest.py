@@ -16,6 +16,7 @@ from tests.peers import (
     OrthancProcess,
     PostgresServer,
     StudyFiles,
+    index_url_factory,
     node_settings,
     postgres_bin_dir,
     write_study,
@@ -23,17 +24,22 @@ from tests.peers import (
 
 
 @pytest.fixture
-def node_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+def node_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     """Start in-process nodes (``dicom_node.process.node.Node``) with test settings; all are stopped afterwards.
 
-    ``node_factory(**overrides)`` takes the keyword arguments of :func:`tests.peers.node_settings`.
+    ``node_factory(**overrides)`` takes the keyword arguments of :func:`tests.peers.node_settings`; in a test
+    that uses ``db_backend``, each node's index is on that backend.
     """
     from dicom_node.core.config import NodeConfig
     from dicom_node.process.node import Node
 
     nodes: list[Node] = []
+    new_index = index_url_factory(request)
 
     def make(start: bool = True, **overrides: Any) -> Node:
+        url = new_index()
+        if url is not None:
+            overrides["node"] = {"database_url": url, **overrides.get("node", {})}
         settings = node_settings(tmp_path / f"node{len(nodes)}", **overrides)
         node = Node(NodeConfig.load(None, **settings))
         nodes.append(node)
@@ -115,12 +121,15 @@ def postgres_url(postgres_server: PostgresServer) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """Each index backend in turn; nodes made by the factories of a test that uses it run on it."""
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(db_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """An empty index database on each backend: a SQLite file, then a PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'index.db'}"
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.create_database()
+    return index_url_factory(request)() or f"sqlite:///{tmp_path / 'index.db'}"
 
 
 # Whole-node fixtures (spine + workflow + API): workflow_node_factory, node_api.

@@ -638,6 +638,15 @@ class PostgresServer:
                 os.kill(pid, signal.SIGKILL)
 
 
+def index_url_factory(request: pytest.FixtureRequest) -> Callable[[], str | None]:
+    """New empty index URLs on the test's backend (``db_backend`` when it uses it, else SQLite: ``None``, the
+    node's default file in its storage folder)."""
+    if "db_backend" not in request.fixturenames or request.getfixturevalue("db_backend") == "sqlite":
+        return lambda: None
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database
+
+
 def node_settings(
     workdir: Path,
     *,
