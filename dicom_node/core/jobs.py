@@ -54,13 +54,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, or_, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
+from dicom_node.core.claims import DeadHandler, claim_due, held, recover_interrupted, run_dead_handler
 from dicom_node.core.config import JobsSection
 from dicom_node.core.db import Job, JobState, session_scope, utcnow
 from dicom_node.core.metrics import NodeMetrics
-from dicom_node.core.owners import Owner, host_name, owner_alive, process_owner
+from dicom_node.core.owners import Owner, process_owner
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class JobContext:
         self.saved.update(data)
         statement = update(Job).where(Job.id == self.job_id)
         if self.claimed_by is not None:
-            statement = statement.where(*_held(self.claimed_by, self.claimed_at))
+            statement = statement.where(*held(self.claimed_by, self.claimed_at))
         with session_scope(self.engine) as session:
             result = session.execute(
                 statement.values(result=dict(self.saved), updated_at=utcnow()).execution_options(
@@ -144,13 +145,24 @@ class JobContext:
 
 
 Handler = Callable[[JobContext, dict[str, Any]], dict[str, Any] | None]
-#: Called with the session, the job's payload and its last error when a job becomes a dead letter.
-DeadHandler = Callable[[Session, dict[str, Any], str], None]
 
-
-def _held(claimed_by: str, claimed_at: datetime | None) -> list[ColumnElement[bool]]:
-    """The conditions under which a claim still holds its job."""
-    return [Job.state == JobState.RUNNING, Job.claimed_by == claimed_by, Job.started_at == claimed_at]
+__all__ = [
+    "DeadHandler",
+    "Handler",
+    "JobContext",
+    "JobDeferred",
+    "JobInterrupted",
+    "JobRunner",
+    "LeaseLost",
+    "PermanentJobError",
+    "backoff_delay",
+    "dead_letters",
+    "enqueue",
+    "fault_point",
+    "list_jobs",
+    "recover_interrupted",
+    "requeue",
+]
 
 
 def enqueue(
@@ -224,65 +236,6 @@ def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random | N
     """Seconds to wait before the next attempt: full jitter, ``uniform(0, min(cap, base * 2**attempts))``."""
     ceiling = min(cap, base * (2 ** min(attempts, 60)))
     return (rng or random).uniform(0, ceiling)
-
-
-def _orphaned(claimed_by: str | None, host: str) -> bool:
-    """Whether a RUNNING job's claimer is known to be gone: no claimer recorded, or a dead process of ``host``."""
-    if claimed_by is None:
-        return True  # claimed before claims were recorded (Laurel ≤ 0.2): one runner per database then
-    owner = Owner.parse(claimed_by)
-    if owner is None or owner.host != host:
-        return False
-    return not owner_alive(owner)
-
-
-def _give_up(session: Session, job: Job, error: str, now: datetime, dead_handlers: Mapping[str, DeadHandler]) -> None:
-    job.state = JobState.DEAD
-    job.last_error = error
-    job.finished_at = now
-    job.lease_until = None
-    job.updated_at = now
-    if job.kind in dead_handlers:
-        try:
-            with session.begin_nested():
-                dead_handlers[job.kind](session, dict(job.payload or {}), error)
-        except Exception:
-            logger.exception("job %s (%s): recording what its dead letter means failed", job.id, job.kind)
-
-
-def recover_interrupted(
-    session: Session,
-    max_attempts: int,
-    dead_handlers: Mapping[str, DeadHandler] | None = None,
-    *,
-    host: str | None = None,
-) -> int:
-    """RUNNING jobs whose claimer is gone (a dead process of this host): back to QUEUED, or DEAD when they have
-    used all their attempts. Jobs of live processes and of other hosts are left to their leases."""
-    host = host or host_name()
-    now = utcnow()
-    count = 0
-    for job in session.scalars(select(Job).where(Job.state == JobState.RUNNING).with_for_update()):
-        if not _orphaned(job.claimed_by, host):
-            continue
-        limit = job.max_attempts or max_attempts
-        if job.attempts >= limit:
-            _give_up(
-                session,
-                job,
-                f"interrupted by a stop or crash on each of {job.attempts} attempts",
-                now,
-                dead_handlers or {},
-            )
-        else:
-            job.state = JobState.QUEUED
-            job.next_run_at = now
-            job.lease_until = None
-            job.updated_at = now
-        count += 1
-    if count:
-        logger.warning("%d jobs were running in processes of this host that ended; they are queued again", count)
-    return count
 
 
 @dataclass
@@ -404,7 +357,7 @@ class JobRunner:
         """Extend the leases of the jobs this runner runs; returns how many it still holds."""
         with self._claims_lock:
             claims = list(self._claims.values())
-        held = 0
+        holding = 0
         owner = str(self.owner)
         for claim in claims:
             if claim.lost.is_set():
@@ -412,10 +365,10 @@ class JobRunner:
             until = utcnow() + self.lease
             with self.engine.begin() as conn:
                 result = conn.execute(
-                    update(Job).where(Job.id == claim.job_id, *_held(owner, claim.claimed_at)).values(lease_until=until)
+                    update(Job).where(Job.id == claim.job_id, *held(owner, claim.claimed_at)).values(lease_until=until)
                 )
             if result.rowcount == 1:
-                held += 1
+                holding += 1
             else:
                 claim.lost.set()
                 logger.warning(
@@ -424,103 +377,32 @@ class JobRunner:
                     claim.job_id,
                     claim.kind,
                 )
-        return held
+        return holding
 
     # ------------------------------------------------------------------ claims
-    def _due(self, now: datetime) -> ColumnElement[bool]:
-        """Jobs this runner may claim: due QUEUED/FAILED ones, and RUNNING ones whose lease expired."""
-        expired = and_(
-            Job.state == JobState.RUNNING,
-            or_(Job.lease_until.is_(None), Job.lease_until < now),
-        )
-        with self._claims_lock:
-            mine = list(self._claims)
-        condition = and_(
-            or_(and_(Job.state.in_([JobState.QUEUED, JobState.FAILED]), Job.next_run_at <= now), expired),
-            Job.kind.in_(list(self.handlers)),
-        )
-        if mine:
-            condition = and_(condition, Job.id.not_in(mine))  # a lapsed lease of our own is renewed, not retaken
-        return condition
-
     def claim(self) -> Job | None:
-        """Take one due job of a kind with a handler under a lease (``None`` when there is none).
-
-        PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` then the update, in one transaction. SQLite: a
-        conditional ``UPDATE`` (exactly one claimer sees rowcount 1). A RUNNING job whose lease expired and
-        whose attempts are spent becomes DEAD instead.
-        """
+        """Take one due job of a kind with a handler under a lease (``None`` when there is none); see
+        :func:`dicom_node.core.claims.claim_due`."""
         if not self.handlers:
             return None
-        skip_locked = self.engine.dialect.name == "postgresql"
         now = utcnow()
-        owner = str(self.owner)
-        taken: Job | None = None
+        with self._claims_lock:
+            mine = list(self._claims)
         with session_scope(self.engine) as session:
-            query = (
-                select(Job.id, Job.kind, Job.state, Job.attempts, Job.max_attempts, Job.claimed_by, Job.lease_until)
-                .where(self._due(now))
-                .order_by(Job.next_run_at, Job.id)
+            taken = claim_due(
+                session,
+                owner=str(self.owner),
+                now=now,
+                lease=self.lease,
+                kinds=list(self.handlers),
+                exclude=mine,
+                max_attempts=self.config.max_attempts,
+                dead_handlers=self.dead_handlers,
             )
-            for _round in range(8):
-                if skip_locked:
-                    rows = session.execute(query.limit(1).with_for_update(skip_locked=True, of=Job)).all()
-                else:
-                    rows = session.execute(query.limit(8)).all()
-                if not rows:
-                    break
-                for row in rows:
-                    taken = self._take(session, row, now, owner, conditional=not skip_locked)
-                    if taken is not None:
-                        break
-                if taken is not None:
-                    break
         if taken is not None:
             with self._claims_lock:
                 self._claims[taken.id] = _Claim(taken.id, taken.kind, now)
         return taken
-
-    def _take(self, session: Session, row: Any, now: datetime, owner: str, *, conditional: bool) -> Job | None:
-        """Claim the job of ``row`` (or bury it: an expired lease on its last attempt); ``None`` if not claimed."""
-        where: list[ColumnElement[bool]] = [Job.id == row.id, Job.state == row.state]
-        if conditional:  # SQLite: the row as read must still be claimable
-            if row.state == JobState.RUNNING:
-                where.append(Job.claimed_by.is_(None) if row.claimed_by is None else Job.claimed_by == row.claimed_by)
-                where.append(Job.lease_until.is_(None) if row.lease_until is None else Job.lease_until < now)
-            else:
-                where.append(Job.next_run_at <= now)
-        if row.state == JobState.RUNNING:
-            if row.attempts >= (row.max_attempts or self.config.max_attempts):
-                error = f"its runner stopped answering (lease expired) on each of {row.attempts} attempts"
-                buried = session.execute(
-                    update(Job)
-                    .where(*where)
-                    .values(state=JobState.DEAD, last_error=error, finished_at=now, lease_until=None, updated_at=now)
-                    .execution_options(synchronize_session=False)
-                )
-                if buried.rowcount == 1:  # type: ignore[attr-defined]
-                    logger.error("job %s (%s): %s; now a dead letter", row.id, row.kind, error)
-                    job = session.get(Job, row.id, populate_existing=True)
-                    if job is not None and row.kind in self.dead_handlers:
-                        self._on_dead(session, job, error)
-                return None
-            logger.warning("job %s: the lease of %s expired; taken over", row.id, row.claimed_by or "a runner")
-        result = session.execute(
-            update(Job)
-            .where(*where)
-            .values(
-                state=JobState.RUNNING,
-                attempts=Job.attempts + 1,
-                claimed_by=owner,
-                started_at=now,
-                lease_until=now + self.lease,
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return None
-        return session.get(Job, row.id, populate_existing=True)
 
     def run_once(self) -> bool:
         """Claim and run one job; ``False`` when nothing was due."""
@@ -559,7 +441,7 @@ class JobRunner:
         with session_scope(self.engine) as session:
             result = session.execute(
                 update(Job)
-                .where(Job.id == job.id, *_held(str(job.claimed_by), job.started_at))
+                .where(Job.id == job.id, *held(str(job.claimed_by), job.started_at))
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
@@ -572,17 +454,10 @@ class JobRunner:
                 )
                 outcome = "lease_lost"
             elif values["state"] == JobState.DEAD and job.kind in self.dead_handlers:
-                self._on_dead(session, job, str(values.get("last_error") or ""))
+                run_dead_handler(session, job, str(values.get("last_error") or ""), self.dead_handlers)
         if self.metrics is not None:
             self.metrics.jobs_finished.labels(kind=job.kind, outcome=outcome).inc()
             self.metrics.job_seconds.labels(kind=job.kind).observe(time.perf_counter() - started)
-
-    def _on_dead(self, session: Session, job: Job, error: str) -> None:
-        try:
-            with session.begin_nested():
-                self.dead_handlers[job.kind](session, dict(job.payload or {}), error)
-        except Exception:
-            logger.exception("job %s (%s): recording what its dead letter means failed", job.id, job.kind)
 
     def _outcome(self, job: Job, handler: Handler, ctx: JobContext) -> tuple[str, dict[str, Any]]:
         """Run the handler; returns the outcome's name and the values that record it."""
