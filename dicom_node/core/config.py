@@ -186,6 +186,13 @@ class JobsSection(_Strict):
     backoff_base_seconds: float = Field(2.0, gt=0)
     backoff_max_seconds: float = Field(600.0, gt=0)
     poll_seconds: float = Field(0.2, gt=0)
+    lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="how long a claimed job is held without a heartbeat (sent every third of it); a job whose "
+        "runner stopped answering is taken over by another runner after it",
+    )
     export_retry_hours: float = Field(
         24.0, gt=0, description="how long a write-back is retried (capped backoff) before it becomes a dead letter"
     )

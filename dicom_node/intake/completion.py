@@ -105,8 +105,8 @@ def queue_late_arrivals(engine: Engine, settle_seconds: float, *, now: datetime 
                 Series.last_instance_at.is_not(None),
                 Series.state.not_in([SeriesState.SEGMENTING]),
                 or_(
-                    # a routed series without a draft in a study past segmentation (the segment job of a
-                    # COMPLETE or SEGMENTING study drafts it itself)
+                    # a routed series without a draft in a study past segmentation (a SEGMENTING study's series
+                    # are its segment job's: a series that job missed is caught once the study leaves SEGMENTING)
                     and_(
                         SeriesResult.id.is_(None),
                         Series.state == SeriesState.ROUTED,

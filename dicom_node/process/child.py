@@ -116,7 +116,7 @@ def run_worker(config_path: Path, index: int) -> None:
     if cfg.jobs.worker_nice:
         os.nice(cfg.jobs.worker_nice)
     worker = WorkerService(cfg, NodeMetrics(), threads=cfg.jobs.threads_per_worker)
-    worker.start(recover=False)
+    worker.start()
     logger.info("worker %d: claiming jobs (nice %d)", index, cfg.jobs.worker_nice)
     try:
         while not stop.wait(1.0):

@@ -5,7 +5,8 @@ needs, queues again the jobs a crash left running, then starts its children
 (``python -m dicom_node.process.child ROLE``) and watches them:
 
 * a child that exits while the node runs is started again (backoff 1, 2, 4 … 30 s when it keeps failing);
-  the jobs a dead worker held are released at once (:func:`release_worker_jobs`);
+  the jobs a dead worker held are queued again at once (``recover_interrupted``: RUNNING jobs of this host's
+  ended processes), not after their lease;
 * SIGTERM (or SIGINT) is passed to every child; the intake and the API stop in about a second, a worker
   finishes its running job for up to ``jobs.stop_grace_seconds`` and is then killed (the job runs again
   after the restart: every handler is idempotent);
@@ -154,6 +155,8 @@ class Supervisor:
                 code = process.returncode
                 child.history.append(code)
                 self._mark_dead(process.pid)
+                if child.role == "worker":
+                    self._release_jobs_of_ended_workers()
                 if now - child.started_at > _HEALTHY_SECONDS:
                     child.failures = 0
                 delay = min(_MAX_BACKOFF, 2.0**child.failures)
@@ -167,6 +170,21 @@ class Supervisor:
                 self._spawn(child)
                 assert child.process is not None
                 logger.info("%s started again (pid %d)", child.name, child.process.pid)
+
+    def _release_jobs_of_ended_workers(self) -> None:
+        """Queue again, at once, the jobs a dead worker held (not waiting for their lease to expire)."""
+        from dicom_node.core.db import session_scope
+        from dicom_node.core.jobs import recover_interrupted
+        from dicom_node.work.workflow import DEAD_HANDLERS
+
+        engine = self.config.node.engine()
+        try:
+            with session_scope(engine) as session:
+                recover_interrupted(session, self.config.jobs.max_attempts, DEAD_HANDLERS)
+        except Exception:
+            logger.exception("could not release the dead worker's jobs; their lease expires instead")
+        finally:
+            engine.dispose()
 
     def _mark_dead(self, pid: int) -> None:
         try:

@@ -33,14 +33,14 @@ class WorkerService:
         self.runner = JobRunner(self.engine, {}, jobs_config, metrics=metrics)
         attach(self.runner, self.services)
 
-    def start(self, *, recover: bool = True, warm: bool = True) -> None:
-        """Start claiming jobs (``recover``: first release the jobs a crashed process left RUNNING) and warm the
-        routed models in the background, so the first study does not wait for TensorFlow."""
+    def start(self, *, warm: bool = True) -> None:
+        """Start claiming jobs (first releasing those of this host's ended processes) and warm the routed
+        models in the background, so the first study does not wait for TensorFlow."""
         if warm:
             from models.network import preload
 
             preload()  # before any thread imports TensorFlow: its import is not thread-safe
-        self.runner.start(recover=recover)
+        self.runner.start()
         if warm:
             threading.Thread(target=self._warm, name="laurel-warm-models", daemon=True).start()
 

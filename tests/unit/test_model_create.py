@@ -298,8 +298,8 @@ def test_phantom_command_writes_its_ground_truth_as_seg(tmp_path: Path) -> None:
 
 
 def test_install_command_verifies_and_registers_a_package(tmp_path: Path) -> None:
-    import yaml
     import typer
+    import yaml
     from typer.testing import CliRunner
 
     from dicom_node.cli.review_commands import register
