@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,131 @@ def train(
         raise typer.Exit(code=2) from exc
     entry = write_package(pkg, out)
     typer.echo(json.dumps({"package": entry, "report": report}, indent=2))
+
+
+def _die(exc: Exception) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+class _Bar:
+    """One progress bar on stderr over the stages of a command (reading, training, evaluating)."""
+
+    def __init__(self, stages: dict[str, tuple[float, float]] | None = None) -> None:
+        self.stages = stages or {"reading": (0.0, 0.1), "training": (0.1, 0.9), "evaluating": (0.9, 1.0)}
+        self.bar = typer.progressbar(length=1000, label="reading", file=sys.stderr, show_eta=True)
+        self.done = 0
+
+    def __enter__(self) -> _Bar:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)  # type: ignore[arg-type]
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        lo, hi = self.stages.get(stage, (0.0, 1.0))
+        target = int(1000 * (lo + (hi - lo) * fraction))
+        self.bar.label = f"{stage:10}"
+        if target > self.done:
+            self.bar.update(target - self.done)
+            self.done = target
+
+
+def _write_report(report: dict[str, Any], path: Path | None) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        typer.echo(f"report written to {path}", err=True)
+
+
+@model_app.command("create")
+def create_command(
+    data: Path = typer.Argument(..., help="folder of DICOM series with a DICOM-SEG each, or images/ + labels/ NIfTI"),
+    name: str = typer.Option(..., "--name", help="the model's name (what the node's routing rules refer to)"),
+    out: Path = typer.Option(..., "--out", help="package file to write (signed)"),
+    signing_key: Path = typer.Option(
+        Path("model_signing_key.pem"),
+        "--signing-key",
+        help="Ed25519 PEM key that signs it; created with .pub if absent",
+    ),
+    labels: Path = typer.Option(None, "--labels", help="label table (CSV/JSON: value,name,snomed_code,colour,side)"),
+    region: str = typer.Option(None, "--region", help="body region of a label set outside the catalogue"),
+    limbs: str = typer.Option("auto", "--limbs", help="auto | split (left limb mirrored onto the right) | none"),
+    spacing: float = typer.Option(None, "--spacing", help="in-plane mm the network sees (default: from the data)"),
+    patch: int = typer.Option(None, "--patch", help="patch size in pixels (default 128 per limb, 256 unsplit)"),
+    epochs: int = typer.Option(40, "--epochs"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    learning_rate: float = typer.Option(2e-3, "--learning-rate"),
+    augment: bool = typer.Option(True, "--augment/--no-augment"),
+    base_filters: int = typer.Option(16, "--base-filters", help="network width"),
+    levels: int = typer.Option(4, "--levels", help="network depth (resolution levels)"),
+    holdout: float = typer.Option(0.2, "--holdout", help="held-out subjects: a fraction (<1) or a number"),
+    seed: int = typer.Option(0, "--seed", help="split, initialisation and shuffling seed"),
+    report_path: Path = typer.Option(None, "--report", help="report JSON (default: OUT.report.json)"),
+) -> None:
+    """Build a new model from a site's own labelled studies; report Dice, HD95 and volume per label."""
+    from models.create.build import CreateSettings, create_model, write_signed
+    from models.create.build import signing_key as load_key
+    from models.create.dataset import load_dataset
+    from models.create.report import format_report
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    try:
+        settings = CreateSettings(
+            name=name,
+            region=region,
+            limbs=limbs,
+            spacing=spacing,
+            patch=patch,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            augment=augment,
+            base_filters=base_filters,
+            levels=levels,
+            holdout=holdout,
+            seed=seed,
+        )
+        key = load_key(signing_key)
+        dataset = load_dataset(data, labels)
+        typer.echo(
+            f"{len(dataset.cases)} labelled case(s) of {len(dataset.subjects())} subject(s) ({dataset.kind}), "
+            f"{len(dataset.table.labels)} labels"
+            + (f" = the {dataset.table.region} catalogue" if dataset.table.region else ""),
+            err=True,
+        )
+        with _Bar() as bar:
+            pkg, report = create_model(settings, dataset, progress=bar)
+        entry = write_signed(pkg, out, key)
+    except (ValueError, OSError) as exc:
+        raise _die(exc) from exc
+    typer.echo(format_report(report, f"model {pkg.name} v{pkg.version} ({pkg.region}) on held-out subjects"))
+    typer.echo(f"package {entry['file']} ({entry['size'] / 1e6:.2f} MB), signed by key {entry['signed_by']}")
+    _write_report(report, report_path or out.with_name(out.name + ".report.json"))
+
+
+@model_app.command("evaluate")
+def evaluate_command(
+    package: str = typer.Argument(..., help="a package file, or a default model name (leg, thigh)"),
+    data: Path = typer.Argument(..., help="labelled data, as for `laurel model create`"),
+    labels: Path = typer.Option(None, "--labels", help="label table of the data (NIfTI; optional for SEGs)"),
+    public_keys: list[Path] = typer.Option([], "--public-key", help="PEM key that signed the package (repeatable)"),
+    report_path: Path = typer.Option(None, "--report", help="write the report as JSON here"),
+) -> None:
+    """The per-label report (Dice, HD95 mm, volume difference) of any package on any labelled data."""
+    from models.create.build import evaluate, load_package, read_public_keys
+    from models.create.dataset import load_dataset
+    from models.create.report import format_report
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    try:
+        pkg = load_package(package, read_public_keys(public_keys))
+        dataset = load_dataset(data, labels)
+        with _Bar({"evaluating": (0.0, 1.0)}) as bar:
+            report = evaluate(pkg, dataset.cases, dataset, progress=lambda f: bar("evaluating", f))
+    except (ValueError, OSError) as exc:
+        raise _die(exc) from exc
+    report["model"] = {"name": pkg.name, "region": pkg.region, "version": pkg.version, "family_id": pkg.family_id}
+    typer.echo(format_report(report, f"model {pkg.name} v{pkg.version} ({pkg.region}) on {data}"))
+    _write_report(report, report_path)

@@ -23,18 +23,53 @@ DEFAULT_NETWORK: dict[str, Any] = {
 }
 
 
+def _tensorflow() -> Any:
+    try:
+        import tensorflow as tf
+    except ImportError as exc:  # pragma: no cover - an install without either extra
+        raise RuntimeError(
+            "TensorFlow is not installed: pip install 'laurel[cpu]', or 'laurel[gpu]' on a host with an NVIDIA GPU"
+        ) from exc
+    return tf
+
+
 def configure_threads(intra_op: int | None = None, inter_op: int = 1) -> None:
-    """Set TensorFlow's thread pools once (before the first op runs); later calls are no-ops."""
+    """Set TensorFlow's thread pools once (before the first op runs) and let every GPU's memory grow as
+    needed (several worker processes share one GPU); later calls are no-ops."""
     import os
 
-    import tensorflow as tf
-
+    tf = _tensorflow()
     intra = intra_op or int(os.environ.get("LAUREL_TF_THREADS", "0")) or (os.cpu_count() or 1)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError:  # the runtime is already initialised: keep what it has
         logger.debug("TensorFlow thread pools already initialised")
+
+
+def preload() -> None:
+    """Import TensorFlow and Keras now, in the calling thread. Python's import of TensorFlow is not safe
+    from two threads at once (a worker's model warm-up and its first job would both start it), so a
+    process that runs models in threads calls this first."""
+    _tensorflow()
+    import keras  # noqa: F401
+
+    configure_threads()
+
+
+def device_summary() -> str:
+    """Where the models run: ``GPU: <names>`` when TensorFlow sees one, else ``CPU``."""
+    tf = _tensorflow()
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return f"CPU (TensorFlow {tf.__version__}, no GPU visible)"
+    names = []
+    for gpu in gpus:
+        details = tf.config.experimental.get_device_details(gpu)
+        names.append(str(details.get("device_name", gpu.name)))
+    return f"GPU: {', '.join(names)} (TensorFlow {tf.__version__})"
 
 
 def _conv_bn(x: Any, filters: int, name: str, momentum: float, *, kernel: int = 3, relu: bool = True) -> Any:

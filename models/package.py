@@ -138,9 +138,8 @@ class ModelPackage:
             raise PackageError(f"version must be a non-negative integer, got {version!r}")
         if parent_version is not None and not (isinstance(parent_version, int) and 0 <= parent_version < version):
             raise PackageError(f"parent_version must be below version {version}, got {parent_version!r}")
-        expected = [_label_dict(lab) for lab in region_labels(region)]  # raises for an unknown region
-        if [int(lab["value"]) for lab in labels] != [lab["value"] for lab in expected]:
-            raise PackageError(f"labels must be the {len(expected)} labels of region {region!r} in value order")
+        spec = input_spec if isinstance(input_spec, InputSpec) else InputSpec.from_dict(input_spec)
+        n_classes = check_labels(region, labels, spec.limbs)
         if len(weights) != len(weight_names) or not weights:
             raise PackageError(f"{len(weights)} weight arrays for {len(weight_names)} weight names")
         self.family_id = str(family_id)
@@ -149,9 +148,9 @@ class ModelPackage:
         self.version = version
         self.parent_version = parent_version
         self.labels = [dict(lab) for lab in labels]
-        self.input_spec = input_spec if isinstance(input_spec, InputSpec) else InputSpec.from_dict(input_spec)
+        self.input_spec = spec
         self.config = json.loads(json.dumps(dict(config)))
-        self.config["n_muscles"] = len(expected) // 2
+        self.config["n_muscles"] = n_classes
         self.weights = [np.asarray(w) for w in weights]
         self.weight_names = [str(n) for n in weight_names]
         self.metadata = json.loads(json.dumps(dict(metadata or {})))
@@ -170,8 +169,14 @@ class ModelPackage:
 
     @property
     def n_muscles(self) -> int:
-        """Muscles per limb (labels are ``1..n`` right, ``n+1..2n`` left)."""
+        """Classes the network predicts besides background: muscles per limb when limbs are split
+        (labels ``1..n`` right, ``n+1..2n`` left), else the number of labels."""
         return int(self.config["n_muscles"])
+
+    @property
+    def catalogue(self) -> bool:
+        """True when the labels are those of a catalogue region (``leg``, ``thigh``) in ``models.labels``."""
+        return self.region in CATALOGUE_REGIONS
 
     def label_names(self) -> dict[int, str]:
         """``{value: key}`` of the labels."""
@@ -418,6 +423,54 @@ def _source(obj: ModelPackage | Sequence[np.ndarray]) -> dict[str, Any]:
     return {"update_version": obj.version, "update_name": obj.name} if isinstance(obj, ModelPackage) else {}
 
 
+CATALOGUE_REGIONS = ("leg", "thigh")
+_LABEL_FIELDS = ("value", "key", "name", "side", "snomed_code", "snomed_meaning", "colour")
+
+
+def check_labels(region: str, labels: Sequence[Mapping[str, Any]], limbs: str) -> int:
+    """Validate a package's label table; returns the classes the network predicts besides background.
+
+    A catalogue region (``leg``, ``thigh``) must carry its catalogue labels in value order. Any other region
+    carries its own table: values ``1..K`` in order, unique non-empty keys and names, an RGB colour, a
+    SNOMED CT code of digits or None; with ``limbs="split"`` the first half is the right side and the second
+    half the same structures on the left.
+    """
+    if not isinstance(region, str) or not region.strip():
+        raise PackageError("a model package needs a non-empty region")
+    values = [int(lab.get("value", -1)) for lab in labels]
+    if region in CATALOGUE_REGIONS:
+        expected = [_label_dict(lab) for lab in region_labels(region)]
+        if values != [lab["value"] for lab in expected]:
+            raise PackageError(f"labels must be the {len(expected)} labels of region {region!r} in value order")
+    else:
+        if not labels or values != list(range(1, len(labels) + 1)):
+            raise PackageError(f"labels of region {region!r} must have values 1..{len(labels)} in order")
+        if len(labels) > 254:
+            raise PackageError("at most 254 labels")
+        for lab in labels:
+            missing = [f for f in _LABEL_FIELDS if f not in lab]
+            if missing:
+                raise PackageError(f"label {lab.get('value')} lacks {missing}")
+            if not str(lab["key"]).strip() or not str(lab["name"]).strip():
+                raise PackageError(f"label {lab['value']} needs a key and a name")
+            code = lab["snomed_code"]
+            if code is not None and not str(code).isdigit():
+                raise PackageError(f"label {lab['key']}: SNOMED CT code must be digits or null, got {code!r}")
+            colour = lab["colour"]
+            if len(colour) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in colour):
+                raise PackageError(f"label {lab['key']}: colour must be three integers 0..255, got {colour!r}")
+        keys = [str(lab["key"]) for lab in labels]
+        if len(set(keys)) != len(keys):
+            raise PackageError("label keys must be unique")
+    if limbs == "split":
+        sides = [lab.get("side") for lab in labels]
+        half = len(labels) // 2
+        if len(labels) % 2 or sides != ["right"] * half + ["left"] * half:
+            raise PackageError("a split-limb model needs its labels as n right-side then the same n left-side")
+        return half
+    return len(labels)
+
+
 def _label_dict(lab: Any) -> dict[str, Any]:
     return {
         "value": lab.value,
@@ -441,11 +494,20 @@ def create(
     family_id: str | None = None,
     code: Mapping[str, str] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    labels: Sequence[Mapping[str, Any]] | None = None,
 ) -> ModelPackage:
-    """A new, untrained version-0 package for ``region`` (weights initialised by the package's code)."""
-    labels = [_label_dict(lab) for lab in region_labels(region)]
+    """A new, untrained version-0 package for ``region`` (weights initialised by the package's code).
+
+    ``labels`` is the label table of a region outside the catalogue (see :func:`check_labels`); a catalogue
+    region takes its catalogue labels.
+    """
+    if labels is None:
+        table = [_label_dict(lab) for lab in region_labels(region)]
+    else:
+        table = [{f: lab.get(f) for f in _LABEL_FIELDS} for lab in labels]
     spec = input_spec if isinstance(input_spec, InputSpec) else InputSpec.from_dict(input_spec or {})
-    config = {"n_muscles": len(labels) // 2, "network": dict(network or {}), "learning": dict(learning or {})}
+    n_classes = check_labels(region, table, spec.limbs)
+    config = {"n_muscles": n_classes, "network": dict(network or {}), "learning": dict(learning or {})}
     executed = PackageCode.get(code if code is not None else default_code())
     build = executed.function(DEFAULT_ENTRY["build"])
     weights, names = build({**config, "input_spec": spec.to_dict()}, seed)
@@ -461,7 +523,7 @@ def create(
         region=region,
         version=0,
         parent_version=None,
-        labels=labels,
+        labels=table,
         input_spec=spec,
         config=config,
         weights=weights,

@@ -23,13 +23,15 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 LIMB_CHOICES = ("auto", "both", "right", "left")
+LIMB_HANDLING = ("split", "none")
 
 
 @dataclass(frozen=True)
 class InputSpec:
     """What the network expects: in-plane spacing (mm), patch size (pixels) and intensity handling.
 
-    ``limbs`` is the limb handling: ``"split"`` (both-limb images are split, the left limb mirrored).
+    ``limbs`` is the limb handling: ``"split"`` (both-limb images are split, the left limb mirrored) or
+    ``"none"`` (the whole image is one patch, never mirrored: any anatomy, labels ``1..n`` as they are).
     ``percentiles`` are the robust normalisation bounds over the limb's voxels; ``bias_field`` runs N4
     (SimpleITK) before normalising.
     """
@@ -48,8 +50,8 @@ class InputSpec:
             raise ValueError(f"spacing must be two in-plane values within 0.1..10 mm, got {self.spacing}")
         if len(pa) != 2 or not all(16 <= p <= 1024 for p in pa):
             raise ValueError(f"patch must be two sizes within 16..1024 pixels, got {self.patch}")
-        if self.limbs != "split":
-            raise ValueError(f"limbs handling must be 'split', got {self.limbs!r}")
+        if self.limbs not in LIMB_HANDLING:
+            raise ValueError(f"limbs handling must be one of {LIMB_HANDLING}, got {self.limbs!r}")
         if len(pc) != 2 or not 0.0 <= pc[0] < pc[1] <= 100.0:
             raise ValueError(f"percentiles must be (low, high) with 0 <= low < high <= 100, got {pc}")
         object.__setattr__(self, "spacing", sp)
@@ -248,6 +250,8 @@ def preprocess(
     if not np.isfinite(vol).all():
         raise ValueError("volume contains NaN or infinite values")
     ispec = spec if isinstance(spec, InputSpec) else InputSpec.from_dict(spec)
+    if ispec.limbs == "none":  # one unmirrored patch over the whole image: labels 1..n as they are
+        limbs = "right"
     sp = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
     vol = vol.astype(np.float32, copy=False)
     if ispec.bias_field:

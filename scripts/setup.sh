@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Sets up a machine for Laurel: the Debian packages the tests and the demo use (Orthanc as the PACS,
 # DCMTK as outside DICOM clients/servers, dicom3tools' dciodvfy as validator, Xvfb and Chromium for
-# screenshots), then the virtual environment in .venv with Laurel installed in it. Idempotent.
+# screenshots, PostgreSQL whose initdb/pg_ctl the tests run in temporary folders), then the virtual
+# environment in .venv with Laurel installed in it. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(orthanc dcmtk dicom3tools xvfb chromium fonts-dejavu-core)
+DEBS=(orthanc dcmtk dicom3tools postgresql xvfb chromium fonts-dejavu-core)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,7 +18,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
   # The Debian package starts a system Orthanc on 4242/8042 where systemd runs; Laurel's tests and
-  # demo start their own on free ports, so the system one is left alone.
+  # demo start their own on free ports, so the system one is left alone. Likewise the postgresql package's
+  # cluster: the tests run their own servers from /usr/lib/postgresql/<version>/bin (not on PATH).
 fi
 
 PY=${PYTHON:-python3}
@@ -29,7 +31,10 @@ stamp=.venv/.laurel-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing Laurel and its dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  # LAUREL_GPU=1 installs the full TensorFlow build (NVIDIA GPU hosts); the CPU build otherwise.
+  tf_extra=cpu
+  if [ "${LAUREL_GPU:-0}" = "1" ]; then tf_extra=gpu; fi
+  .venv/bin/python -m pip install -q -e ".[dev,${tf_extra}]"
   touch "$stamp"
 fi
 echo "setup: ready"

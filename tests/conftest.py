@@ -1,4 +1,4 @@
-"""Shared fixtures: an in-process node, real peers (Orthanc, DCMTK storescp), a synthetic study.
+"""Shared fixtures: an in-process node, real peers (Orthanc, DCMTK storescp, PostgreSQL), a synthetic study.
 
 Classes and helpers live in :mod:`tests.peers`; areas may add fixtures in their own ``conftest.py``.
 """
@@ -11,21 +11,35 @@ from typing import Any
 
 import pytest
 
-from tests.peers import DcmtkStorescp, OrthancProcess, StudyFiles, node_settings, write_study
+from tests.peers import (
+    DcmtkStorescp,
+    OrthancProcess,
+    PostgresServer,
+    StudyFiles,
+    index_url_factory,
+    node_settings,
+    postgres_bin_dir,
+    write_study,
+)
 
 
 @pytest.fixture
-def node_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+def node_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     """Start in-process nodes (``dicom_node.process.node.Node``) with test settings; all are stopped afterwards.
 
-    ``node_factory(**overrides)`` takes the keyword arguments of :func:`tests.peers.node_settings`.
+    ``node_factory(**overrides)`` takes the keyword arguments of :func:`tests.peers.node_settings`; in a test
+    that uses ``db_backend``, each node's index is on that backend.
     """
     from dicom_node.core.config import NodeConfig
     from dicom_node.process.node import Node
 
     nodes: list[Node] = []
+    new_index = index_url_factory(request)
 
     def make(start: bool = True, **overrides: Any) -> Node:
+        url = new_index()
+        if url is not None:
+            overrides["node"] = {"database_url": url, **overrides.get("node", {})}
         settings = node_settings(tmp_path / f"node{len(nodes)}", **overrides)
         node = Node(NodeConfig.load(None, **settings))
         nodes.append(node)
@@ -78,6 +92,44 @@ def storescp_factory(tmp_path: Path) -> Iterator[Callable[..., DcmtkStorescp]]:
 def study(tmp_path: Path) -> StudyFiles:
     """A synthetic MR study on disk: 3 series × 3 instances (32×32)."""
     return write_study(tmp_path / "study", series=3, instances=3)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (skips when PostgreSQL is not installed); stopped by PID afterwards."""
+    import tempfile
+
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed (scripts/setup.sh installs the postgresql package)")
+    workdir = Path(tempfile.mkdtemp(prefix="laurel-pg-"))  # not under pytest's 0700 tree: the postgres user reads it
+    server = PostgresServer(bin_dir, workdir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a new empty database on the session's PostgreSQL server."""
+    return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """Each index backend in turn; nodes made by the factories of a test that uses it run on it."""
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(db_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """An empty index database on each backend: a SQLite file, then a PostgreSQL database."""
+    return index_url_factory(request)() or f"sqlite:///{tmp_path / 'index.db'}"
 
 
 # Whole-node fixtures (spine + workflow + API): workflow_node_factory, node_api.

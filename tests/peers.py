@@ -536,6 +536,117 @@ class DcmtkStorescp(ManagedProcess):
         return sorted(p for p in self.out.iterdir() if p.is_file()) if self.out.exists() else []
 
 
+def postgres_bin_dir() -> Path | None:
+    """The folder of PostgreSQL's server programs (Debian keeps them off PATH), newest version first."""
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    versions = sorted(
+        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").exists()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    return versions[0] if versions else None
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL server: ``initdb`` + ``pg_ctl`` in a temporary folder on a free loopback port.
+
+    Run as the ``postgres`` user when the tests run as root (the server refuses root); stopped by the PID in
+    its ``postmaster.pid`` with ``pg_ctl stop -m fast``. ``fsync`` is off: the tests kill clients, never it.
+    """
+
+    def __init__(self, bin_dir: Path, workdir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.log_path = workdir / "postgres.log"
+        self.port = free_port()
+        self.user = "laurel"
+        self._run_as: str | None = None
+        self._databases = 0
+
+    def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = {**PEER_ENV, "LC_ALL": "C.UTF-8", "PGTZ": "UTC"}
+        proc = subprocess.run(
+            [str(self.bin_dir / args[0]), *args[1:]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            user=self._run_as,
+            cwd=self.workdir,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+        return proc
+
+    def start(self) -> PostgresServer:
+        """initdb, then start the server and wait until it accepts connections."""
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                account = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.skip("PostgreSQL refuses to run as root and there is no postgres user to run it as")
+            self._run_as = "postgres"
+            os.chown(self.workdir, account.pw_uid, account.pw_gid)
+        self._run("initdb", "-D", str(self.data_dir), "-U", self.user, "-A", "trust", "-E", "UTF8", "--no-sync")
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories='' "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._run(
+            "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir), "-l", str(self.log_path), "-o", options
+        )
+        wait_until(lambda: port_open(self.port), 30, 0.05, f"PostgreSQL on port {self.port}")
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's PID (from ``postmaster.pid``), ``None`` when it is not running."""
+        try:
+            return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def url(self, database: str = "postgres") -> str:
+        """The SQLAlchemy URL of a database on this server (psycopg 3)."""
+        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, prefix: str = "laurel") -> str:
+        """A new empty database; returns its URL."""
+        import psycopg
+
+        self._databases += 1
+        name = f"{prefix}_{self._databases}"
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user={self.user} dbname=postgres", autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        """``pg_ctl stop -m fast`` on this server (its PID file), then SIGKILL if it is still there."""
+        pid = self.pid
+        if pid is None:
+            return
+        try:
+            self._run("pg_ctl", "stop", "-m", "fast", "-w", "-t", "30", "-D", str(self.data_dir))
+        except (RuntimeError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def index_url_factory(request: pytest.FixtureRequest) -> Callable[[], str | None]:
+    """New empty index URLs on the test's backend (``db_backend`` when it uses it, else SQLite: ``None``, the
+    node's default file in its storage folder)."""
+    if "db_backend" not in request.fixturenames or request.getfixturevalue("db_backend") == "sqlite":
+        return lambda: None
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database
+
+
 def node_settings(
     workdir: Path,
     *,
@@ -582,9 +693,10 @@ def node_settings(
 class NodeProcess(ManagedProcess):
     """``laurel serve`` in a subprocess with a generated config (for kill -9 tests)."""
 
-    def __init__(self, workdir: Path, settings: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, settings: dict[str, Any], env: dict[str, str] | None = None) -> None:
         super().__init__(workdir, "node")
         self.settings = settings
+        self.extra_env = dict(env or {})
         self.config_path = self.workdir / "node.yaml"
         self.config_path.write_text(yaml.safe_dump(settings))
 
@@ -600,7 +712,7 @@ class NodeProcess(ManagedProcess):
 
     def start(self, timeout: float = 60) -> NodeProcess:
         """Start ``python -m dicom_node serve`` and wait until it answers C-ECHO."""
-        env = {**PEER_ENV, "PYTHONPATH": str(REPO)}
+        env = {**PEER_ENV, "PYTHONPATH": str(REPO), **self.extra_env}
         self._spawn([sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config_path)], env)
         calling = next(p["ae_title"] for p in self.settings["peers"] if p.get("send_to_us", True))
         wait_until(

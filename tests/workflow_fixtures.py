@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.peers import free_port, node_settings, storescu, wait_until
+from tests.peers import free_port, index_url_factory, node_settings, storescu, wait_until
 
 OPERATOR = "Dr Test Reviewer"
 
@@ -98,18 +98,26 @@ def send_files(port: int, files: list[Path], calling_ae: str = "STORESCU", calle
 
 
 @pytest.fixture
-def workflow_node_factory(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
-    """Start whole nodes (API on a free port, leg routing by SeriesDescription); stopped afterwards."""
+def workflow_node_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., RunningNode]]:
+    """Start whole nodes (API on a free port, leg routing by SeriesDescription); stopped afterwards.
+
+    In a test that uses the ``db_backend`` fixture, each node's index is on that backend (a new PostgreSQL
+    database per node, or the default SQLite file).
+    """
     from dicom_node.core.config import NodeConfig
     from dicom_node.core.db import session_scope
     from dicom_node.core.tokens import create_token
     from dicom_node.process.node import build_node
 
     started: list[RunningNode] = []
+    new_index = index_url_factory(request)
 
     def make(**overrides: Any) -> RunningNode:
         workdir = tmp_path / f"wnode{len(started)}"
         api_port = free_port()
+        url = new_index()
+        if url is not None:
+            overrides["node"] = {"database_url": url, **overrides.get("node", {})}
         routing = overrides.pop("routing", [{"model": "leg", "match": {"SeriesDescription": "(?i)leg"}}])
         settings = node_settings(
             workdir,

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 
 import typer
 
 from dicom_node.core.config import ConfigError, NodeConfig
+from dicom_node.core.logs import configure_logging
+
+__all__ = ["ConfigOption", "configure_logging", "load_config"]
 
 ConfigOption = typer.Option(Path("config/node.yaml"), "--config", "-c", help="node configuration (YAML)")
-
-
-def configure_logging(verbose: bool = False) -> None:
-    """Log to stderr with timestamps; never patient data (callers log internal ids)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def load_config(path: Path) -> NodeConfig:

@@ -29,7 +29,9 @@ def _register() -> None:
 
     node_commands.register(app)
     review_commands.register(app, model_app)
-    app.add_typer(model_app, name="model", help="segmentation models: list, show, train, pin, rollback")
+    app.add_typer(
+        model_app, name="model", help="segmentation models: list, show, train, create, evaluate, install, pin, rollback"
+    )
     app.add_typer(federation_app, name="federation", help="the federation server and its sites")
     app.command("phantom", help="write a SYNTHETIC MR phantom series with ground-truth labels")(phantom)
     app.command("review", help="open the review station")(review)

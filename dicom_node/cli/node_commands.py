@@ -45,15 +45,7 @@ def build_node(cfg: NodeConfig) -> Node:
     return build_workflow_node(cfg)
 
 
-def serve(
-    config: Path = ConfigOption,
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging"),
-) -> None:
-    """Run the node: SCP, scheduler, job workers and the API, until SIGTERM or Ctrl-C."""
-    from dicom_node.cli.common import configure_logging
-
-    cfg = _load(config)
-    configure_logging(verbose)
+def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -61,19 +53,66 @@ def serve(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    from dicom_node.work.workflow import WorkflowConfigError
+    return stop
+
+
+def _check_workflow(cfg: NodeConfig) -> None:
+    """Refuse a configuration the workers could not start with (exit 2 and what to fix), before any child."""
+    from dicom_node.work.workflow import WorkflowConfigError, federation_client
 
     try:
-        node = build_node(cfg)
+        federation_client(cfg)
     except WorkflowConfigError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from exc
-    node.start()
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        node.stop()
+
+
+def serve(
+    config: Path = ConfigOption,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging"),
+    one_process: bool = typer.Option(
+        False, "--one-process", help="run intake, workers and API as threads of one process (development)"
+    ),
+) -> None:
+    """Run the node until SIGTERM or Ctrl-C: an intake process (SCP), the API and `jobs.workers` workers."""
+    from dicom_node.cli.common import configure_logging
+
+    cfg = _load(config)
+    configure_logging(verbose, process="supervisor" if not one_process else None)
+    stop = _stop_on_signals()
+    _check_workflow(cfg)
+    if one_process:
+        node = build_node(cfg)
+        node.start()
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            node.stop()
+        return
+    from dicom_node.process.supervisor import Supervisor
+
+    supervisor = Supervisor(config, cfg, verbose=verbose)
+    supervisor.start()
+    supervisor.run(stop)
+
+
+def worker(
+    config: Path = ConfigOption,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging"),
+) -> None:
+    """Run `jobs.workers` worker processes alone (on a host sharing the node's PostgreSQL index and storage)."""
+    from dicom_node.cli.common import configure_logging
+
+    cfg = _load(config)
+    configure_logging(verbose, process="supervisor")
+    stop = _stop_on_signals()
+    _check_workflow(cfg)
+    from dicom_node.process.supervisor import Supervisor
+
+    supervisor = Supervisor(config, cfg, workers_only=True, verbose=verbose)
+    supervisor.start()
+    supervisor.run(stop)
 
 
 def status_report(cfg: NodeConfig) -> dict[str, Any]:
@@ -271,7 +310,8 @@ def dead_letters_command(
 
 def register(app: typer.Typer) -> None:
     """Attach the node's commands to the root ``laurel`` app."""
-    app.command("serve", help="run the node (SCP, scheduler, job workers, API)")(serve)
+    app.command("serve", help="run the node: intake (SCP), API and worker processes")(serve)
+    app.command("worker", help="run worker processes alone (another host, shared PostgreSQL index)")(worker)
     app.command("status", help="studies, jobs, dead letters, unrouted series")(status)
     app.command("echo", help="C-ECHO a configured peer")(echo)
     app.command("send", help="C-STORE files to a configured peer")(send)

@@ -126,3 +126,8 @@ def register(app: typer.Typer, model_app: typer.Typer) -> None:
     model_app.command("unpin")(unpin)
     model_app.command("rollback")(rollback)
     model_app.command("revisions")(revisions)
+    from dicom_node.cli.model_install import install_command
+
+    model_app.command("install", help="install a signed package on this node (a revision routing can name)")(
+        install_command
+    )

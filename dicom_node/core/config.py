@@ -77,11 +77,11 @@ class NodeSection(_Strict):
     def _ae(cls, v: str) -> str:
         return validate_ae_title(v)
 
-    def engine(self) -> Any:
-        """An engine on the index (schema migrated), with this node's busy timeout."""
+    def engine(self, *, create: bool = True) -> Any:
+        """An engine on the index (``create``: schema created or migrated), with this node's busy timeout."""
         from dicom_node.core.engine import make_engine
 
-        return make_engine(self.db_url, busy_seconds=self.database_busy_seconds)
+        return make_engine(self.db_url, create=create, busy_seconds=self.database_busy_seconds)
 
     @property
     def db_url(self) -> str:
@@ -169,11 +169,30 @@ class RetentionSection(_Strict):
 class JobsSection(_Strict):
     """The persistent job queue: retries with exponential backoff and jitter, then dead letters."""
 
-    workers: int = Field(2, ge=1, le=32)
+    workers: int = Field(
+        2,
+        ge=1,
+        le=32,
+        description="worker processes of `laurel serve` / `laurel worker` (threads in the embedded one-process node)",
+    )
+    threads_per_worker: int = Field(1, ge=1, le=8, description="job threads in each worker process")
+    worker_nice: int = Field(
+        10, ge=0, le=19, description="how much lower the workers' CPU priority is than the intake's (nice)"
+    )
+    stop_grace_seconds: float = Field(
+        10.0, gt=0, le=600, description="at SIGTERM, how long a running job may finish before its worker is killed"
+    )
     max_attempts: int = Field(8, ge=1, le=100)
     backoff_base_seconds: float = Field(2.0, gt=0)
     backoff_max_seconds: float = Field(600.0, gt=0)
     poll_seconds: float = Field(0.2, gt=0)
+    lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="how long a claimed job is held without a heartbeat (sent every third of it); a job whose "
+        "runner stopped answering is taken over by another runner after it",
+    )
     export_retry_hours: float = Field(
         24.0, gt=0, description="how long a write-back is retried (capped backoff) before it becomes a dead letter"
     )

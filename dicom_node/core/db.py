@@ -1,8 +1,9 @@
 """The node's index: SQLAlchemy 2 models of studies, series, instances and jobs.
 
-SQLite in WAL mode by default (``synchronous=FULL``: a commit is on disk when it returns), any SQLAlchemy URL
-otherwise (PostgreSQL is the tested alternative). All times are naive UTC (:func:`utcnow`). The schema is
-created and upgraded by Alembic (:func:`migrate`, scripts in ``dicom_node/migrations``), never by
+SQLite in WAL mode by default (``synchronous=FULL``: a commit is on disk when it returns); PostgreSQL
+(``postgresql+psycopg://…``) for several processes or hosts; both are tested. All times are naive UTC
+(:func:`utcnow`). The schema is created and upgraded by Alembic (:func:`dicom_node.core.engine.migrate`,
+scripts in ``dicom_node/core/migrations``), never by
 ``create_all`` on a database that already holds data.
 
 Files are recorded relative to ``node.storage_dir`` (:func:`stored_path` / :func:`resolve_path`), so a
@@ -211,6 +212,10 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: The process holding a RUNNING job (``host:pid:start``; kept afterwards: who ran it last).
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
+    #: Until when the claim holds without a heartbeat; a RUNNING job past it is taken over.
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view (for ``laurel status --json`` and the API)."""
@@ -228,6 +233,8 @@ class Job(Base):
             "updated_at": _iso(self.updated_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
+            "claimed_by": self.claimed_by,
+            "lease_until": _iso(self.lease_until),
         }
 
 

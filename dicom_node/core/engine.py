@@ -1,4 +1,5 @@
-"""Engines over the index and its schema: SQLite pragmas, Alembic migrations, one-line start-up errors."""
+"""Engines over the index and its schema: SQLite pragmas or a PostgreSQL pool, Alembic migrations, one-line
+start-up errors."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def import_table_modules() -> None:
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: The revision this code needs; a database at another revision is upgraded by :func:`migrate`.
 #: Revision ``0001`` is the schema of Laurel 0.1, which had no ``alembic_version`` table.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004_guarded_learning"
 _BASELINE_REVISION = "0001"
 
 
@@ -52,25 +53,42 @@ def _alembic_config(connection: Any) -> Any:
     return cfg
 
 
+#: Key of the PostgreSQL advisory lock held while one process creates or upgrades the schema.
+_MIGRATION_LOCK = 0x4C415552454C  # "LAUREL"
+
+
 def current_revision(engine: Engine) -> str | None:
     """The schema revision of the index (``None``: empty; ``0001``: a 0.1 index without Alembic)."""
+    with engine.connect() as conn:
+        return _revision_of(conn)
+
+
+def _revision_of(conn: Any) -> str | None:
     from sqlalchemy import inspect
 
-    with engine.connect() as conn:
-        tables = set(inspect(conn).get_table_names())
-        if "alembic_version" in tables:
-            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-        return _BASELINE_REVISION if "study" in tables else None
+    tables = set(inspect(conn).get_table_names())
+    if "alembic_version" in tables:
+        value = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        return None if value is None else str(value)
+    return _BASELINE_REVISION if "study" in tables else None
 
 
 def migrate(engine: Engine) -> None:
-    """Create or upgrade the schema to :data:`HEAD_REVISION` with Alembic (a no-op when it is there)."""
+    """Create or upgrade the schema to :data:`HEAD_REVISION` with Alembic (a no-op when it is there).
+
+    On PostgreSQL the work runs under an advisory lock, so processes that start together (intake, workers)
+    migrate once; its DDL is transactional, so a failed upgrade leaves the previous schema.
+    """
     from alembic import command
 
-    revision = current_revision(engine)
-    if revision == HEAD_REVISION:
+    if current_revision(engine) == HEAD_REVISION:
         return
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+        revision = _revision_of(conn)  # again, under the lock: another process may have migrated meanwhile
+        if revision == HEAD_REVISION:
+            return
         cfg = _alembic_config(conn)
         if revision is None:
             # An empty database: create the head schema and record it (what Alembic advises; the test
@@ -99,14 +117,36 @@ def _has_version_table(conn: Any) -> bool:
     return "alembic_version" in inspect(conn).get_table_names()
 
 
+def normalize_url(url: str) -> str:
+    """``url`` with the driver Laurel ships for its backend (``postgresql://`` means psycopg 3)."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
 def make_engine(url: str, *, create: bool = True, busy_seconds: float = 30.0) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, ``synchronous=FULL``, a busy timeout and foreign keys.
+    """An engine for ``url``; SQLite gets WAL, ``synchronous=FULL``, a busy timeout and foreign keys;
+    PostgreSQL (psycopg 3) a connection pool that checks connections before use (a restarted server costs
+    no failed request) and a connect timeout.
 
     With ``create`` the folder of a SQLite file is created and the schema migrated to the head revision.
-    ``busy_seconds``: how long a SQLite statement waits for another process's write lock before it fails.
+    ``busy_seconds``: how long a SQLite statement waits for another process's write lock before it fails
+    (on PostgreSQL: the connect timeout and how long to wait for a free pooled connection).
     """
+    url = normalize_url(url)
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"future": True}
+    if parsed.get_backend_name() == "postgresql":
+        # The intake keeps one connection; job threads, the scheduler and the API share the rest.
+        kwargs.update(
+            pool_size=8,
+            max_overflow=16,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            pool_timeout=busy_seconds,
+            connect_args={"connect_timeout": max(1, int(min(busy_seconds, 30))), "application_name": "laurel"},
+        )
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_seconds}
         database = parsed.database

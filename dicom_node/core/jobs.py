@@ -1,4 +1,4 @@
-"""The persistent job queue: one row per side effect, claimed atomically, retried, never lost.
+"""The persistent job queue: one row per side effect, claimed under a lease, retried, never lost.
 
 Job kinds and their handlers (each documented where it is registered):
 
@@ -17,13 +17,30 @@ person can requeue with ``laurel requeue JOB_ID``); a kind may register what a d
 rest of the state (``on_dead``: e.g. a dead ``segment`` job marks its study FAILED with the reason).
 :class:`JobDeferred` puts a job back for a while without spending an attempt (the resource it needs is
 busy: e.g. another job holds the model's learning lease); :class:`JobInterrupted` (or a fault point reached
-while the node stops) puts it back at once. A job is claimed with
-``UPDATE job SET state='RUNNING' WHERE id=? AND state=<as read>`` (exactly one claimer sees rowcount 1, on
-SQLite and PostgreSQL alike). Jobs left RUNNING by a crash go back to QUEUED when the runner starts (one
-runner process per database, as ``laurel serve`` runs it).
+while the node stops) puts it back at once.
+
+Claims and leases (any number of runner processes on any number of hosts may share one queue):
+
+* A claim records who holds the job (``claimed_by``: ``host:pid:start``, see :mod:`dicom_node.core.owners`),
+  when (``started_at``, which tells one claim from the next) and until when (``lease_until``). On PostgreSQL
+  a runner takes the next due job with ``SELECT … FOR UPDATE SKIP LOCKED`` and updates it in the same
+  transaction; on SQLite (one writer at a time) with a conditional
+  ``UPDATE job SET state='RUNNING' … WHERE id=? AND state=<as read> …`` (exactly one claimer sees rowcount 1).
+* A heartbeat thread of each runner extends the leases of the jobs it runs every third of
+  ``jobs.lease_seconds``. A RUNNING job whose lease expired (its runner died, hung or lost the database) is
+  taken over by any runner, as a new attempt (or made DEAD when its attempts are spent).
+* Every later write of a claim (checkpoint, heartbeat, the final DONE/FAILED/DEAD/QUEUED) is conditional on
+  ``claimed_by`` and ``started_at`` still being this claim's: a runner that lost its lease records nothing
+  (its handler sees ``ctx.lease_lost``; a checkpoint raises :class:`LeaseLost`).
+* When a runner starts, RUNNING jobs claimed by processes of *this host* that no longer exist are queued
+  again at once (a restarted node resumes without waiting for leases); jobs of live processes and of other
+  hosts are left to their leases.
+
+Hosts that share a queue need clocks that agree (NTP) to well under the lease.
 
 Handlers are ``fn(ctx: JobContext, payload: dict) -> dict | None``; the returned dict becomes ``job.result``.
-They must be idempotent: a crash between their side effect and the DONE commit repeats them.
+They must be idempotent: a crash between their side effect and the DONE commit repeats them, and so does a
+takeover after a lease expired while the first runner still worked.
 """
 
 from __future__ import annotations
@@ -40,11 +57,17 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
+from dicom_node.core.claims import DeadHandler, claim_due, held, recover_interrupted, run_dead_handler
 from dicom_node.core.config import JobsSection
 from dicom_node.core.db import Job, JobState, session_scope, utcnow
 from dicom_node.core.metrics import NodeMetrics
+from dicom_node.core.owners import Owner, process_owner
 
 logger = logging.getLogger(__name__)
+
+#: Job kinds queued by the intake process's scheduler (their handlers run in the workers).
+RETENTION_JOB = "retention"
+SYNC_JOB = "sync"
 
 
 class PermanentJobError(Exception):
@@ -53,6 +76,10 @@ class PermanentJobError(Exception):
 
 class JobInterrupted(Exception):
     """Raised by a handler that stopped because the node stops: queued again, no attempt spent."""
+
+
+class LeaseLost(JobInterrupted):
+    """The job's lease expired and another runner may hold the job now: stop, record nothing."""
 
 
 class JobDeferred(Exception):
@@ -85,27 +112,61 @@ class JobContext:
     saved: dict[str, Any] = field(default_factory=dict)
     stop_event: threading.Event = field(default_factory=threading.Event)
     created_at: datetime | None = None
+    #: The claim this run holds (``None``: a context made outside a runner, e.g. by a test).
+    claimed_by: str | None = None
+    claimed_at: datetime | None = None
+    lost: threading.Event = field(default_factory=threading.Event)
 
     @property
     def stopping(self) -> bool:
-        """True when the node is stopping; long handlers check it and raise :class:`JobInterrupted`."""
-        return self.stop_event.is_set()
+        """True when the node stops or the lease was lost; long handlers check it and raise :class:`JobInterrupted`."""
+        return self.stop_event.is_set() or self.lost.is_set()
+
+    @property
+    def lease_lost(self) -> bool:
+        """True when this run no longer holds the job (another runner may have taken it over)."""
+        return self.lost.is_set()
 
     def checkpoint(self, data: Mapping[str, Any]) -> None:
-        """Merge ``data`` into the job's saved state and commit it now (survives a retry or a crash)."""
+        """Merge ``data`` into the job's saved state and commit it now (survives a retry or a crash).
+
+        Raises :class:`LeaseLost` when this run no longer holds the job (nothing is written).
+        """
         self.saved.update(data)
+        statement = update(Job).where(Job.id == self.job_id)
+        if self.claimed_by is not None:
+            statement = statement.where(*held(self.claimed_by, self.claimed_at))
         with session_scope(self.engine) as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == self.job_id)
-                .values(result=dict(self.saved), updated_at=utcnow())
-                .execution_options(synchronize_session=False)
+            result = session.execute(
+                statement.values(result=dict(self.saved), updated_at=utcnow()).execution_options(
+                    synchronize_session=False
+                )
             )
+            written = int(getattr(result, "rowcount", 1) or 0)
+        if written == 0 and self.claimed_by is not None:
+            self.lost.set()
+            raise LeaseLost(f"job {self.job_id} lost its lease; another runner may hold it")
 
 
 Handler = Callable[[JobContext, dict[str, Any]], dict[str, Any] | None]
-#: Called with the session, the job's payload and its last error when a job becomes a dead letter.
-DeadHandler = Callable[[Session, dict[str, Any], str], None]
+
+__all__ = [
+    "DeadHandler",
+    "Handler",
+    "JobContext",
+    "JobDeferred",
+    "JobInterrupted",
+    "JobRunner",
+    "LeaseLost",
+    "PermanentJobError",
+    "backoff_delay",
+    "dead_letters",
+    "enqueue",
+    "fault_point",
+    "list_jobs",
+    "recover_interrupted",
+    "requeue",
+]
 
 
 def enqueue(
@@ -181,32 +242,21 @@ def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random | N
     return (rng or random).uniform(0, ceiling)
 
 
-def recover_interrupted(
-    session: Session, max_attempts: int, dead_handlers: Mapping[str, DeadHandler] | None = None
-) -> int:
-    """Jobs left RUNNING by a crash: back to QUEUED, or DEAD when they have used all their attempts."""
-    now = utcnow()
-    count = 0
-    for job in session.scalars(select(Job).where(Job.state == JobState.RUNNING)):
-        limit = job.max_attempts or max_attempts
-        if job.attempts >= limit:
-            job.state = JobState.DEAD
-            job.last_error = f"interrupted by a node stop or crash on each of {job.attempts} attempts"
-            job.finished_at = now
-            if dead_handlers and job.kind in dead_handlers:
-                dead_handlers[job.kind](session, dict(job.payload or {}), job.last_error)
-        else:
-            job.state = JobState.QUEUED
-            job.next_run_at = now
-        job.updated_at = now
-        count += 1
-    if count:
-        logger.warning("%d jobs were running when the node last stopped; they are queued again", count)
-    return count
+@dataclass
+class _Claim:
+    job_id: int
+    kind: str
+    claimed_at: datetime
+    lost: threading.Event = field(default_factory=threading.Event)
 
 
 class JobRunner:
-    """Worker threads that claim due jobs and run their handlers."""
+    """Worker threads that claim due jobs and run their handlers, and a heartbeat that keeps their leases.
+
+    A process that runs jobs (the node, or a worker process on another host) builds one runner on the shared
+    engine, registers handlers (:meth:`add_handler`, :meth:`on_dead`), then :meth:`start` and finally
+    :meth:`stop`; ``config.workers`` threads claim jobs, ``config.lease_seconds`` is the lease.
+    """
 
     def __init__(
         self,
@@ -216,16 +266,32 @@ class JobRunner:
         *,
         metrics: NodeMetrics | None = None,
         rng: random.Random | None = None,
+        owner: Owner | None = None,
     ) -> None:
         self.engine = engine
         self.handlers: dict[str, Handler] = dict(handlers or {})
         self.dead_handlers: dict[str, DeadHandler] = {}
         self.config = config or JobsSection()
         self.metrics = metrics
+        self._owner = owner
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._halt = threading.Event()  # stops the heartbeat, once the workers are done
+        self._heartbeat: threading.Thread | None = None
+        self._claims: dict[int, _Claim] = {}
+        self._claims_lock = threading.Lock()
+
+    @property
+    def owner(self) -> Owner:
+        """The process this runner claims jobs as (``host:pid:start``)."""
+        return self._owner or process_owner()
+
+    @property
+    def lease(self) -> timedelta:
+        """How long a claim holds without a heartbeat."""
+        return timedelta(seconds=self.config.lease_seconds)
 
     def add_handler(self, kind: str, handler: Handler) -> None:
         """Register (or replace) the handler of a job kind; jobs of kinds without one wait in the queue."""
@@ -241,25 +307,36 @@ class JobRunner:
         self._wake.set()
 
     def start(self) -> None:
-        """Recover interrupted jobs and start the workers."""
+        """Queue again the jobs of this host's ended processes, then start the workers and the heartbeat."""
         with session_scope(self.engine) as session:
-            recover_interrupted(session, self.config.max_attempts, self.dead_handlers)
+            recover_interrupted(session, self.config.max_attempts, self.dead_handlers, host=self.owner.host)
         self._stop.clear()
         for n in range(self.config.workers):
             thread = threading.Thread(target=self._work, name=f"laurel-jobs-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        self._halt.clear()
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="laurel-jobs-lease", daemon=True)
+        self._heartbeat.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Ask the workers to stop after their current job and wait for them."""
+        """Ask the workers to stop after their current job and wait for them (their leases renewed meanwhile)."""
         self._stop.set()
         self._wake.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
-                logger.warning("job worker %s still busy at stop; its job is recovered at the next start", thread.name)
+                logger.warning(
+                    "job worker %s still busy at stop; its job is taken over when its lease expires or this "
+                    "host's next runner starts",
+                    thread.name,
+                )
         self._threads = []
+        self._halt.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(5.0)
+            self._heartbeat = None
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -272,129 +349,169 @@ class JobRunner:
                 self._wake.wait(self.config.poll_seconds)
                 self._wake.clear()
 
+    # ------------------------------------------------------------------ leases
+    def _heartbeat_loop(self) -> None:
+        while not self._halt.wait(self.config.lease_seconds / 3):
+            try:
+                self.heartbeat()
+            except Exception:
+                logger.exception("job lease heartbeat failed (database unavailable?)")
+
+    def heartbeat(self) -> int:
+        """Extend the leases of the jobs this runner runs; returns how many it still holds."""
+        with self._claims_lock:
+            claims = list(self._claims.values())
+        holding = 0
+        owner = str(self.owner)
+        for claim in claims:
+            if claim.lost.is_set():
+                continue
+            until = utcnow() + self.lease
+            with self.engine.begin() as conn:
+                result = conn.execute(
+                    update(Job).where(Job.id == claim.job_id, *held(owner, claim.claimed_at)).values(lease_until=until)
+                )
+            if result.rowcount == 1:
+                holding += 1
+            else:
+                claim.lost.set()
+                logger.warning(
+                    "job %s (%s): lease lost (expired and taken over, or the job was changed); this run will "
+                    "record nothing",
+                    claim.job_id,
+                    claim.kind,
+                )
+        return holding
+
+    # ------------------------------------------------------------------ claims
     def claim(self) -> Job | None:
-        """Atomically take one due job of a kind with a handler (``None`` when there is none)."""
-        kinds = list(self.handlers)
-        if not kinds:
+        """Take one due job of a kind with a handler under a lease (``None`` when there is none); see
+        :func:`dicom_node.core.claims.claim_due`."""
+        if not self.handlers:
             return None
         now = utcnow()
-        with self.engine.begin() as conn:
-            candidates = conn.execute(
-                select(Job.id, Job.state)
-                .where(
-                    Job.state.in_([JobState.QUEUED, JobState.FAILED]),
-                    Job.next_run_at <= now,
-                    Job.kind.in_(kinds),
-                )
-                .order_by(Job.next_run_at, Job.id)
-                .limit(8)
-            ).all()
-            for job_id, state in candidates:
-                result = conn.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.state == state)
-                    .values(state=JobState.RUNNING, attempts=Job.attempts + 1, started_at=now, updated_at=now)
-                )
-                if result.rowcount == 1:
-                    break
-            else:
-                return None
+        with self._claims_lock:
+            mine = list(self._claims)
         with session_scope(self.engine) as session:
-            return session.get(Job, job_id)
+            taken = claim_due(
+                session,
+                owner=str(self.owner),
+                now=now,
+                lease=self.lease,
+                kinds=list(self.handlers),
+                exclude=mine,
+                max_attempts=self.config.max_attempts,
+                dead_handlers=self.dead_handlers,
+            )
+        if taken is not None:
+            with self._claims_lock:
+                self._claims[taken.id] = _Claim(taken.id, taken.kind, now)
+        return taken
 
     def run_once(self) -> bool:
         """Claim and run one job; ``False`` when nothing was due."""
         job = self.claim()
         if job is None:
             return False
-        self._run(job)
-        return True
-
-    def _on_dead(self, session: Session, job: Job, error: str) -> None:
         try:
-            with session.begin_nested():
-                self.dead_handlers[job.kind](session, dict(job.payload or {}), error)
-        except Exception:
-            logger.exception("job %s (%s): recording what its dead letter means failed", job.id, job.kind)
+            self._run(job)
+        finally:
+            with self._claims_lock:
+                self._claims.pop(job.id, None)
+        return True
 
     def _run(self, job: Job) -> None:
         handler = self.handlers[job.kind]
+        with self._claims_lock:
+            claim = self._claims.get(job.id) or _Claim(job.id, job.kind, job.started_at or utcnow())
         ctx = JobContext(
-            job.id, job.kind, job.attempts, self.engine, dict(job.result or {}), self._stop, job.created_at
+            job.id,
+            job.kind,
+            job.attempts,
+            self.engine,
+            dict(job.result or {}),
+            self._stop,
+            job.created_at,
+            claimed_by=job.claimed_by,
+            claimed_at=job.started_at,
+            lost=claim.lost,
         )
         started = time.perf_counter()
-        outcome = "done"
-        values: dict[str, Any]
+        outcome, values = self._outcome(job, handler, ctx)
+        values["updated_at"] = utcnow()
+        values["lease_until"] = None
+        if outcome != "done" and ctx.saved:
+            values["result"] = dict(ctx.saved)
+        with session_scope(self.engine) as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job.id, *held(str(job.claimed_by), job.started_at))
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                logger.warning(
+                    "job %s (%s) ended (%s) after its lease was lost; not recorded (another runner holds it)",
+                    job.id,
+                    job.kind,
+                    outcome,
+                )
+                outcome = "lease_lost"
+            elif values["state"] == JobState.DEAD and job.kind in self.dead_handlers:
+                run_dead_handler(session, job, str(values.get("last_error") or ""), self.dead_handlers)
+        if self.metrics is not None:
+            self.metrics.jobs_finished.labels(kind=job.kind, outcome=outcome).inc()
+            self.metrics.job_seconds.labels(kind=job.kind).observe(time.perf_counter() - started)
+
+    def _outcome(self, job: Job, handler: Handler, ctx: JobContext) -> tuple[str, dict[str, Any]]:
+        """Run the handler; returns the outcome's name and the values that record it."""
         try:
             result = handler(ctx, dict(job.payload or {}))
-        except JobInterrupted:
-            outcome = "interrupted"
-            values = {"state": JobState.QUEUED, "attempts": max(0, job.attempts - 1), "next_run_at": utcnow()}
-            logger.info("job %s (%s) interrupted by the stop; queued again", job.id, job.kind)
+        except JobInterrupted as exc:
+            why = "lease lost" if isinstance(exc, LeaseLost) else "the stop"
+            logger.info("job %s (%s) interrupted by %s; queued again", job.id, job.kind, why)
+            return "interrupted", {
+                "state": JobState.QUEUED,
+                "attempts": max(0, job.attempts - 1),
+                "next_run_at": utcnow(),
+            }
         except JobDeferred as exc:
-            outcome = "deferred"
-            values = {
+            logger.info("job %s (%s) deferred %.1f s: %s", job.id, job.kind, exc.delay, exc)
+            return "deferred", {
                 "state": JobState.QUEUED,
                 "attempts": max(0, job.attempts - 1),
                 "next_run_at": utcnow() + timedelta(seconds=exc.delay),
                 "last_error": f"deferred: {exc}",
             }
-            logger.info("job %s (%s) deferred %.1f s: %s", job.id, job.kind, exc.delay, exc)
         except PermanentJobError as exc:
-            outcome = "dead"
-            values = {
+            logger.error("job %s (%s) failed permanently: %s", job.id, job.kind, exc)
+            return "dead", {
                 "state": JobState.DEAD,
                 "last_error": str(exc) or type(exc).__name__,
                 "finished_at": utcnow(),
             }
-            logger.error("job %s (%s) failed permanently: %s", job.id, job.kind, exc)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
+            logger.debug("job %s traceback", job.id, exc_info=True)
             limit = job.max_attempts or self.config.max_attempts
             if job.attempts >= limit:
-                outcome = "dead"
-                values = {"state": JobState.DEAD, "last_error": message, "finished_at": utcnow()}
                 logger.error(
-                    "job %s (%s) failed %d times, now a dead letter: %s",
-                    job.id,
-                    job.kind,
-                    job.attempts,
-                    message,
+                    "job %s (%s) failed %d times, now a dead letter: %s", job.id, job.kind, job.attempts, message
                 )
-            else:
-                outcome = "retry"
-                delay = backoff_delay(
-                    job.attempts, self.config.backoff_base_seconds, self.config.backoff_max_seconds, self._rng
-                )
-                values = {
-                    "state": JobState.FAILED,
-                    "last_error": message,
-                    "next_run_at": utcnow() + timedelta(seconds=delay),
-                }
-                logger.warning(
-                    "job %s (%s) attempt %d failed, retry in %.1f s: %s",
-                    job.id,
-                    job.kind,
-                    job.attempts,
-                    delay,
-                    message,
-                )
-            logger.debug("job %s traceback", job.id, exc_info=True)
-        else:
-            saved = dict(ctx.saved)
-            if result:
-                saved.update(result)
-            values = {"state": JobState.DONE, "result": saved or None, "finished_at": utcnow()}
-            logger.info("job %s (%s) done", job.id, job.kind)
-        values["updated_at"] = utcnow()
-        if outcome != "done" and ctx.saved:
-            values["result"] = dict(ctx.saved)
-        with session_scope(self.engine) as session:
-            session.execute(
-                update(Job).where(Job.id == job.id).values(**values).execution_options(synchronize_session=False)
+                return "dead", {"state": JobState.DEAD, "last_error": message, "finished_at": utcnow()}
+            delay = backoff_delay(
+                job.attempts, self.config.backoff_base_seconds, self.config.backoff_max_seconds, self._rng
             )
-            if values["state"] == JobState.DEAD and job.kind in self.dead_handlers:
-                self._on_dead(session, job, str(values.get("last_error") or ""))
-        if self.metrics is not None:
-            self.metrics.jobs_finished.labels(kind=job.kind, outcome=outcome).inc()
-            self.metrics.job_seconds.labels(kind=job.kind).observe(time.perf_counter() - started)
+            logger.warning(
+                "job %s (%s) attempt %d failed, retry in %.1f s: %s", job.id, job.kind, job.attempts, delay, message
+            )
+            return "retry", {
+                "state": JobState.FAILED,
+                "last_error": message,
+                "next_run_at": utcnow() + timedelta(seconds=delay),
+            }
+        saved = dict(ctx.saved)
+        if result:
+            saved.update(result)
+        logger.info("job %s (%s) done", job.id, job.kind)
+        return "done", {"state": JobState.DONE, "result": saved or None, "finished_at": utcnow()}

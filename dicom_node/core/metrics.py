@@ -7,6 +7,7 @@ internal names only (states, kinds, model and peer names), never patient data.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ class NodeMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._queue_labels: set[tuple[str, str]] = set()
         r = self.registry
         # DICOM in
         self.associations = Counter(
@@ -35,7 +37,12 @@ class NodeMetrics:
             ["outcome"],
             registry=r,
         )
-        self.associations_active = Gauge("laurel_associations_active", "Associations currently established", registry=r)
+        self.associations_active = Gauge(
+            "laurel_associations_active",
+            "Associations currently established",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.instances_received = Counter(
             "laurel_instances_received",
             "C-STORE requests by result (stored, duplicate, or the failure kind)",
@@ -142,15 +149,32 @@ class NodeMetrics:
             "Jobs by kind and state (refreshed by the scheduler)",
             ["kind", "state"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
-        self.dead_letters = Gauge("laurel_dead_letters", "Jobs in the DEAD state", registry=r)
-        self.studies = Gauge("laurel_studies", "Studies by state (refreshed by the scheduler)", ["state"], registry=r)
+        self.dead_letters = Gauge(
+            "laurel_dead_letters", "Jobs in the DEAD state", registry=r, multiprocess_mode="mostrecent"
+        )
+        self.studies = Gauge(
+            "laurel_studies",
+            "Studies by state (refreshed by the scheduler)",
+            ["state"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         self.retention_deleted_files = Counter(
             "laurel_retention_deleted_files", "Received files deleted by the retention rules", registry=r
         )
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of this node's registry."""
+        """The Prometheus text exposition: this process's registry, or, in a child of ``laurel serve``
+        (``PROMETHEUS_MULTIPROC_DIR`` set), the sum over every process of the node."""
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if folder:
+            from prometheus_client import multiprocess
+
+            combined = CollectorRegistry()
+            multiprocess.MultiProcessCollector(combined, path=folder)
+            return generate_latest(combined)
         return generate_latest(self.registry)
 
     def refresh(self, session: Session) -> None:
@@ -162,12 +186,16 @@ class NodeMetrics:
         job_rows: Iterable[tuple[str, str, int]] = session.execute(
             select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
         ).all()
-        self.queue_depth.clear()
         dead = 0
+        seen: set[tuple[str, str]] = set()
         for kind, state, count in job_rows:
             self.queue_depth.labels(kind=kind, state=state).set(count)
+            seen.add((kind, state))
             if state == JobState.DEAD:
                 dead += count
+        for kind, state in self._queue_labels - seen:  # a combination that emptied reads 0, not its last value
+            self.queue_depth.labels(kind=kind, state=state).set(0)
+        self._queue_labels |= seen
         self.dead_letters.set(dead)
         counts = dict(session.execute(select(Study.state, func.count()).group_by(Study.state)).all())
         for state in StudyState:

@@ -115,6 +115,18 @@ def explain(exc: BaseException, database: str | None = None) -> str | None:
                 f"the index database{where} could not be read or written (disk I/O error): check the disk that "
                 "holds node.storage_dir (free space, errors in the system log)"
             )
+        if "authentication failed" in text or "no pg_hba.conf entry" in text:
+            return (
+                f"the database server{where} refused the login: check the user and password in "
+                "node.database_url and the server's pg_hba.conf"
+            )
+        if "database" in text and "does not exist" in text:
+            return f"the database{where} does not exist: create it (docs/sysadmin.md, PostgreSQL), then try again"
+        if "permission denied" in text:
+            return (
+                f"the database role of{where} may not create or change the index tables: make it the owner of "
+                "the database (docs/sysadmin.md, PostgreSQL)"
+            )
         if "connection" in text or "could not connect" in text or "refused" in text:
             return f"the database server{where} does not answer: check node.database_url and that it is running"
         return None

@@ -13,6 +13,11 @@ Each segment carries
   from StudyInstanceUID + key (stable between the draft and the approved SEG of one study),
 * RecommendedDisplayCIELabValue from the catalogue colour, algorithm identification = model name + version.
 
+A model created from a site's own labels (``laurel model create``, any anatomy) names its segments from its
+package's label table instead: its SNOMED CT codes (SCT 123037004 "Body structure" where a label has none),
+laterality only for sided labels, no AnatomicRegionSequence or BodyPartExamined for a region outside the
+catalogue.
+
 Drafts: SegmentAlgorithmType AUTOMATIC, SeriesDescription "UNREVIEWED AI DRAFT - <model> v<version>",
 ContentLabel "AIDRAFT". Approved: SEMIAUTOMATIC, ContentCreatorName = operator, ContentLabel "MUSCLES", no
 "draft" anywhere. Frames reference the source images (highdicom derives this from ``source_images``).
@@ -25,7 +30,8 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -49,6 +55,44 @@ ANATOMICAL_STRUCTURE = ("91723000", "SCT", "Anatomical Structure")  # DICOM CID 
 SIDE_CODES = {"right": ("24028007", "SCT", "Right"), "left": ("7771000", "SCT", "Left")}
 REGION_CODES = {"leg": ("30021000", "SCT", "Lower leg"), "thigh": ("68367000", "SCT", "Thigh")}
 BODY_PART = {"leg": "LEG", "thigh": "THIGH"}
+BODY_STRUCTURE = ("123037004", "SCT", "Body structure")  # the type of a label without a SNOMED CT code
+
+
+@dataclass(frozen=True)
+class SegmentDef:
+    """What one segment is: label value, key (TrackingID), name (SegmentLabel), SNOMED CT code, colour, side."""
+
+    value: int
+    key: str
+    name: str
+    code: str | None
+    meaning: str | None
+    colour: tuple[int, int, int]
+    side: str | None
+
+    @classmethod
+    def of_label(cls, lab: Label) -> SegmentDef:
+        """A catalogue label."""
+        m = lab.muscle
+        return cls(lab.value, lab.key, lab.display_name, m.snomed_code, m.snomed_meaning, m.colour, lab.side)
+
+    @classmethod
+    def of_table(cls, row: Mapping[str, Any]) -> SegmentDef:
+        """A row of a model package's label table (``value, key, name, snomed_code, snomed_meaning, colour,
+        side``): any label set, not only the catalogue's."""
+        colour = tuple(int(c) for c in row["colour"])
+        side = row.get("side") if row.get("side") in SIDE_CODES else None
+        return cls(
+            int(row["value"]),
+            str(row["key"]),
+            str(row["name"]),
+            str(row["snomed_code"]) if row.get("snomed_code") else None,
+            str(row["snomed_meaning"]) if row.get("snomed_meaning") else None,
+            (colour[0], colour[1], colour[2]),
+            side,
+        )
+
+
 _LO_MAX = 64
 
 
@@ -78,6 +122,34 @@ def approved_series_description(algorithm_name: str, algorithm_version: str, ope
     return _lo(f"Approved muscle segmentation ({algorithm_name} v{algorithm_version}, reviewed by {operator})")
 
 
+#: Type 2 attributes of the Patient and General Study modules that highdicom copies from the source images.
+#: Senders omit them now and then (they must be present, may be empty); the SEG then carries them empty.
+_TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def with_type2_defaults(ds: Dataset) -> Dataset:
+    """``ds``, or a shallow copy of it with the copied Type 2 attributes it lacks present and empty."""
+    missing = [keyword for keyword in _TYPE2_COPIED if keyword not in ds]
+    if not missing:
+        return ds
+    copy = Dataset(ds)
+    if hasattr(ds, "file_meta"):
+        copy.file_meta = ds.file_meta
+    for keyword in missing:
+        setattr(copy, keyword, "")
+    return copy
+
+
 def build_seg(
     volume: SeriesVolume,
     labels: np.ndarray,
@@ -96,15 +168,22 @@ def build_seg(
     device_serial_number: str = "0",
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
+    label_table: Sequence[Mapping[str, Any]] | None = None,
 ) -> hd.seg.Segmentation:
     """Build a draft or approved DICOM-SEG of ``labels`` (uint8 ``(z, y, x)`` on ``volume``'s grid).
 
+    ``label_table`` (a package's ``labels``) describes the segments of a model outside the catalogue (any
+    anatomy); a catalogue region (leg, thigh) always uses the catalogue's labels. A label without a SNOMED CT code is
+    typed SCT 123037004 "Body structure" and named by its SegmentLabel.
     Raises ``ValueError`` with what to fix for a wrong shape, dtype or label value, a missing operator on an
     approved SEG, an unknown region or a catalogue entry without a SNOMED code.
     """
     import highdicom as hd
 
-    labs = region_labels(region)  # raises ValueError for an unknown region
+    if label_table is not None and region not in REGION_CODES:
+        labs = [SegmentDef.of_table(row) for row in label_table]
+    else:  # the catalogue's current names, codes and colours; ValueError for an unknown region
+        labs = [SegmentDef.of_label(lab) for lab in region_labels(region)]
     _validate_labels(volume, labels, labs)
     if seg_type not in ("BINARY", "LABELMAP"):
         raise ValueError(f"seg_type must be 'BINARY' or 'LABELMAP', not {seg_type!r}")
@@ -136,7 +215,7 @@ def build_seg(
         content_description = _lo(f"Muscle segmentation reviewed and approved by {creator}")
         content_label = APPROVED_CONTENT_LABEL
     seg = hd.seg.Segmentation(
-        source_images=volume.source_images,
+        source_images=[with_type2_defaults(ds) for ds in volume.source_images],
         pixel_array=frames,
         segmentation_type=seg_type,
         segment_descriptions=descriptions,
@@ -155,11 +234,12 @@ def build_seg(
         omit_empty_frames=bool(frames.any()),
     )
     seg.SpecificCharacterSet = "ISO_IR 192"  # descriptions and operator names may hold non-ASCII characters
-    seg.BodyPartExamined = BODY_PART[region]
+    if region in BODY_PART:
+        seg.BodyPartExamined = BODY_PART[region]
     return seg
 
 
-def _validate_labels(volume: SeriesVolume, labels: np.ndarray, labs: Sequence[Label]) -> None:
+def _validate_labels(volume: SeriesVolume, labels: np.ndarray, labs: Sequence[SegmentDef]) -> None:
     if not isinstance(labels, np.ndarray) or labels.dtype != np.uint8:
         raise ValueError("labels must be a numpy array of dtype uint8")
     if labels.shape != volume.shape:
@@ -172,33 +252,35 @@ def _validate_labels(volume: SeriesVolume, labels: np.ndarray, labs: Sequence[La
     if bad:
         raise ValueError(f"labels contain values {bad} that are not labels of this region (0..{len(labs)})")
     for lab in labs:
-        if not lab.muscle.snomed_code.isdigit():
-            raise ValueError(f"the muscle catalogue has no SNOMED CT code for {lab.muscle.key}")
+        if lab.code is not None and not lab.code.isdigit():
+            raise ValueError(f"the SNOMED CT code {lab.code!r} of label {lab.key} is not a code")
 
 
 def _segment_description(
-    lab: Label, region: str, volume: SeriesVolume, algorithm: Any, algorithm_type: str
+    lab: SegmentDef, region: str, volume: SeriesVolume, algorithm: Any, algorithm_type: str
 ) -> hd.seg.SegmentDescription:
     import highdicom as hd
 
-    muscle = lab.muscle
+    kind = (lab.code, "SCT", _lo(lab.meaning or lab.name)) if lab.code else BODY_STRUCTURE
     desc = hd.seg.SegmentDescription(
         segment_number=lab.value,
-        segment_label=_lo(lab.display_name),
+        segment_label=_lo(lab.name),
         segmented_property_category=_code(ANATOMICAL_STRUCTURE),
-        segmented_property_type=_code((muscle.snomed_code, "SCT", muscle.snomed_meaning)),
+        segmented_property_type=_code(kind),
         algorithm_type=algorithm_type,
         algorithm_identification=algorithm,
         tracking_uid=generate_uid(entropy_srcs=[volume.StudyInstanceUID, lab.key]),
-        tracking_id=lab.key,
-        anatomic_regions=[_code(REGION_CODES[region])],
-        display_color=hd.color.CIELabColor.from_rgb(*muscle.colour),
+        tracking_id=_lo(lab.key),
+        anatomic_regions=[_code(REGION_CODES[region])] if region in REGION_CODES else None,
+        display_color=hd.color.CIELabColor.from_rgb(*lab.colour),
     )
-    side = hd.sr.CodedConcept.from_code(_code(SIDE_CODES[lab.side]))
-    desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [side]
-    desc.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [
-        hd.sr.CodedConcept.from_code(_code(SIDE_CODES[lab.side]))
-    ]
+    if lab.side is not None:
+        side = hd.sr.CodedConcept.from_code(_code(SIDE_CODES[lab.side]))
+        desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [side]
+        if region in REGION_CODES:
+            desc.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [
+                hd.sr.CodedConcept.from_code(_code(SIDE_CODES[lab.side]))
+            ]
     return desc
 
 

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, update
 
-from dicom_node.core.db import Series, SeriesState, Study, StudyState, session_scope, set_study_state, utcnow
+from dicom_node.core.db import Job, Series, SeriesState, Study, StudyState, session_scope, set_study_state, utcnow
 from dicom_node.core.jobs import enqueue
 from dicom_node.core.metrics import NodeMetrics
 
@@ -105,18 +105,22 @@ def queue_late_arrivals(engine: Engine, settle_seconds: float, *, now: datetime 
                 Series.last_instance_at.is_not(None),
                 Series.state.not_in([SeriesState.SEGMENTING]),
                 or_(
-                    and_(SeriesResult.id.is_(None), Series.state == SeriesState.ROUTED, Study.state != "COMPLETE"),
+                    # a routed series without a draft in a study past segmentation (a SEGMENTING study's series
+                    # are its segment job's: a series that job missed is caught once the study leaves SEGMENTING)
+                    and_(
+                        SeriesResult.id.is_(None),
+                        Series.state == SeriesState.ROUTED,
+                        Study.state.not_in([StudyState.COMPLETE, StudyState.SEGMENTING]),
+                    ),
                     SeriesResult.drafted_at < Series.last_instance_at,
                 ),
             )
         ).all()
         for series_id, last in rows:
-            enqueue(
-                session,
-                RESEGMENT_JOB,
-                {"series_id": series_id},
-                dedupe_key=f"{RESEGMENT_JOB}:{series_id}:{last.isoformat() if last else ''}",
-            )
+            key = f"{RESEGMENT_JOB}:{series_id}:{last.isoformat() if last else ''}"
+            if session.scalar(select(Job.id).where(Job.dedupe_key == key)) is not None:
+                continue  # queued by an earlier scan (maybe done, maybe waiting)
+            enqueue(session, RESEGMENT_JOB, {"series_id": series_id}, dedupe_key=key)
             queued.append(series_id)
     if queued:
         logger.info("series with instances newer than their draft: %s", ", ".join(str(i) for i in queued))

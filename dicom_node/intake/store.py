@@ -10,10 +10,12 @@ at any point leaves either no file or a complete one (the rename follows the com
 loss between the rename and the fsyncs can leave a partial file that was never acknowledged, which the
 recovery scan at the next start removes (see below).
 
-Durability of the index: the store's own connection commits with SQLite ``synchronous=NORMAL`` (a commit
+Durability of the index: on SQLite the store's own connection commits with ``synchronous=NORMAL`` (a commit
 survives a process crash, not necessarily a power loss), because the files are the record: after an unclean
 stop (no ``.clean-shutdown`` marker) :func:`dicom_node.intake.recovery.recover_unindexed` indexes every complete
-received file the index lacks. Every other connection of the node keeps ``synchronous=FULL``.
+received file the index lacks. Every other connection of the node keeps ``synchronous=FULL``. On PostgreSQL
+the store's commits keep the server's ``synchronous_commit`` (a database server that crashes on its own, the
+node still running, must not lose acknowledged rows: no recovery scan would follow).
 
 Group commit: associations that store at the same time share one index transaction. The thread that gets
 the commit lock first takes every pending instance (its own and those queued behind it), renames them,
@@ -379,7 +381,8 @@ class Store:
         """Index one batch in one transaction; files are renamed and their folders fsync'd before the commit.
 
         The hot path uses the DBAPI connection directly: SQLAlchemy's statement construction costs more
-        than the SQL itself here. Statements are plain SQL that SQLite and PostgreSQL both accept.
+        than the SQL itself here. Statements are plain SQL that SQLite and PostgreSQL both accept; rows are
+        updated in id order, so on PostgreSQL a worker's transaction on the same studies cannot deadlock with it.
         """
         now = utcnow()
         stamp = self._stamp(now)
@@ -435,7 +438,7 @@ class Store:
                 if sid not in self._assoc_studies.get(pair[0], ()) and pair not in new_pairs:
                     new_pairs.add(pair)
                     increments[sid] += 1
-            for sid, increment in increments.items():
+            for sid, increment in sorted(increments.items()):
                 cur.execute(
                     self._sql(
                         "UPDATE study SET last_received_at = ?, associations_open = associations_open + ?, "

@@ -1,16 +1,14 @@
-"""The node: one process assembling the index, storage, SCP, scheduler, job workers and (optionally) the API.
+"""The embedded node: intake, job workers and (optionally) the API in one process.
 
-Extension points for the code built on top (pipeline, review, learning, API):
+``laurel serve`` runs the same parts as separate processes (:mod:`dicom_node.process.supervisor`); this
+one-process assembly is what the demo, the benchmarks and most tests start, because it starts in a second
+and shares one interpreter. It is the same code: :class:`~dicom_node.intake.service.IntakeService` for the
+SCP, store and scheduler, a :class:`~dicom_node.core.jobs.JobRunner` with the workflow's handlers
+(:func:`dicom_node.work.workflow.attach`) for the jobs (``jobs.workers`` threads), and the API app.
 
-* :meth:`Node.add_job_handler` registers the handler of a job kind (e.g. ``segment``); jobs of a kind
-  without a handler wait in the queue.
-* :meth:`Node.add_periodic` runs a function on the scheduler (e.g. a federation sync that enqueues a job).
-* ``Node(config, api_app_factory=f)``: ``f(node)`` returns the ASGI app served by uvicorn on
-  ``api.host:api.port`` when ``api.enabled`` (available as ``node.api_app``); without a factory the node
-  serves DICOM only.
-* :func:`dicom_node.cli.node_commands.build_node` is where ``laurel serve`` assembles a node: the one place to
-  plug the workflow (segment/learn handlers, API factory) into the command.
-* :meth:`Node.session` opens a database session; state changes go through ``dicom_node.core.db.set_study_state``.
+Extension points: :meth:`Node.add_job_handler` (a handler of a job kind), :meth:`Node.add_on_start` (run once
+in a background thread after start, e.g. warming the models), ``Node(config, api_app_factory=f)`` (``f(node)``
+returns the ASGI app served by uvicorn on ``api.host:api.port`` when ``api.enabled``).
 """
 
 from __future__ import annotations
@@ -29,10 +27,7 @@ from dicom_node.core.db import relativize_paths, session_scope
 from dicom_node.core.jobs import Handler, JobRunner, enqueue
 from dicom_node.core.metrics import NodeMetrics
 from dicom_node.core.startup import StorageLock
-from dicom_node.intake.completion import complete_settled_studies, queue_late_arrivals
-from dicom_node.intake.routing import Router
-from dicom_node.intake.scp import StoreSCP
-from dicom_node.intake.store import Store
+from dicom_node.intake.service import IntakeService
 from dicom_node.work.export import EXPORT_JOB, export_handler
 from dicom_node.work.retention import RETENTION_JOB, retention_handler
 
@@ -57,23 +52,24 @@ class Node:
         self._storage_lock = StorageLock(config.node.storage_dir)
         self._storage_lock.acquire()  # one node per storage folder; released by stop() or by the kernel
         try:
-            self.engine = config.node.engine()
+            self.intake = IntakeService(
+                config, self.metrics, on_jobs_queued=lambda: self.jobs.notify(), refresh_metrics=True
+            )
         except BaseException:
             self._storage_lock.release()
             raise
-        self.router = Router(config.routing)
-        self.store = Store(config.node.storage_dir, self.engine, self.router, self.metrics)
-        self.scp = StoreSCP(config, self.store, self.metrics)
+        self.engine = self.intake.engine
         self.jobs = JobRunner(self.engine, {}, config.jobs, metrics=self.metrics)
+        self.router = self.intake.router
+        self.store = self.intake.store
+        self.scp = self.intake.scp
         self.jobs.add_handler(EXPORT_JOB, export_handler(config, self.metrics))
         self.jobs.add_handler(RETENTION_JOB, retention_handler(config, self.metrics))
         self.api_app_factory = api_app_factory
         self.api_app: Any = None
         self._api_server: Any = None
         self._api_thread: threading.Thread | None = None
-        self._periodic: list[tuple[str, Callable[[], None], float]] = []
         self._on_start: list[tuple[str, Callable[[], None]]] = []
-        self._scheduler: Any = None
         self._started = False
         self._stopped = threading.Event()
         for chatty in ("pynetdicom", "apscheduler"):
@@ -86,12 +82,6 @@ class Node:
     def add_job_handler(self, kind: str, handler: Handler) -> None:
         """Register the handler of job kind ``kind`` (before or after start)."""
         self.jobs.add_handler(kind, handler)
-
-    def add_periodic(self, name: str, fn: Callable[[], None], seconds: float) -> None:
-        """Run ``fn`` every ``seconds`` on the scheduler (one run at a time; errors are logged)."""
-        self._periodic.append((name, fn, seconds))
-        if self._scheduler is not None:
-            self._schedule(name, fn, seconds)
 
     def add_on_start(self, name: str, fn: Callable[[], None]) -> None:
         """Run ``fn`` once in a background thread when the node has started (e.g. warming the models)."""
@@ -119,20 +109,10 @@ class Node:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Open storage, then serve DICOM, run the scheduler and the job workers, and the API if enabled."""
-        from apscheduler.schedulers.background import BackgroundScheduler
-
-        self.store.open()
+        self.intake.open()
         relativize_paths(self.engine, self.config.node.storage_dir, self.config.models_dir)
         self.jobs.start()
-        scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
-        self._scheduler = scheduler
-        self._schedule("completion", self._complete_studies, self.config.node.completion_scan_seconds)
-        self._schedule("retention", self._queue_retention, self.config.retention.scan_interval_seconds)
-        self._schedule("metrics", self._refresh_metrics, 5.0)
-        for name, fn, seconds in self._periodic:
-            self._schedule(name, fn, seconds)
-        scheduler.start()
-        self.scp.start()
+        self.intake.serve()
         if self.config.api.enabled:
             self._start_api()
         self._started = True
@@ -155,14 +135,8 @@ class Node:
             self._api_server.should_exit = True
             if self._api_thread is not None:
                 self._api_thread.join(timeout=10)
-        self.scp.stop()
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=True)
-            self._scheduler = None
         self.jobs.stop()
-        self.store.close()
-        self.engine.dispose()
-        self.store.mark_clean_shutdown()
+        self.intake.stop()
         self._storage_lock.release()
         self._stopped.set()
         logger.info("node %s stopped", self.config.node.ae_title)
@@ -177,32 +151,6 @@ class Node:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    # ------------------------------------------------------------------ periodic work
-    def _schedule(self, name: str, fn: Callable[[], None], seconds: float) -> None:
-        def run() -> None:
-            try:
-                fn()
-            except Exception:
-                logger.exception("periodic task %s failed", name)
-
-        self._scheduler.add_job(run, "interval", seconds=seconds, id=name, name=name, replace_existing=True)
-
-    def _complete_studies(self) -> None:
-        completed = complete_settled_studies(self.engine, self.config.node.settle_seconds, metrics=self.metrics)
-        if completed:
-            logger.info("studies complete: %s", ", ".join(str(i) for i in completed))
-            self.jobs.notify()
-        if queue_late_arrivals(self.engine, self.config.node.settle_seconds):
-            self.jobs.notify()
-
-    def _queue_retention(self) -> None:
-        bucket = int(time.time() // self.config.retention.scan_interval_seconds)
-        self.enqueue(RETENTION_JOB, {}, dedupe_key=f"{RETENTION_JOB}:{bucket}")
-
-    def _refresh_metrics(self) -> None:
-        with self.session() as session:
-            self.metrics.refresh(session)
 
     # ------------------------------------------------------------------ API
     def _start_api(self) -> None:
@@ -233,15 +181,15 @@ class Node:
 
 
 def build_node(cfg: NodeConfig) -> Node:
-    """The whole node ``laurel serve`` runs: spine + workflow + API."""
+    """The whole node in one process: intake + workflow jobs + API (what the demo and the tests start)."""
     from dicom_node.api.app import create_app
-    from dicom_node.work.services import NodeServices
-    from dicom_node.work.workflow import attach, build_services, federation_client
+    from dicom_node.work.workflow import attach, build_services, federation_client, warm_models
+    from models.network import preload
 
-    holder: dict[str, NodeServices] = {}
-    node = Node(cfg, api_app_factory=lambda _node: create_app(holder["services"]))
-    services = build_services(node, federation_client(cfg))
-    holder["services"] = services
-    attach(node, services)
+    preload()  # TensorFlow's import is not thread-safe: the warm-up thread and the job threads would race
+    node = Node(cfg, api_app_factory=lambda n: create_app(n.services))  # type: ignore[attr-defined]
+    services = build_services(cfg, node.engine, node.metrics, federation_client(cfg))
     node.services = services  # type: ignore[attr-defined]
+    attach(node.jobs, services)
+    node.add_on_start("warm-models", lambda: warm_models(services))
     return node

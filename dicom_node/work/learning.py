@@ -18,8 +18,8 @@ Restart-safe by construction (every fact is a row; the package cache is only a c
   SEG>``, ``federation:<version>``); it is unique per model, so one approval or one federation version
   never becomes two revisions, whatever crashes in between.
 * The *learning lease* (:meth:`ModelRegistry.acquire_lease`) lets one job at a time change a model's
-  revisions (learn, sync); it is a row, taken over when its holder's job is no longer RUNNING or the lease
-  expired.
+  revisions (learn, sync), whichever process or host runs it; it is a row, taken over when its holder's job
+  is no longer held by a live runner (not RUNNING, or past its job lease) or the lease expired.
 
 Packages are code, so a revision file is loaded only when it is trusted, by its source: zoo packages by
 their shipped sha256, federation packages by the server's signature (never by the zoo list), local
@@ -447,12 +447,18 @@ class ModelRegistry:
     def acquire_lease(self, name: str, job_id: int, seconds: float) -> int | None:
         """Take the model's lease for ``job_id``; returns ``None`` when taken, else the job holding it.
 
-        A lease is free when nobody holds it, when it expired, or when its holder's job is not RUNNING
-        (the process that ran it died and the job was queued again).
+        A lease is free when nobody holds it, when it expired, or when its holder's job is not held by a live
+        runner: not RUNNING (the process that ran it died and the job was queued again) or RUNNING past its
+        job lease (its runner stopped answering; the job is taken over, and its new runner, with the same
+        job id, takes this lease too).
         """
         self.ensure(name)
         now = utcnow()
-        running = select(Job.id).where(Job.state == JobState.RUNNING).scalar_subquery()
+        running = (
+            select(Job.id)
+            .where(Job.state == JobState.RUNNING, or_(Job.lease_until.is_(None), Job.lease_until >= now))
+            .scalar_subquery()
+        )
         with session_scope(self.engine) as s:
             taken = s.execute(
                 update(ModelState)

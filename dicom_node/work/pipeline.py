@@ -99,7 +99,7 @@ def _failure_text(s: Session, study: Study, failed: dict[int, str]) -> str:
     return "no series could be segmented — " + "; ".join(parts)
 
 
-def mark_segment_dead(services: NodeServices, s: Session, payload: dict[str, Any], error: str) -> None:
+def mark_segment_dead(s: Session, payload: dict[str, Any], error: str) -> None:
     """A ``segment`` job gave up: its study is FAILED with the reason (never left SEGMENTING for ever)."""
     study = s.get(Study, int(payload.get("study_id", -1)))
     if study is not None and study.state in (StudyState.COMPLETE, StudyState.SEGMENTING):
@@ -131,16 +131,20 @@ def _segment_series(
         return _fail_series(services, series_id, model_name, str(exc))
     rev, pkg = services.registry.active(model_name)
     labels = pkg.apply(volume.array, volume.spacing)
-    seg = build_seg(
-        volume,
-        labels,
-        pkg.region,
-        draft=True,
-        algorithm_name=pkg.name,
-        algorithm_version=pkg.version,
-        seg_type=services.config.segmentation.seg_type,
-        series_number=DRAFT_SERIES_NUMBER,
-    )
+    try:
+        seg = build_seg(
+            volume,
+            labels,
+            pkg.region,
+            draft=True,
+            algorithm_name=pkg.name,
+            algorithm_version=pkg.version,
+            seg_type=services.config.segmentation.seg_type,
+            series_number=DRAFT_SERIES_NUMBER,
+            label_table=pkg.labels,
+        )
+    except ValueError as exc:  # highdicom refuses source images a SEG cannot reference (e.g. no FrameOfReferenceUID)
+        return _fail_series(services, series_id, model_name, f"no DICOM-SEG can reference these images: {exc}")
     folder = services.result_dir(study_id, series_id)
     uid = str(seg.SOPInstanceUID)  # new names: the previous draft stays whole until the row switches
     labels_file, seg_file = folder / f"draft_labels-{uid}.npy", folder / f"draft_seg-{uid}.dcm"

@@ -35,12 +35,12 @@ from dicom_node.core.db import (
     session_scope,
     utcnow,
 )
-from dicom_node.core.jobs import Handler, JobContext, fault_point
+from dicom_node.core.jobs import RETENTION_JOB, Handler, JobContext, fault_point
+
+__all__ = ["RETENTION_JOB", "RetentionReport", "apply_retention", "instance_files_exist", "retention_handler"]
 from dicom_node.core.metrics import NodeMetrics
 
 logger = logging.getLogger(__name__)
-
-RETENTION_JOB = "retention"
 
 
 @dataclass

@@ -217,6 +217,7 @@ def approve(
                 operator=operator if "^" in operator else f"{operator}^",  # PN: the name as the family name
                 seg_type=services.config.segmentation.seg_type,
                 series_number=APPROVED_SERIES_NUMBER,
+                label_table=pkg.labels,
             )
             if superseded is not None:  # an amendment names the approved SEG it supersedes
                 from pydicom import dcmread
@@ -416,6 +417,7 @@ def rebuild_approved_seg(services: NodeServices, path: Path, seg_type: str) -> P
         series_number=APPROVED_SERIES_NUMBER,
         series_instance_uid=derived_uid(approval, f"series:{seg_type}"),
         sop_instance_uid=sop_uid,
+        label_table=pkg.labels,
     )
     write_atomic(target, seg_to_bytes(seg))
     logger.info("series %s: approved SEG rebuilt as %s for the write-back", series_id, seg_type)

@@ -26,16 +26,19 @@ from typing import TYPE_CHECKING, Any
 
 from dicom_node.core.config import NodeConfig
 from dicom_node.core.db import session_scope
-from dicom_node.core.jobs import JobContext
+from dicom_node.core.jobs import SYNC_JOB, JobContext, JobRunner
 from dicom_node.work import learning_jobs
 from dicom_node.work.export import EXPORT_JOB, export_handler
 from dicom_node.work.learning import ModelRegistry
 from dicom_node.work.pipeline import mark_segment_dead, resegment_series, segment_study
+from dicom_node.work.retention import RETENTION_JOB, retention_handler
 from dicom_node.work.review import mark_exported_if_done, rebuild_approved_seg
 from dicom_node.work.services import NodeServices
 
 if TYPE_CHECKING:
-    from dicom_node.process.node import Node
+    from sqlalchemy import Engine
+
+    from dicom_node.core.metrics import NodeMetrics
     from federation.client import FederationClient
 
 logger = logging.getLogger(__name__)
@@ -70,27 +73,29 @@ def federation_client(cfg: NodeConfig) -> FederationClient | None:
     )
 
 
-def build_services(node: Node, client: FederationClient | None = None) -> NodeServices:
-    """The workflow's services over a node's engine and metrics."""
-    cfg = node.config
+def build_services(
+    cfg: NodeConfig, engine: Engine, metrics: NodeMetrics, client: FederationClient | None = None
+) -> NodeServices:
+    """The workflow's services over one process's engine and metrics."""
     trusted = []
     if client is not None and cfg.federation is not None and cfg.federation.server_public_key:
         from federation.client import parse_public_key
 
         trusted.append(parse_public_key(cfg.federation.server_public_key))
     registry = ModelRegistry(
-        node.engine,
+        engine,
         cfg.models_dir,
         cfg.node.storage_dir / "node_signing_key.pem",
         trusted_keys=trusted,
     )
-    return NodeServices(config=cfg, engine=node.engine, metrics=node.metrics, registry=registry, federation=client)
+    return NodeServices(config=cfg, engine=engine, metrics=metrics, registry=registry, federation=client)
 
 
-def attach(node: Node, services: NodeServices) -> None:
-    """Register the workflow's job handlers and periodic work on ``node``."""
+def attach(runner: JobRunner, services: NodeServices) -> None:
+    """Register the handler of every job kind (the table in the module docstring) on ``runner``."""
+    cfg = services.config
     base_export = export_handler(
-        node.config, node.metrics, rebuild=lambda path, seg_type: rebuild_approved_seg(services, path, seg_type)
+        cfg, services.metrics, rebuild=lambda path, seg_type: rebuild_approved_seg(services, path, seg_type)
     )
 
     def export(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -100,24 +105,21 @@ def attach(node: Node, services: NodeServices) -> None:
                 mark_exported_if_done(s, int(payload["study_id"]), running_job_id=ctx.job_id)
         return result
 
-    node.add_job_handler(EXPORT_JOB, export)
-    node.add_job_handler("segment", lambda ctx, p: segment_study(services, int(p["study_id"]), ctx))
-    node.jobs.on_dead("segment", lambda s, p, error: mark_segment_dead(services, s, p, error))
-    node.add_job_handler(
+    runner.add_handler(EXPORT_JOB, export)
+    runner.add_handler(RETENTION_JOB, retention_handler(cfg, services.metrics))
+    runner.add_handler("segment", lambda ctx, p: segment_study(services, int(p["study_id"]), ctx))
+    runner.on_dead("segment", mark_segment_dead)
+    runner.add_handler(
         "resegment", lambda ctx, p: resegment_series(services, int(p["series_id"]), ctx, operator=p.get("operator"))
     )
-    node.add_job_handler("learn", lambda ctx, p: learning_jobs.learn(services, p, ctx))
-    node.add_job_handler("upload", lambda ctx, p: learning_jobs.upload(services, p, ctx))
-    node.add_job_handler("sync", lambda ctx, p: learning_jobs.sync(services, p, ctx))
-    node.add_on_start("warm-models", lambda: warm_models(services))
-    if services.federation is not None and node.config.federation is not None:
-        interval = node.config.federation.sync_interval_seconds
+    runner.add_handler("learn", lambda ctx, p: learning_jobs.learn(services, p, ctx))
+    runner.add_handler("upload", lambda ctx, p: learning_jobs.upload(services, p, ctx))
+    runner.add_handler(SYNC_JOB, lambda ctx, p: learning_jobs.sync(services, p, ctx))
 
-        def queue_sync() -> None:
-            bucket = int(time.time() // interval)
-            node.enqueue("sync", {}, dedupe_key=f"sync:{bucket}")
 
-        node.add_periodic("federation-sync", queue_sync, interval)
+#: What a dead letter of a kind means for the rest of the state (also applied when the supervisor recovers the
+#: jobs a crash left RUNNING and one has used all its attempts).
+DEAD_HANDLERS = {"segment": mark_segment_dead}
 
 
 def warm_models(services: NodeServices) -> None:
@@ -125,6 +127,9 @@ def warm_models(services: NodeServices) -> None:
     TensorFlow to build its graph (seconds on a CPU)."""
     import numpy as np
 
+    from models.network import device_summary
+
+    logger.info("models run on %s", device_summary())
     for name in sorted({rule.model for rule in services.config.routing}):
         try:
             _rev, pkg = services.registry.active(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -40,6 +41,7 @@ def phantom(
     snr: float = typer.Option(30.0, "--snr", help="signal-to-noise ratio of muscle"),
     enhanced: bool = typer.Option(False, "--enhanced", help="one Enhanced MR Image (multi-frame) per series"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace phantom files already in OUT/series"),
+    seg: bool = typer.Option(False, "--seg", help="also write the ground truth as an approved DICOM-SEG (OUT/seg.dcm)"),
 ) -> None:
     """Write a SYNTHETIC phantom series (DICOM MR) and its ground-truth labels."""
     from models.phantom import PhantomSpec, generate, write_labels, write_series
@@ -96,5 +98,30 @@ def phantom(
         )
         if labels is None:
             labels = write_labels(ph, out / "labels.npz")
+            if seg:
+                typer.echo(f"wrote {write_truth_seg(ph, paths, out / 'seg.dcm')} (ground truth as DICOM-SEG)")
     typer.echo(f"wrote {series_dir}/ (StudyInstanceUID {study.StudyInstanceUID})")
     typer.echo(f"wrote {labels} (ground truth, {len(ph.label_names)} labels) - SYNTHETIC data, not a patient")
+
+
+def write_truth_seg(ph: Any, paths: list[Path], out: Path) -> Path:
+    """The phantom's ground truth as an approved DICOM-SEG of the series ``paths`` (the node's SEG writer),
+    as a PACS holds it once segmentations were approved elsewhere."""
+    import numpy as np
+
+    from dicom_node.dicom.seg import build_seg, seg_to_bytes
+    from dicom_node.dicom.volume import load_series
+
+    volume = load_series(paths)
+    ds = build_seg(
+        volume,
+        np.asarray(ph.labels, dtype=np.uint8),
+        ph.spec.region,
+        draft=False,
+        algorithm_name="SYNTHETIC phantom ground truth",
+        algorithm_version="1",
+        operator="Phantom^Ground truth",
+        series_number=900,
+    )
+    out.write_bytes(seg_to_bytes(ds))
+    return out

@@ -20,7 +20,8 @@ import requests
 from tests.peers import dciodvfy, wait_until
 from tests.workflow_fixtures import OPERATOR, RunningNode, phantom_series, send_files
 
-pytestmark = pytest.mark.slow
+#: Each test runs on both index backends: SQLite (the default) and PostgreSQL.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("db_backend")]
 
 
 def _npy(array: np.ndarray) -> bytes:

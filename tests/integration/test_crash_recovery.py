@@ -38,7 +38,7 @@ def _completed(engine: Any, study_uid: str) -> bool:
 def test_kill_9_during_a_transfer_loses_nothing_acknowledged(tmp_path: Path) -> None:
     study = write_study(tmp_path / "study", series=2, instances=40, rows=128, columns=128)
     settings = node_settings(tmp_path, routing=[{"model": "leg", "match": {"Modality": "MR"}}])
-    settings["node"]["settle_seconds"] = 2.0
+    settings["node"]["settle_seconds"] = 8.0  # long enough that the assertions after the restart see RECEIVING
     node = NodeProcess(tmp_path / "run", settings).start()
     acknowledged: list[Path] = []
     killed = threading.Event()

@@ -28,7 +28,8 @@ from tests.peers import OrthancProcess, free_port, node_settings, store_raw, wai
 from tests.restart.harness import FederationServer, NodeServer
 from tests.workflow_fixtures import phantom_series, send_files
 
-pytestmark = [pytest.mark.peers, pytest.mark.slow]
+# The journey restarts a real node eight times; on a loaded 2-core machine it can pass 10 minutes.
+pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def _study(engine: Any, uid: str) -> dict[str, Any] | None:
@@ -81,12 +82,18 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize(
+    ("sig", "backend"),
+    [(signal.SIGTERM, "sqlite"), (signal.SIGKILL, "sqlite"), (signal.SIGKILL, "postgresql")],
+    ids=["SIGTERM", "SIGKILL", "SIGKILL-postgresql"],
+)
 def test_a_study_survives_a_stop_in_every_state(
     sig: signal.Signals,
+    backend: str,
     tmp_path: Path,
     restart_reference: Path,
     orthanc_factory: Any,
+    request: pytest.FixtureRequest,
 ) -> None:
     fed = FederationServer(tmp_path / "fed", restart_reference, threshold=0.0).start()
     site_key = fed.add_site("hospital-a")
@@ -94,6 +101,8 @@ def test_a_study_survives_a_stop_in_every_state(
         tmp_path / "node",
         routing=[{"model": "leg", "match": {"SeriesDescription": "(?i)leg"}}],
     )
+    if backend == "postgresql":
+        settings["node"]["database_url"] = request.getfixturevalue("postgres_server").create_database()
     orthanc = orthanc_factory(modalities={"laurel": ("LAUREL", "127.0.0.1", settings["node"]["port"])})
     settings["peers"].append(
         {

@@ -240,7 +240,7 @@ def test_late_images_after_corrections_offer_a_new_draft(
         detail = running.get(f"/api/v1/studies/{study_id}").json()
         return bool(detail["series"][0]["changed_since_draft"])
 
-    qtbot.waitUntil(flagged, timeout=60000)
+    qtbot.waitUntil(flagged, timeout=180000)
     asked: list[str] = []
 
     def yes(*args, **kwargs):

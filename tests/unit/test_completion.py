@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +14,9 @@ from dicom_node.intake.completion import complete_settled_studies
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Any:
-    e = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+def engine(db_url: str) -> Any:
+    """An index on each backend (SQLite, PostgreSQL)."""
+    e = make_engine(db_url)
     yield e
     e.dispose()
 
@@ -80,3 +80,24 @@ def test_complete_studies_get_one_segment_job(engine: Engine) -> None:
         study = session.get(Study, routed)
         assert study is not None and study.completed_at is not None
     assert state(engine, unrouted) == StudyState.COMPLETE
+
+
+def test_a_segmenting_studys_undrafted_series_is_its_segment_jobs_not_a_late_arrival(engine: Engine) -> None:
+    """Between the segment job's study and series updates the series looks undrafted: no ``resegment`` then;
+    a routed series still without a draft once the study is past segmentation is one."""
+    from dicom_node.intake.completion import queue_late_arrivals
+
+    old = utcnow() - timedelta(seconds=30)
+    study_id = add_study(engine, "3.1", last=old, ended=old)
+    with session_scope(engine) as session:
+        study = session.get(Study, study_id)
+        assert study is not None
+        study.state = StudyState.SEGMENTING
+        study.series[0].last_instance_at = old
+    assert queue_late_arrivals(engine, 1.0) == []
+    with session_scope(engine) as session:
+        study = session.get(Study, study_id)
+        assert study is not None
+        study.state = StudyState.PENDING_REVIEW
+        series_id = study.series[0].id
+    assert queue_late_arrivals(engine, 1.0) == [series_id]

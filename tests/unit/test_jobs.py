@@ -1,11 +1,13 @@
-"""The persistent job queue: atomic claims, retries with backoff and jitter, dead letters, crash recovery."""
+"""The persistent job queue on SQLite and PostgreSQL: atomic claims, leases, retries with backoff and jitter, dead
+letters, crash recovery."""
 
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from dicom_node.core.jobs import (
     JobContext,
     JobInterrupted,
     JobRunner,
+    LeaseLost,
     PermanentJobError,
     backoff_delay,
     dead_letters,
@@ -25,14 +28,16 @@ from dicom_node.core.jobs import (
     recover_interrupted,
     requeue,
 )
+from dicom_node.core.owners import Owner, process_owner
 from tests.peers import wait_until
 
 FAST = JobsSection(workers=2, max_attempts=3, backoff_base_seconds=0.01, backoff_max_seconds=0.05, poll_seconds=0.02)
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Any:
-    e = make_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+def engine(db_url: str) -> Any:
+    """An index on each backend (SQLite, then PostgreSQL: see ``db_url`` in tests/conftest.py)."""
+    e = make_engine(db_url)
     yield e
     e.dispose()
 
@@ -241,3 +246,145 @@ def test_a_dead_letter_tells_the_rest_of_the_state(engine: Engine) -> None:
         recover_interrupted(session, 3, runner.dead_handlers)
     assert job(engine, crashed).state == JobState.DEAD
     assert seen[1][0] == {"study_id": 2} and "interrupted" in seen[1][1]
+
+
+# ---------------------------------------------------------------------------------------------- leases
+LEASED = JobsSection(workers=1, max_attempts=3, poll_seconds=0.02, lease_seconds=0.6)
+
+
+def other_owner(name: str) -> Owner:
+    """A runner identity of another host (its liveness cannot be told from here)."""
+    return Owner(f"other-host-{name}", 4242, "1")
+
+
+def expire(engine: Engine, job_id: int) -> None:
+    """What time does to a lease nobody renews."""
+    with session_scope(engine) as session:
+        row = session.get(Job, job_id)
+        assert row is not None
+        row.lease_until = utcnow() - timedelta(seconds=1)
+
+
+def test_a_claim_records_its_holder_and_lease(engine: Engine) -> None:
+    job_id = add(engine)
+    runner = JobRunner(engine, {"work": lambda ctx, p: None}, LEASED)
+    before = utcnow()
+    claimed = runner.claim()
+    assert claimed is not None and claimed.id == job_id
+    row = job(engine, job_id)
+    assert row.claimed_by == str(process_owner()) and Owner.parse(row.claimed_by) == process_owner()
+    assert row.lease_until is not None and row.lease_until >= before + timedelta(seconds=LEASED.lease_seconds)
+    assert runner.claim() is None  # held: nobody else gets it, not even this runner again
+
+
+def test_a_runner_that_lost_its_lease_records_nothing(engine: Engine) -> None:
+    """A takes the job, stalls past its lease; B takes it over and finishes; A's late outcome is not recorded."""
+    job_id = add(engine, payload={"n": 1})
+    stalled, resume = threading.Event(), threading.Event()
+    checkpoint_error: list[BaseException] = []
+
+    def slow(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+        stalled.set()
+        assert resume.wait(30)
+        try:
+            ctx.checkpoint({"late": True})
+        except LeaseLost as exc:
+            checkpoint_error.append(exc)
+        return {"by": "A"}
+
+    a = JobRunner(engine, {"work": slow}, LEASED, owner=other_owner("a"))
+    b = JobRunner(engine, {"work": lambda ctx, p: {"by": "B", "attempt": ctx.attempt}}, LEASED, owner=other_owner("b"))
+    thread = threading.Thread(target=a.run_once)
+    thread.start()
+    try:
+        assert stalled.wait(30)
+        assert b.claim() is None  # A's lease still holds
+        expire(engine, job_id)
+        assert b.run_once()
+        done = job(engine, job_id)
+        assert done.state == JobState.DONE and done.claimed_by == str(other_owner("b"))
+        assert done.result == {"by": "B", "attempt": 2} and done.attempts == 2
+    finally:
+        resume.set()
+        thread.join(30)
+    after = job(engine, job_id)
+    assert after.state == JobState.DONE and after.result == {"by": "B", "attempt": 2}
+    assert after.claimed_by == str(other_owner("b")) and after.finished_at == done.finished_at
+    assert len(checkpoint_error) == 1 and a.heartbeat() == 0
+
+
+def test_the_heartbeat_keeps_the_lease_while_the_job_runs(engine: Engine) -> None:
+    job_id = add(engine)
+    release = threading.Event()
+
+    def long_job(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+        assert release.wait(60)
+        return {"lost": ctx.lease_lost}
+
+    a = JobRunner(engine, {"work": long_job}, LEASED, owner=other_owner("a"))
+    b = JobRunner(engine, {"work": lambda ctx, p: {"by": "B"}}, LEASED, owner=other_owner("b"))
+    a.start()
+    try:
+        first = wait_until(lambda: job(engine, job_id).lease_until, 20, 0.02, "the claim")
+        claimed_at = job(engine, job_id).started_at
+        assert claimed_at is not None
+        # several lease lengths later the job is still A's: each heartbeat pushed its lease further
+        horizon = claimed_at + timedelta(seconds=4 * LEASED.lease_seconds)
+        wait_until(lambda: (job(engine, job_id).lease_until or first) > horizon, 30, 0.05, "heartbeats")
+        assert b.claim() is None
+        assert job(engine, job_id).claimed_by == str(other_owner("a"))
+        release.set()
+        wait_until(lambda: job(engine, job_id).state == JobState.DONE, 20, 0.05, "the job to finish")
+        finished = job(engine, job_id)
+        assert finished.result == {"lost": False} and finished.attempts == 1 and finished.lease_until is None
+    finally:
+        release.set()
+        a.stop()
+
+
+def test_an_expired_lease_on_the_last_attempt_is_a_dead_letter(engine: Engine) -> None:
+    job_id = add(engine, payload={"study_id": 9}, max_attempts=2)
+    seen: list[tuple[dict[str, Any], str]] = []
+    runner = JobRunner(engine, {"work": lambda ctx, p: None}, LEASED)
+    runner.on_dead("work", lambda session, payload, error: seen.append((payload, error)))
+    with session_scope(engine) as session:
+        row = session.get(Job, job_id)
+        assert row is not None
+        row.state, row.attempts, row.claimed_by = JobState.RUNNING, 2, str(other_owner("gone"))
+        row.started_at, row.lease_until = utcnow(), utcnow() - timedelta(seconds=1)
+    assert runner.claim() is None
+    dead = job(engine, job_id)
+    assert dead.state == JobState.DEAD and "lease expired" in (dead.last_error or "")
+    assert seen == [({"study_id": 9}, dead.last_error)]
+
+
+def test_a_start_releases_the_jobs_of_this_hosts_ended_processes_only(engine: Engine) -> None:
+    """Ended processes of this host: queued again at once; live ones and other hosts: left to their leases."""
+    me = process_owner()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    claimers = {
+        "ended process": str(Owner(me.host, int(ended.stdout), me.start)),
+        "pid reused by another process": str(Owner(me.host, me.pid, str(int(me.start) + 1))),
+        "unrecorded (Laurel 0.2)": None,
+        "this live process": str(me),
+        "another host": str(other_owner("x")),
+    }
+    ids = {}
+    for name, claimed_by in claimers.items():
+        ids[name] = add(engine)
+        with session_scope(engine) as session:
+            row = session.get(Job, ids[name])
+            assert row is not None
+            row.state, row.attempts, row.claimed_by = JobState.RUNNING, 1, claimed_by
+            row.started_at, row.lease_until = utcnow(), utcnow() + timedelta(hours=1)
+    runner = JobRunner(engine, {}, LEASED)
+    runner.start()
+    runner.stop()
+    states = {name: job(engine, i).state for name, i in ids.items()}
+    assert states == {
+        "ended process": JobState.QUEUED,
+        "pid reused by another process": JobState.QUEUED,
+        "unrecorded (Laurel 0.2)": JobState.QUEUED,
+        "this live process": JobState.RUNNING,
+        "another host": JobState.RUNNING,
+    }

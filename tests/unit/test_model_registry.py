@@ -156,3 +156,23 @@ def test_the_lease_is_one_job_at_a_time_and_freed_by_a_dead_holder(registry: Mod
     assert registry.acquire_lease("leg", a_id, 60) == b_id
     registry.release_lease("leg", b_id)
     assert registry.acquire_lease("leg", a_id, 60) is None
+
+
+def test_the_lease_of_a_job_past_its_job_lease_is_free(registry: ModelRegistry) -> None:
+    """A holder whose runner stopped renewing its claim (another host died) frees the model for the next job."""
+    from datetime import timedelta
+
+    from dicom_node.core.db import Job, session_scope, utcnow
+    from dicom_node.core.jobs import enqueue
+
+    with session_scope(registry.engine) as s:
+        a = enqueue(s, "learn", {"series_id": 1})
+        b = enqueue(s, "learn", {"series_id": 2})
+        a.state = b.state = "RUNNING"
+        a.lease_until = b.lease_until = utcnow() + timedelta(seconds=60)
+        a_id, b_id = a.id, b.id
+    assert registry.acquire_lease("leg", a_id, 600) is None
+    assert registry.acquire_lease("leg", b_id, 600) == a_id  # a's runner renews its claim: b waits
+    with session_scope(registry.engine) as s:
+        s.get(Job, a_id).lease_until = utcnow() - timedelta(seconds=1)  # type: ignore[union-attr]
+    assert registry.acquire_lease("leg", b_id, 600) is None

@@ -123,8 +123,10 @@ def test_constructors_refuse_bad_input() -> None:
         pkg.with_weights(pkg.weights[:-1])
     with pytest.raises(PackageError, match="UUID"):
         pkg.with_weights(pkg.weights, family_id="nope")
+    with pytest.raises(ValueError, match="region"):  # a catalogue region takes the catalogue's labels only
+        pkg.with_weights(pkg.weights, region="thigh")
     with pytest.raises(ValueError, match="region"):
-        pkg.with_weights(pkg.weights, region="arm")
+        pkg.with_weights(pkg.weights, region=" ")
     with pytest.raises(TypeError, match="unknown package fields"):
         pkg.with_weights(pkg.weights, colour="red")
 

@@ -45,8 +45,9 @@ def incoming(ds: Dataset, *, association_id: int = 1, called_ae: str = "LAUREL",
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Any:
-    engine = make_engine(f"sqlite:///{tmp_path / 'index.db'}")
+def store(tmp_path: Path, db_url: str) -> Any:
+    """A store on each index backend (SQLite, PostgreSQL)."""
+    engine = make_engine(db_url)
     rules = [
         RoutingRule(model="leg", called_ae="LAUREL_LEG"),
         RoutingRule(model="thigh", match={"SeriesDescription": "(?i)thigh"}),

@@ -1,7 +1,7 @@
 """Guarded learning: each revision's verdict on the reference set, and the site's kept cases.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004_guarded_learning
+Revises: 0003_job_leases
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004_guarded_learning"
+down_revision = "0003_job_leases"
 branch_labels = None
 depends_on = None
 
