@@ -374,11 +374,17 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
                     f"{s.name}: new local model revision {st['revision']} (v{st['package_version']}); "
                     f"{st.get('verdict_reason') or 'not judged'}"
                 )
+            uploading = [s for s in sites if s.facts["local_revision"].get("verdict") != "rejected"]
             for s in sites:
+                if s not in uploading:  # the guard kept the active model: nothing to share from this site
+                    rep.note(f"{s.name}: the guard kept the active revision, so nothing is uploaded")
+            for s in uploading:
                 job = rep.wait(f"{s.name} upload", partial(_done_job, s, "upload"), timeout=600, expected=10)
                 s.facts["update_id"] = (job.get("result") or {}).get("update_id")
         with rep.step("Federation: validate each update on private reference data, merge, publish"):
-            for s in sites:
+            if not uploading:
+                rep.note("no site uploaded an update (every candidate was kept back by its guard)")
+            for s in uploading:
                 uid = s.facts.get("update_id")
                 status = rep.wait(
                     f"{s.name} update",
