@@ -40,6 +40,26 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+_IOPRIO_SET = {"x86_64": 251, "aarch64": 30}
+_IOPRIO_WHO_PROCESS = 1
+_IOPRIO_CLASS_BE = 2
+
+
+def lower_io_priority(level: int = 7) -> None:
+    """Put this process in the lowest best-effort I/O class (as ``ionice -c2 -n7``), so the intake's fsyncs
+    go first while a worker reads model libraries or images (Linux; a no-op elsewhere)."""
+    import platform
+
+    number = _IOPRIO_SET.get(platform.machine())
+    if number is None:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall(number, _IOPRIO_WHO_PROCESS, 0, (_IOPRIO_CLASS_BE << 13) | level)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        logger.debug("could not lower the I/O priority")
+
+
 def load_config_or_exit(path: Path) -> NodeConfig:
     """The node configuration, or exit 2 with the validation message (the supervisor checked it already)."""
     from dicom_node.core.config import ConfigError, NodeConfig
@@ -115,6 +135,7 @@ def run_worker(config_path: Path, index: int) -> None:
     cfg = load_config_or_exit(config_path)
     if cfg.jobs.worker_nice:
         os.nice(cfg.jobs.worker_nice)
+        lower_io_priority()
     worker = WorkerService(cfg, NodeMetrics(), threads=cfg.jobs.threads_per_worker)
     worker.start()
     logger.info("worker %d: claiming jobs (nice %d)", index, cfg.jobs.worker_nice)
