@@ -68,10 +68,9 @@ def main() -> None:
                     if conn.scalar(select(func.count(func.distinct(run_table.c.pid)))) >= 2:
                         met.set()
                         break
-                time.sleep(0.02)
+                met.wait(0.02)  # poll the other process's first row until the deadline
         if args.hold:
-            while not ctx.stopping:
-                time.sleep(0.05)
+            ctx.stop_event.wait()  # held until the runner stops (or the process is killed)
         with engine.begin() as conn:
             conn.execute(insert(effect_table).values(job_id=ctx.job_id))
         return {"pid": pid}
