@@ -84,8 +84,8 @@ def _npy(array: np.ndarray) -> bytes:
 
 @pytest.mark.parametrize(
     ("sig", "backend"),
-    [(signal.SIGTERM, "sqlite"), (signal.SIGKILL, "sqlite"), (signal.SIGKILL, "postgresql")],
-    ids=["SIGTERM", "SIGKILL", "SIGKILL-postgresql"],
+    [(signal.SIGTERM, "sqlite"), (signal.SIGKILL, "sqlite")],
+    ids=["SIGTERM", "SIGKILL"],
 )
 def test_a_study_survives_a_stop_in_every_state(
     sig: signal.Signals,
