@@ -214,6 +214,15 @@ def status(
             typer.echo(f"  series {u['id']:>5} of study {u['study_id']}: {what}")
 
 
+def _peer(cfg: NodeConfig, name: str) -> Any:
+    """The configured peer ``name`` (name or AE title), or exit 2 naming the peers there are."""
+    try:
+        return cfg.peer(name)
+    except KeyError as exc:
+        typer.secho(f"error: {exc.args[0]}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from exc
+
+
 def echo(
     peer: str = typer.Argument(..., help="a configured peer (name or AE title)"), config: Path = ConfigOption
 ) -> None:
@@ -222,11 +231,7 @@ def echo(
     from dicom_node.work.export import echo as c_echo
 
     cfg = _load(config)
-    try:
-        target = cfg.peer(peer)
-    except KeyError as exc:
-        typer.secho(f"error: {exc.args[0]}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from exc
+    target = _peer(cfg, peer)
     try:
         code = c_echo(cfg.node.ae_title, target, timeout=cfg.node.network_timeout)
     except ExportError as exc:
@@ -246,11 +251,7 @@ def send(
     from dicom_node.work.export import ExportError, describe, send_objects
 
     cfg = _load(config)
-    try:
-        target = cfg.peer(peer)
-    except KeyError as exc:
-        typer.secho(f"error: {exc.args[0]}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from exc
+    target = _peer(cfg, peer)
     try:
         objects = [describe(f) for f in files]
     except ValueError as exc:

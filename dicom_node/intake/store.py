@@ -33,7 +33,6 @@ import errno
 import functools
 import logging
 import os
-import struct
 import tempfile
 import threading
 import time
@@ -47,6 +46,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import DateTime, Engine, case, update
 
 from dicom_node.core.db import SeriesState, Study, StudyState, utcnow
+from dicom_node.intake.files import (
+    encode_file_meta,
+)
+from dicom_node.intake.files import fsync_dir as _fsync_dir
+from dicom_node.intake.files import fsync_file as _fsync_file
+from dicom_node.intake.files import wait_all as _wait_all
+from dicom_node.intake.files import write_all as _write_all
 from dicom_node.intake.received import (
     DatasetHeader,
     DatasetRefused,
@@ -90,73 +96,6 @@ class _Pending:
     duplicate: bool = False
     conflict: str | None = None
     error: BaseException | None = None
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _wait_all(futures: list[Future[None]], *, raise_errors: bool = True) -> None:
-    """Wait for every future; raise the first error (unless told not to)."""
-    first: BaseException | None = None
-    for future in futures:
-        exc = future.exception()
-        if exc is not None and first is None:
-            first = exc
-    if first is not None and raise_errors:
-        raise first
-
-
-def _fsync_file(fd: int | None, path: Path) -> None:
-    if fd is not None:
-        os.fsync(fd)
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
-    if vr == b"OB":
-        return struct.pack("<HH2sHL", group, elem, vr, 0, len(value)) + value
-    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
-
-
-def _pad(value: str, pad: bytes) -> bytes:
-    raw = value.encode("ascii")
-    return raw + pad if len(raw) % 2 else raw
-
-
-def encode_file_meta(item: Incoming) -> bytes:
-    """Preamble, ``DICM`` and the File Meta Information group for ``item`` (explicit VR little endian)."""
-    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-
-    body = b"".join(
-        [
-            _element(0x0002, 0x0001, b"OB", b"\x00\x01"),
-            _element(0x0002, 0x0002, b"UI", _pad(item.sop_class_uid, b"\x00")),
-            _element(0x0002, 0x0003, b"UI", _pad(item.sop_instance_uid, b"\x00")),
-            _element(0x0002, 0x0010, b"UI", _pad(item.transfer_syntax, b"\x00")),
-            _element(0x0002, 0x0012, b"UI", _pad(str(PYNETDICOM_IMPLEMENTATION_UID), b"\x00")),
-            _element(0x0002, 0x0013, b"SH", _pad(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
-            _element(0x0002, 0x0016, b"AE", _pad(item.calling_ae, b" ")),
-        ]
-    )
-    group_length = _element(0x0002, 0x0000, b"UL", struct.pack("<L", len(body)))
-    return b"\x00" * 128 + b"DICM" + group_length + body
 
 
 class Store:
