@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     node = build_node(NodeConfig.load(None, **settings))
     with session_scope(node.engine) as s:
-        token = create_token(s, "Benchmark Reader")
+        token = create_token(s, "Benchmark Reader", "admin")
     headers = {"Authorization": f"Bearer {token}"}
     url = f"http://127.0.0.1:{api_port}"
     node.start()

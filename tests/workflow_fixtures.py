@@ -127,7 +127,7 @@ def workflow_node_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Ite
         )
         node = build_node(NodeConfig.load(None, **settings))
         with session_scope(node.engine) as s:
-            token = create_token(s, OPERATOR)
+            token = create_token(s, OPERATOR, "admin")
         node.start()
         running = RunningNode(node=node, url=f"http://127.0.0.1:{api_port}", token=token, workdir=workdir)
         started.append(running)

@@ -1,4 +1,4 @@
-"""``laurel token ...``: operator tokens of the node API (printed once, stored hashed)."""
+"""``laurel token ...``: tokens of the node API with a role (printed once, stored hashed)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-token_app = typer.Typer(no_args_is_help=True, help="operator tokens of the node API")
+token_app = typer.Typer(no_args_is_help=True, help="tokens of the node API (role operator or admin)")
 
 _CONFIG = typer.Option(Path("config/node.yaml"), "--config", "-c", help="node configuration (YAML)")
 
@@ -16,8 +16,11 @@ _CONFIG = typer.Option(Path("config/node.yaml"), "--config", "-c", help="node co
 def create(
     operator: str = typer.Argument(..., help="the operator's name, as it goes into the audit log and SEGs"),
     config: Path = _CONFIG,
+    role: str = typer.Option(
+        "operator", "--role", help="operator (review only) or admin (also jobs, dead letters, models, audit, console)"
+    ),
 ) -> None:
-    """Create a bearer token for OPERATOR and print it once; only its hash is stored."""
+    """Create a bearer token for OPERATOR with a role and print it once; only its hash is stored."""
     from dicom_node.cli.common import load_config
     from dicom_node.core.db import session_scope
     from dicom_node.core.tokens import create_token
@@ -25,13 +28,13 @@ def create(
     cfg = load_config(config)
     with session_scope(cfg.node.engine()) as session:
         try:
-            token = create_token(session, operator)
+            token = create_token(session, operator, role)
         except ValueError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from exc
     typer.echo(token)
     typer.echo(
-        f"(token for {operator.strip()}: shown once, keep it safe; revoke with `laurel token revoke`)",
+        f"({role} token for {operator.strip()}: shown once, keep it safe; revoke with `laurel token revoke`)",
         err=True,
     )
 

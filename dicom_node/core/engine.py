@@ -40,7 +40,7 @@ def import_table_modules() -> None:
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: The revision this code needs; a database at another revision is upgraded by :func:`migrate`.
 #: Revision ``0001`` is the schema of Laurel 0.1, which had no ``alembic_version`` table.
-HEAD_REVISION = "0004_guarded_learning"
+HEAD_REVISION = "0005_token_roles"
 _BASELINE_REVISION = "0001"
 
 

@@ -54,7 +54,7 @@ class SeriesResult(Base):
 
 
 class ApiToken(Base):
-    """A bearer token of one operator; only its SHA-256 is stored (tokens are 256-bit random)."""
+    """A bearer token of one person with a role; only its SHA-256 is stored (tokens are 256-bit random)."""
 
     __tablename__ = "api_token"
 
@@ -62,6 +62,7 @@ class ApiToken(Base):
     operator: Mapped[str] = mapped_column(String(128), index=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     prefix: Mapped[str] = mapped_column(String(16))
+    role: Mapped[str] = mapped_column(String(16), default="operator", server_default="operator")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -244,7 +244,7 @@ def run_demo(workdir: Path, keep: bool = False) -> dict[str, Any]:
             for s in sites:
                 cfg_path = _node_config(s, pacs, {"url": fed_url}, pubkey)
                 s.token = _run(
-                    [*laurel_command(), "token", "create", OPERATOR, "--config", str(cfg_path)]
+                    [*laurel_command(), "token", "create", OPERATOR, "--role", "admin", "--config", str(cfg_path)]
                 ).splitlines()[-1]
                 s.child = Child(
                     s.name,

@@ -77,7 +77,7 @@ class HeldProcess(ManagedProcess):
 
 
 class NodeServer(HeldProcess):
-    """``laurel serve``: the whole node (SCP, jobs, API) with an operator token."""
+    """``laurel serve``: the whole node (SCP, jobs, API) with an admin token."""
 
     def __init__(self, workdir: Path, settings: dict[str, Any], env: dict[str, str] | None = None) -> None:
         super().__init__(workdir, "node")
@@ -85,7 +85,9 @@ class NodeServer(HeldProcess):
         self.extra_env = dict(env or {})
         self.config_path = self.workdir / "node.yaml"
         self.write_config()
-        self.token = laurel("token", "create", "Dr Restart", "--config", str(self.config_path)).strip()
+        self.token = laurel(
+            "token", "create", "Dr Restart", "--role", "admin", "--config", str(self.config_path)
+        ).strip()
 
     def write_config(self) -> None:
         """Write the settings as the node's YAML configuration."""

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from dicom_node.api.deps import DbSession, Operator, RowId, Services
+from dicom_node.api.deps import Admin, DbSession, RowId, Services
 from dicom_node.api.schemas import VersionRequest
 from dicom_node.core import jobs
 from dicom_node.core.db import Job, JobState
@@ -20,7 +20,7 @@ router = APIRouter()
 @router.get("/jobs", tags=["jobs"])
 def list_jobs(
     session: DbSession,
-    _operator: Operator,
+    _admin: Admin,
     state: JobState | None = Query(None),
     kind: str | None = Query(None),
     limit: int = Query(200, ge=1, le=2000),
@@ -35,13 +35,13 @@ def list_jobs(
 
 
 @router.get("/dead-letters", tags=["jobs"])
-def dead_letters(session: DbSession, _operator: Operator) -> dict[str, Any]:
+def dead_letters(session: DbSession, _admin: Admin) -> dict[str, Any]:
     """Jobs that ran out of attempts and wait for a person."""
     return {"jobs": [j.as_dict() for j in jobs.dead_letters(session)]}
 
 
 @router.post("/dead-letters/{job_id}/requeue", tags=["jobs"])
-def requeue(job_id: RowId, session: DbSession, operator: Operator) -> dict[str, Any]:
+def requeue(job_id: RowId, session: DbSession, operator: Admin) -> dict[str, Any]:
     """Put a dead job back in the queue with fresh attempts."""
     job = session.get(Job, job_id)
     if job is None:
@@ -54,21 +54,21 @@ def requeue(job_id: RowId, session: DbSession, operator: Operator) -> dict[str, 
 
 
 @router.get("/models", tags=["models"])
-def list_models(services: Services, _operator: Operator) -> dict[str, Any]:
+def list_models(services: Services, _admin: Admin) -> dict[str, Any]:
     """Every model the node has, with its active revision."""
     names = sorted({*services.registry.names(), *(r.model for r in services.config.routing)})
     return {"models": [services.registry.state(n) for n in names]}
 
 
 @router.get("/models/{name}", tags=["models"])
-def model(name: str, services: Services, _operator: Operator) -> dict[str, Any]:
+def model(name: str, services: Services, _admin: Admin) -> dict[str, Any]:
     """A model's revisions (with each learned revision's verdict on the reference set), the active one,
     whether it is pinned, and the approved series kept on site for guarded learning."""
     return {**services.registry.state(name), "site_cases": services.site_cases.listing(name)}
 
 
 @router.post("/models/{name}/pin", tags=["models"])
-def pin(name: str, body: VersionRequest, services: Services, session: DbSession, operator: Operator) -> dict[str, Any]:
+def pin(name: str, body: VersionRequest, services: Services, session: DbSession, operator: Admin) -> dict[str, Any]:
     """Pin the active (or the given) revision: learning and sync no longer replace it."""
     state = services.registry.pin(name, body.revision)
     session.add(AuditEvent(operator=operator, action="pin", detail={"model": name, "revision": body.revision}))
@@ -76,7 +76,7 @@ def pin(name: str, body: VersionRequest, services: Services, session: DbSession,
 
 
 @router.post("/models/{name}/unpin", tags=["models"])
-def unpin(name: str, services: Services, session: DbSession, operator: Operator) -> dict[str, Any]:
+def unpin(name: str, services: Services, session: DbSession, operator: Admin) -> dict[str, Any]:
     """Unpin: the newest revision that the guard did not reject becomes active again."""
     state = services.registry.unpin(name)
     session.add(AuditEvent(operator=operator, action="unpin", detail={"model": name}))
@@ -85,7 +85,7 @@ def unpin(name: str, services: Services, session: DbSession, operator: Operator)
 
 @router.post("/models/{name}/rollback", tags=["models"])
 def rollback(
-    name: str, body: VersionRequest, services: Services, session: DbSession, operator: Operator
+    name: str, body: VersionRequest, services: Services, session: DbSession, operator: Admin
 ) -> dict[str, Any]:
     """Go back to an older revision (and pin it)."""
     if body.revision is None:
@@ -96,7 +96,7 @@ def rollback(
 
 
 @router.get("/audit", tags=["audit"])
-def audit(session: DbSession, _operator: Operator, limit: int = Query(200, ge=1, le=5000)) -> dict[str, Any]:
+def audit(session: DbSession, _admin: Admin, limit: int = Query(200, ge=1, le=5000)) -> dict[str, Any]:
     """Decisions and administrative acts, newest first."""
     rows = session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
     return {"events": [e.as_dict() for e in rows]}
