@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from dicom_node.api import console
 from dicom_node.api.routers import admin, series, studies
 from dicom_node.core.metrics import CONTENT_TYPE
 from dicom_node.work.learning import RegistryError
@@ -59,4 +60,5 @@ def create_app(services: NodeServices) -> FastAPI:
     app.include_router(studies.router, prefix="/api/v1")
     app.include_router(series.router, prefix="/api/v1")
     app.include_router(admin.router, prefix="/api/v1")
+    console.install(app)
     return app

@@ -227,18 +227,16 @@ def echo(
     peer: str = typer.Argument(..., help="a configured peer (name or AE title)"), config: Path = ConfigOption
 ) -> None:
     """C-ECHO a configured peer."""
-    from dicom_node.work.export import ExportError
-    from dicom_node.work.export import echo as c_echo
+    from dicom_node.work.export import echo_outcome
 
     cfg = _load(config)
     target = _peer(cfg, peer)
-    try:
-        code = c_echo(cfg.node.ae_title, target, timeout=cfg.node.network_timeout)
-    except ExportError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=1) from exc
-    typer.echo(f"C-ECHO {target.name} ({target.ae_title}@{target.host}:{target.port}): status 0x{code:04X}")
-    if code != 0:
+    outcome = echo_outcome(cfg.node.ae_title, target, timeout=cfg.node.network_timeout)
+    if outcome.status is None:
+        typer.secho(f"error: {outcome.message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
+    typer.echo(outcome.message)
+    if not outcome.ok:
         raise typer.Exit(code=1)
 
 

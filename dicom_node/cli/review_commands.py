@@ -122,9 +122,33 @@ def _run_registry(action: Any, config: Path) -> None:
     _show_state(state)
 
 
+def console_link(
+    operator: str = typer.Argument(..., help="an admin, as named in `laurel token create NAME --role admin`"),
+    config: Path = _CONFIG,
+    page: str = typer.Option("/console", "--page", help="the console page to open after logging in"),
+) -> None:
+    """Print a one-time console login URL for OPERATOR's admin token (valid two minutes, once)."""
+    from urllib.parse import urlencode
+
+    from dicom_node.api.console.auth import console_key, login_link_code
+    from dicom_node.cli.common import load_config
+    from dicom_node.core.db import session_scope
+
+    cfg = load_config(config)
+    with session_scope(cfg.node.engine()) as session:
+        try:
+            code = login_link_code(session, console_key(cfg.node.storage_dir), operator)
+        except LookupError as exc:
+            typer.secho(f"error: {exc.args[0]}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from exc
+    host = "127.0.0.1" if cfg.api.host in ("0.0.0.0", "::") else cfg.api.host
+    typer.echo(f"http://{host}:{cfg.api.port}/console/login/once?{urlencode({'code': code, 'next': page})}")
+
+
 def register(app: typer.Typer, model_app: typer.Typer) -> None:
     """Attach ``laurel token`` and the node's ``laurel model pin|unpin|rollback|revisions``."""
     app.add_typer(token_app, name="token")
+    app.command("console-link", help="print a one-time login URL of the node console for an admin")(console_link)
     model_app.command("pin")(pin)
     model_app.command("unpin")(unpin)
     model_app.command("rollback")(rollback)

@@ -55,13 +55,21 @@ def create_token(session: Session, operator: str, role: str = OPERATOR) -> str:
     return token
 
 
-def identity_for(session: Session, token: str) -> Identity | None:
-    """Who a valid, unrevoked token belongs to, with its role, else ``None``; stamps ``last_used_at``."""
+def token_row(session: Session, token: str) -> ApiToken | None:
+    """The row of a valid, unrevoked token, else ``None``; stamps ``last_used_at``."""
     digest = _digest(token)
     row = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == digest))
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.token_sha256, digest):
         return None
     row.last_used_at = utcnow()
+    return row
+
+
+def identity_for(session: Session, token: str) -> Identity | None:
+    """Who a valid, unrevoked token belongs to, with its role, else ``None``; stamps ``last_used_at``."""
+    row = token_row(session, token)
+    if row is None:
+        return None
     return Identity(name=row.operator, role=row.role if row.role in ROLES else OPERATOR)
 
 

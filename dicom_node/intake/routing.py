@@ -19,6 +19,32 @@ from dicom_node.core.db import Series, SeriesState
 
 
 @dataclass(frozen=True)
+class FieldCheck:
+    """One regular expression of a rule against one attribute: the value seen and whether it matched."""
+
+    keyword: str
+    pattern: str
+    value: str | None
+    matched: bool
+
+
+@dataclass(frozen=True)
+class RuleVerdict:
+    """What one rule made of a series: matched or not, and why (the called AE and every field)."""
+
+    position: int
+    model: str
+    called_ae: str | None
+    called_ae_matched: bool
+    fields: tuple[FieldCheck, ...]
+
+    @property
+    def matched(self) -> bool:
+        """Whether the rule matches (its called AE, if any, and every field)."""
+        return self.called_ae_matched and all(f.matched for f in self.fields)
+
+
+@dataclass(frozen=True)
 class _CompiledRule:
     model: str
     called_ae: str | None
@@ -49,15 +75,24 @@ class Router:
         expression in its ``match`` finds a match (``re.search``) in the attribute's value; a missing
         attribute never matches.
         """
-        for rule in self._rules:
-            if rule.called_ae is not None and rule.called_ae != (called_ae or "").strip():
-                continue
-            if all(
-                (value := attributes.get(keyword)) is not None and pattern.search(value)
-                for keyword, pattern in rule.match
-            ):
-                return rule.model
+        for verdict in self.explain(called_ae, attributes):
+            if verdict.matched:
+                return verdict.model
         return None
+
+    def explain(self, called_ae: str | None, attributes: Mapping[str, str | None]) -> list[RuleVerdict]:
+        """Every rule's verdict in order (the first that matched is the route): the console's rule tester."""
+        called = (called_ae or "").strip()
+        verdicts = []
+        for position, rule in enumerate(self._rules, start=1):
+            checks = tuple(
+                FieldCheck(keyword, pattern.pattern, value, value is not None and pattern.search(value) is not None)
+                for keyword, pattern in rule.match
+                for value in (attributes.get(keyword),)
+            )
+            ae_ok = rule.called_ae is None or rule.called_ae == called
+            verdicts.append(RuleVerdict(position, rule.model, rule.called_ae, ae_ok, checks))
+        return verdicts
 
 
 def unrouted_series(session: Session) -> list[Series]:

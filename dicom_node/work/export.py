@@ -153,6 +153,25 @@ def echo(local_ae_title: str, peer: Peer, *, timeout: float = 30.0) -> int:
     return int(status.Status)
 
 
+@dataclass(frozen=True)
+class EchoOutcome:
+    """A C-ECHO's result in one line: ``status`` is ``None`` when no association was possible."""
+
+    ok: bool
+    message: str
+    status: int | None = None
+
+
+def echo_outcome(local_ae_title: str, peer: Peer, *, timeout: float) -> EchoOutcome:
+    """C-ECHO ``peer`` within ``timeout`` seconds per step and say what happened (``laurel echo``, the console)."""
+    where = f"{peer.name} ({peer.ae_title}@{peer.host}:{peer.port})"
+    try:
+        code = echo(local_ae_title, peer, timeout=timeout)
+    except ExportError as exc:
+        return EchoOutcome(False, str(exc))
+    return EchoOutcome(code == SUCCESS, f"C-ECHO {where}: status 0x{code:04X}", code)
+
+
 def _why_not_established(assoc: Association, peer: Peer) -> str:
     if assoc.is_rejected:
         rj = assoc.acceptor.primitive

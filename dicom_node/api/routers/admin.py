@@ -12,7 +12,7 @@ from dicom_node.api.schemas import VersionRequest
 from dicom_node.core import jobs
 from dicom_node.core.db import Job, JobState
 from dicom_node.core.review_tables import AuditEvent
-from dicom_node.work.review import NotFound, ReviewConflict
+from dicom_node.work import admin as acts
 
 router = APIRouter()
 
@@ -43,14 +43,7 @@ def dead_letters(session: DbSession, _admin: Admin) -> dict[str, Any]:
 @router.post("/dead-letters/{job_id}/requeue", tags=["jobs"])
 def requeue(job_id: RowId, session: DbSession, operator: Admin) -> dict[str, Any]:
     """Put a dead job back in the queue with fresh attempts."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} does not exist")
-    if job.state != JobState.DEAD:
-        raise ReviewConflict(f"job {job_id} is {job.state}; only DEAD jobs can be requeued")
-    jobs.requeue(session, job_id)
-    session.add(AuditEvent(operator=operator, action="requeue", detail={"job_id": job_id}))
-    return {"job": job.as_dict()}
+    return {"job": acts.requeue_dead_letter(session, job_id, operator).as_dict()}
 
 
 @router.get("/models", tags=["models"])
@@ -70,17 +63,13 @@ def model(name: str, services: Services, _admin: Admin) -> dict[str, Any]:
 @router.post("/models/{name}/pin", tags=["models"])
 def pin(name: str, body: VersionRequest, services: Services, session: DbSession, operator: Admin) -> dict[str, Any]:
     """Pin the active (or the given) revision: learning and sync no longer replace it."""
-    state = services.registry.pin(name, body.revision)
-    session.add(AuditEvent(operator=operator, action="pin", detail={"model": name, "revision": body.revision}))
-    return state
+    return acts.pin_model(services.registry, session, name, body.revision, operator)
 
 
 @router.post("/models/{name}/unpin", tags=["models"])
 def unpin(name: str, services: Services, session: DbSession, operator: Admin) -> dict[str, Any]:
     """Unpin: the newest revision that the guard did not reject becomes active again."""
-    state = services.registry.unpin(name)
-    session.add(AuditEvent(operator=operator, action="unpin", detail={"model": name}))
-    return state
+    return acts.unpin_model(services.registry, session, name, operator)
 
 
 @router.post("/models/{name}/rollback", tags=["models"])
@@ -88,11 +77,7 @@ def rollback(
     name: str, body: VersionRequest, services: Services, session: DbSession, operator: Admin
 ) -> dict[str, Any]:
     """Go back to an older revision (and pin it)."""
-    if body.revision is None:
-        raise ReviewConflict("a rollback needs the revision to go back to")
-    state = services.registry.rollback(name, body.revision)
-    session.add(AuditEvent(operator=operator, action="rollback", detail={"model": name, "revision": body.revision}))
-    return state
+    return acts.rollback_model(services.registry, session, name, body.revision, operator)
 
 
 @router.get("/audit", tags=["audit"])
