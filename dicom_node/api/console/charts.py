@@ -35,9 +35,7 @@ def intake_chart(points: list[tuple[datetime, float]]) -> Markup:
 def queue_chart(depth: dict[str, list[tuple[datetime, float]]]) -> Markup:
     """Unfinished jobs per kind over the window."""
     series = [
-        Series(kind, list(points), PALETTE[i % len(PALETTE)])
-        for i, (kind, points) in enumerate(sorted(depth.items()))
-        if any(y for _, y in points)
+        Series(kind, list(points), PALETTE[i % len(PALETTE)]) for i, (kind, points) in enumerate(sorted(depth.items()))
     ]
     svg = chart(
         series,
