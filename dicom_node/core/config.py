@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -182,6 +182,17 @@ class JobsSection(_Strict):
     stop_grace_seconds: float = Field(
         10.0, gt=0, le=600, description="at SIGTERM, how long a running job may finish before its worker is killed"
     )
+    warm_delay_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=600,
+        description="after a start, how long workers wait before importing TensorFlow and warming the models "
+        "(the first seconds belong to the intake: a PACS sends its backlog as soon as the node answers); a "
+        "model job that is due imports at once",
+    )
+    warm_quiet_seconds: float = Field(
+        3.0, ge=0, le=600, description="after the delay, warm up only once no image arrived for this long"
+    )
     max_attempts: int = Field(8, ge=1, le=100)
     backoff_base_seconds: float = Field(2.0, gt=0)
     backoff_max_seconds: float = Field(600.0, gt=0)
@@ -226,6 +237,11 @@ class LearningSection(_Strict):
     case_slices: int = Field(6, ge=1, le=64, description="labelled slices kept per series")
     replay_slices: int = Field(10, ge=0, le=200, description="replayed slices mixed into one learning step")
     holdout_every: int = Field(4, ge=2, le=20, description="fallback: every n-th labelled slice is held out")
+    soften: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
+        [0.5, 0.25],
+        max_length=4,
+        description="a rejected candidate is retried at these fractions of its step from the active revision",
+    )
 
     @model_validator(mode="after")
     def _reference_holds_minimum(self) -> LearningSection:
