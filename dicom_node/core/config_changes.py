@@ -393,7 +393,7 @@ def apply_config_change(
     if dry_run or not diff.changed:
         return ConfigChangeResult(diff, saved=False, config=new)
     save_config_file(path, data)
-    logger.info("configuration %s changed by %s: %s", path, actor, ", ".join(diff.sections))
+    logger.info("configuration %s changed by %s: %s", path, actor, ", ".join([*diff.sections, *diff.listener]))
     if engine is not None:
         audit_config_event(engine, actor, CHANGE_ACTION, {"source": "api", **diff.as_dict()})
     outcome = reload(actor) if reload is not None else None
