@@ -320,7 +320,12 @@ def save_config_file(path: Path, data: Mapping[str, Any]) -> None:
     path = Path(path)
     folder = path.parent
     text = yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=False, allow_unicode=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ConfigChangeError(
+            [Problem("(file)", f"cannot write in {folder} ({exc.strerror}): the node needs write access to it")]
+        ) from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "w") as handle:
