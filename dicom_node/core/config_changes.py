@@ -401,5 +401,11 @@ def apply_config_change(
     logger.info("configuration %s changed by %s: %s", path, actor, ", ".join([*diff.sections, *diff.listener]))
     if engine is not None:
         audit_config_event(engine, actor, CHANGE_ACTION, {"source": "api", **diff.as_dict()})
-    outcome = reload(actor) if reload is not None else None
+    outcome: Any = None
+    if reload is not None:
+        try:
+            outcome = reload(actor)
+        except Exception as exc:  # saved and audited: the running node applies it at its next reload or start
+            logger.error("configuration saved but the node did not confirm the reload: %s", exc)
+            outcome = {"outcome": "not_confirmed", "error": str(exc)}
     return ConfigChangeResult(diff, saved=True, config=new, reload=outcome)

@@ -140,3 +140,14 @@ def test_secrets_are_masked_and_a_masked_secret_keeps_its_value(tmp_path: Path) 
     assert kept[0]["secret_token"] == "s3cr3t"
     summary = config_changes._summarise_section({"secret_token": "a", "days": 1}, {"secret_token": "b", "days": 2})
     assert summary == {"changed": {"days": {"from": 1, "to": 2}, "secret_token": "changed"}}
+
+
+def test_a_reload_that_fails_is_reported_after_the_save(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+
+    def no_node(_actor: str) -> None:
+        raise RuntimeError("no Laurel node is running")
+
+    result = apply_config_change(path, {"peers": []}, "Dr Admin", engine=None, reload=no_node)
+    assert result.saved and load_config_file(path).peers == []
+    assert result.as_dict()["reload"] == {"outcome": "not_confirmed", "error": "no Laurel node is running"}
