@@ -28,6 +28,7 @@ import ipaddress
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from io import BytesIO
@@ -52,6 +53,7 @@ from pydicom.uid import (
 
 from dicom_node.core.config import NodeConfig, Peer
 from dicom_node.intake.received import StoreStatus
+from dicom_node.intake.routing import Router
 from dicom_node.intake.store import Incoming, Store
 
 if TYPE_CHECKING:
@@ -166,6 +168,20 @@ class AssociationPolicy:
         )
 
 
+@dataclass(frozen=True)
+class IntakePolicy:
+    """Who may send and where their series go: taken once per association when it is accepted, so an open
+    association finishes under the policy it started with while new ones get the one a reload put in force."""
+
+    association: AssociationPolicy
+    router: Router
+
+    @classmethod
+    def build(cls, ae_title: str, peers: Iterable[Peer], router: Router) -> IntakePolicy:
+        """The policy of a node answering to ``ae_title`` and the router's called AE titles."""
+        return cls(AssociationPolicy([ae_title, *router.called_ae_titles], peers), router)
+
+
 def storage_contexts() -> list[PresentationContext]:
     """Verification plus every storage SOP class pynetdicom knows, each with :data:`TRANSFER_SYNTAXES`."""
     from pynetdicom.presentation import AllStoragePresentationContexts, build_context
@@ -209,7 +225,8 @@ class StoreSCP:
         self.config = config
         self.store = store
         self.metrics = metrics
-        self.policy = AssociationPolicy([config.node.ae_title, *store.router.called_ae_titles], config.peers)
+        #: The policy in force (replaced whole by :meth:`apply_policy`; each association keeps the one it got).
+        self.intake_policy = IntakePolicy.build(config.node.ae_title, config.peers, store.router)
         self._ae: AE | None = None
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -219,6 +236,18 @@ class StoreSCP:
         #: Handle C-STORE on the DUL thread (:mod:`dicom_node.intake.faststore`); False: pynetdicom's own path.
         self.fast_path = True
         self._lock = threading.Lock()
+
+    @property
+    def policy(self) -> AssociationPolicy:
+        """Who may open an association now."""
+        return self.intake_policy.association
+
+    def apply_policy(self, peers: Iterable[Peer], router: Router) -> None:
+        """Put new peers and routing rules in force for associations accepted from now on (a reload)."""
+        policy = IntakePolicy.build(self.config.node.ae_title, peers, router)  # resolves hosts: before the swap
+        self.store.use_router(router)
+        self.intake_policy = policy
+        logger.info("association policy reloaded: answers to %s", ", ".join(sorted(policy.association.own_ae_titles)))
 
     @property
     def port(self) -> int:
@@ -293,17 +322,26 @@ class StoreSCP:
             ", ".join(sorted(self.policy.own_ae_titles)),
         )
 
-    def stop(self) -> None:
-        """Stop accepting, abort running associations and close the socket."""
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop accepting (close the listening socket), let open associations finish for up to ``grace``
+        seconds (a restart for a new listener), then abort what is still open."""
         server, self._server = self._server, None
         if server is None:
             return
+        if grace > 0:
+            server.shutdown()
+            deadline = time.monotonic() + grace
+            while self._established and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self._established:
+                logger.warning("%d associations still open after %.0f s; aborted", len(self._established), grace)
         for assoc in list(server.active_associations):
             try:
                 assoc.abort()
             except Exception as exc:  # already gone
                 logger.debug("abort at stop: %s", exc)
-        server.shutdown()
+        if grace <= 0:
+            server.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=10)
         logger.info("SCP stopped")
@@ -323,7 +361,8 @@ class StoreSCP:
         called = str(getattr(rq, "called_ae_title", "") or "")
         calling = str(getattr(rq, "calling_ae_title", "") or "")
         address = str(assoc.requestor.address)
-        decision = self.policy.decide(called, calling, address)
+        snapshot = self.intake_policy  # one read: this association's policy, whatever a reload does later
+        decision = snapshot.association.decide(called, calling, address)
         if decision.rejection is None:
             with self._lock:
                 if len(self._established) >= self.config.node.max_associations:
@@ -347,7 +386,9 @@ class StoreSCP:
             return
         context = getattr(assoc, "context", None)
         if isinstance(context, dict):
-            context.update(called_ae=called.strip(), calling_ae=calling.strip(), peer=decision.peer)
+            context.update(
+                called_ae=called.strip(), calling_ae=calling.strip(), peer=decision.peer, router=snapshot.router
+            )
         proposed = getattr(rq, "presentation_context_definition_list", None) or []
         assoc.acceptor.supported_contexts = contexts_in_requestor_order(proposed, self._supported)
         if self.metrics is not None:
@@ -388,7 +429,7 @@ class StoreSCP:
             association_id=id(assoc),
             max_inflated_size=self.config.node.max_inflated_size,
         )
-        result = self.store.receive(item)
+        result = self.store.receive(item, context.get("router"))
         return int(result.status), result.comment
 
     def _on_store(self, event: Event) -> int | Dataset:

@@ -115,6 +115,12 @@ class WorkerService:
             except Exception:
                 logger.exception("warming the models failed")
 
+    def reload(self, config: NodeConfig) -> None:
+        """Use a reloaded configuration (peers, routing, retention …) for the jobs that start from now on."""
+        self.config = config
+        self.services.config = config
+        logger.info("worker: configuration reloaded")
+
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the running jobs (up to ``timeout``) and close the index."""
         self._stopping.set()
