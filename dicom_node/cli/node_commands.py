@@ -233,7 +233,7 @@ def echo(
     cfg = _load(config)
     target = _peer(cfg, peer)
     try:
-        code = c_echo(cfg.node.ae_title, target, timeout=cfg.node.network_timeout)
+        code = c_echo(cfg.node.ae_title, target, timeout=cfg.node.network_timeout, tls=cfg.tls)
     except ExportError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from exc
@@ -259,7 +259,7 @@ def send(
         raise typer.Exit(code=2) from exc
     try:
         report = send_objects(
-            cfg.node.ae_title, target, objects, max_pdu=cfg.node.max_pdu, timeout=cfg.node.network_timeout
+            cfg.node.ae_title, target, objects, max_pdu=cfg.node.max_pdu, timeout=cfg.node.network_timeout, tls=cfg.tls
         )
     except ExportError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
