@@ -258,3 +258,31 @@ def test_the_approved_seg_is_stowed_and_read_back_by_highdicom(
     assert seg.segmentation_type == ours.segmentation_type == hd.seg.SegmentationTypeValues.LABELMAP
     assert [s.SegmentLabel for s in seg.SegmentSequence] == [s.SegmentLabel for s in ours.SegmentSequence]
     assert np.array_equal(seg.pixel_array, ours.pixel_array)
+
+
+def test_laurel_send_stows_to_a_dicomweb_peer_and_echo_says_it_is_not_dimse(
+    orthanc_factory: Any, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.peers import PEER_ENV, REPO, node_settings
+
+    orthanc = orthanc_factory(extra_config=orthanc_dicomweb_config())
+    config = tmp_path / "node.yaml"
+    config.write_text(yaml.safe_dump(node_settings(tmp_path, peers=[web_peer(orthanc.url)])))
+    study = write_study(tmp_path / "out", series=1, instances=2)
+
+    def laurel(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "dicom_node", *args, "--config", str(config)]
+        env = {**PEER_ENV, "PYTHONPATH": str(REPO)}
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
+
+    sent = laurel("send", "web", *map(str, study.paths))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert sent.stdout.count("status 0x0000") == 2
+    assert orthanc.sop_instance_uids() == set(study.sop_instance_uids)
+    echoed = laurel("echo", "web")
+    assert echoed.returncode == 2 and "is a DICOMweb peer" in echoed.stderr
