@@ -238,8 +238,11 @@ def echo(
 
     cfg = _load(config)
     target = _peer(cfg, peer)
+    if getattr(target, "type", "dimse") != "dimse":
+        typer.secho(f"error: peer {target.name} is a DICOMweb peer; C-ECHO is for DIMSE peers", err=True)
+        raise typer.Exit(code=2)
     try:
-        code = c_echo(cfg.node.ae_title, target, timeout=cfg.node.network_timeout)
+        code = c_echo(cfg.node.ae_title, target, timeout=cfg.node.network_timeout, tls=cfg.tls)
     except ExportError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from exc
@@ -253,8 +256,9 @@ def send(
     files: list[Path] = typer.Argument(..., help="DICOM files to C-STORE as they are"),
     config: Path = ConfigOption,
 ) -> None:
-    """C-STORE files to a configured peer, each with its own SOP class and transfer syntax."""
-    from dicom_node.work.export import ExportError, describe, send_objects
+    """C-STORE files to a configured peer, each with its own SOP class and transfer syntax (STOW-RS to a
+    DICOMweb peer)."""
+    from dicom_node.work.export import ExportError, ExportRefused, describe, send_objects
 
     cfg = _load(config)
     target = _peer(cfg, peer)
@@ -264,10 +268,20 @@ def send(
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from exc
     try:
-        report = send_objects(
-            cfg.node.ae_title, target, objects, max_pdu=cfg.node.max_pdu, timeout=cfg.node.network_timeout
-        )
-    except ExportError as exc:
+        if getattr(target, "type", "dimse") == "dicomweb":
+            from dicom_node.work.dicomweb import stow_objects
+
+            report = stow_objects(target, objects)
+        else:
+            report = send_objects(
+                cfg.node.ae_title,
+                target,
+                objects,
+                max_pdu=cfg.node.max_pdu,
+                timeout=cfg.node.network_timeout,
+                tls=cfg.tls,
+            )
+    except (ExportError, ExportRefused) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from exc
     for obj in objects:

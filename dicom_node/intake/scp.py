@@ -178,8 +178,10 @@ class IntakePolicy:
 
     @classmethod
     def build(cls, ae_title: str, peers: Iterable[Peer], router: Router) -> IntakePolicy:
-        """The policy of a node answering to ``ae_title`` and the router's called AE titles."""
-        return cls(AssociationPolicy([ae_title, *router.called_ae_titles], peers), router)
+        """The policy of a node answering to ``ae_title`` and the router's called AE titles (DIMSE peers only:
+        a DICOMweb peer never opens an association)."""
+        dimse = [p for p in peers if isinstance(p, Peer)]
+        return cls(AssociationPolicy([ae_title, *router.called_ae_titles], dimse), router)
 
 
 def storage_contexts() -> list[PresentationContext]:
@@ -226,10 +228,11 @@ class StoreSCP:
         self.store = store
         self.metrics = metrics
         #: The policy in force (replaced whole by :meth:`apply_policy`; each association keeps the one it got).
-        self.intake_policy = IntakePolicy.build(config.node.ae_title, config.peers, store.router)
+        self.intake_policy = IntakePolicy.build(config.node.ae_title, config.dimse_peers, store.router)
         self._ae: AE | None = None
         self._server: ThreadedAssociationServer | None = None
-        self._thread: threading.Thread | None = None
+        self._tls_server: ThreadedAssociationServer | None = None
+        self._threads: list[threading.Thread] = []
         self._established: set[int] = set()
         #: abstract syntax -> the transfer syntaxes we accept for it (set in :meth:`start`).
         self._supported: dict[str, tuple[str, ...]] = {}
@@ -242,7 +245,7 @@ class StoreSCP:
         """Who may open an association now."""
         return self.intake_policy.association
 
-    def apply_policy(self, peers: Iterable[Peer], router: Router) -> None:
+    def apply_policy(self, peers: Iterable[Any], router: Router) -> None:
         """Put new peers and routing rules in force for associations accepted from now on (a reload)."""
         policy = IntakePolicy.build(self.config.node.ae_title, peers, router)  # resolves hosts: before the swap
         self.store.use_router(router)
@@ -251,23 +254,27 @@ class StoreSCP:
 
     @property
     def port(self) -> int:
-        """The TCP port the SCP listens on (the configured one, or the one the OS chose for port 0)."""
+        """The plain TCP port the SCP listens on (the configured one, or the one the OS chose for port 0)."""
         if self._server is None:
             return self.config.node.port
         return int(self._server.server_address[1])
 
     @property
+    def tls_port(self) -> int | None:
+        """The DICOM TLS port (``None`` without a TLS listener)."""
+        if self._tls_server is not None:
+            return int(self._tls_server.server_address[1])
+        tls = self.config.tls
+        return None if tls is None else tls.port
+
+    @property
     def server(self) -> ThreadedAssociationServer | None:
         """The running pynetdicom server (tests inspect its associations' sockets)."""
-        return self._server
+        return self._server or self._tls_server
 
-    def start(self, port: int | None = None) -> None:
-        """Bind and serve in a background thread."""
+    def start(self, port: int | None = None, tls_port: int | None = None) -> None:
+        """Bind and serve in background threads: the plain port and/or the TLS port (``tls`` section)."""
         from pynetdicom import AE, evt
-        from pynetdicom import _handlers as standard_handlers
-        from pynetdicom.transport import ThreadedAssociationServer
-
-        from dicom_node.intake.fastnet import FastRequestHandler
 
         node = self.config.node
         ae = AE(ae_title=node.ae_title)
@@ -288,13 +295,47 @@ class StoreSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_CONN_CLOSE, self._on_close),
         ]
-        address = (node.host, node.port if port is None else port)
+        self._ae = ae
+        tls = self.config.tls
+        if tls is not None and tls.port is not None:
+            from dicom_node.core.tls import server_context
+
+            context = server_context(tls)  # a bad certificate or key stops the start here, naming the file
+            self._tls_server = self._serve(ae, tls_port if tls_port is not None else tls.port, contexts, handlers)
+            self._tls_server.tls_context = context  # type: ignore[attr-defined]
+            self._tls_server.on_tls_refused = self._on_tls_refused  # type: ignore[attr-defined]
+            logger.info(
+                "SCP %s listening with DICOM TLS on %s:%d (client certificates %s)",
+                node.ae_title,
+                node.host,
+                self.tls_port,
+                "required" if tls.require_client_certificate else "optional",
+            )
+        if tls is None or tls.plain_port:
+            self._server = self._serve(ae, node.port if port is None else port, contexts, handlers)
+            logger.info(
+                "SCP %s listening on %s:%d (answers to %s)",
+                node.ae_title,
+                node.host,
+                self.port,
+                ", ".join(sorted(self.policy.own_ae_titles)),
+            )
+
+    def _serve(self, ae: AE, port: int, contexts: list[Any], handlers: list[Any]) -> ThreadedAssociationServer:
+        """A pynetdicom server on ``port`` with the event-driven acceptor, served by its own thread."""
+        from pynetdicom import _handlers as standard_handlers
+        from pynetdicom import evt
+        from pynetdicom.transport import ThreadedAssociationServer
+
+        from dicom_node.intake.fastnet import FastRequestHandler
+
+        node = self.config.node
         server = ThreadedAssociationServer(
             ae,
-            address,
+            (node.host, port),
             node.ae_title,
             contexts,
-            None,
+            None,  # TLS, when on, is negotiated by FastRequestHandler on the connection's own thread
             cast(Any, handlers),
             request_handler=FastRequestHandler,
         )
@@ -309,41 +350,42 @@ class StoreSCP:
         server.daemon_threads = True
         if self.fast_path:
             server.fast_store = self._receive  # type: ignore[attr-defined]
-        self._ae = ae
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="laurel-scp", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=server.serve_forever, name=f"laurel-scp-{port}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
         ae._servers.append(server)
-        logger.info(
-            "SCP %s listening on %s:%d (answers to %s)",
-            node.ae_title,
-            node.host,
-            self.port,
-            ", ".join(sorted(self.policy.own_ae_titles)),
-        )
+        return server
+
+    def _on_tls_refused(self) -> None:
+        if self.metrics is not None:
+            self.metrics.associations.labels(outcome="rejected_tls").inc()
 
     def stop(self, grace: float = 0.0) -> None:
-        """Stop accepting (close the listening socket), let open associations finish for up to ``grace``
+        """Stop accepting (close the listening sockets), let open associations finish for up to ``grace``
         seconds (a restart for a new listener), then abort what is still open."""
-        server, self._server = self._server, None
-        if server is None:
+        servers = [srv for srv in (self._server, self._tls_server) if srv is not None]
+        self._server = self._tls_server = None
+        if not servers:
             return
         if grace > 0:
-            server.shutdown()
+            for server in servers:
+                server.shutdown()
             deadline = time.monotonic() + grace
             while self._established and time.monotonic() < deadline:
                 time.sleep(0.05)
             if self._established:
                 logger.warning("%d associations still open after %.0f s; aborted", len(self._established), grace)
-        for assoc in list(server.active_associations):
-            try:
-                assoc.abort()
-            except Exception as exc:  # already gone
-                logger.debug("abort at stop: %s", exc)
-        if grace <= 0:
-            server.shutdown()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        for server in servers:
+            for assoc in list(server.active_associations):
+                try:
+                    assoc.abort()
+                except Exception as exc:  # already gone
+                    logger.debug("abort at stop: %s", exc)
+            if grace <= 0:
+                server.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
         logger.info("SCP stopped")
 
     # ------------------------------------------------------------------ handlers
