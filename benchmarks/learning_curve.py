@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 
 CORRECTED_SLICES = 10  # slices the simulated radiologist corrects per subject (the paper: at least 5)
+GUARD_SOFTEN = (0.5, 0.25)  # the node's default ``learning.soften``
 EVAL_SLICES = 5  # slices per subject the Dice is measured on (the paper: the at least 5 labelled ones)
 
 
@@ -168,13 +169,14 @@ def run(
     overrides: dict[str, Any] | None = None,
     quiet: bool = False,
     checkpoint: Path | None = None,
+    soften: tuple[float, ...] = GUARD_SOFTEN,
 ) -> dict[str, Any]:
     """One run of the experiment: Dice per generation on both groups, verdicts and step timings (written
     to ``checkpoint`` after every generation, so a run cut short still shows how far it got)."""
     from dicom_node.work.guard import GuardSettings, admit, guarded_step
     from models.zoo import load_default
 
-    settings = GuardSettings() if replay else GuardSettings(replay_slices=0)
+    settings = GuardSettings(soften=soften) if replay else GuardSettings(replay_slices=0, soften=soften)
     eval_a = [eval_case(ph) for ph in group_a]
     eval_b = [eval_case(ph) for ph in group_b]
     pkg = load_default("leg")
@@ -217,6 +219,7 @@ def run(
                 "reason": step.verdict.reason,
                 "learned_slices": len(step.learned),
                 "replayed_slices": step.replayed,
+                "softened": step.softened,
                 "learn_and_validate_seconds": round(seconds, 2),
                 "learn_seconds": step.candidate.metadata["history"][-1].get("seconds"),
             }
@@ -291,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-replay", action="store_true", help="learn from the new series only")
     parser.add_argument("--learning-rate", type=float, default=None, help="override the package's setting")
     parser.add_argument("--epochs", type=int, default=None, help="override the package's setting")
+    parser.add_argument(
+        "--soften", default="0.5,0.25", help="comma-separated softening factors of a rejected candidate ('' for none)"
+    )
     parser.add_argument("--compare", action="store_true", help="compare learning step settings (short runs)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep generated phantoms here")
     parser.add_argument("--checkpoint", type=Path, default=None, help="partial results after every generation")
@@ -312,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         return compare(group_a, group_b, n_gen, args.out or results / "learning_step_compare.json")
     overrides = {k: v for k, v in (("learning_rate", args.learning_rate), ("epochs", args.epochs)) if v is not None}
+    soften = tuple(float(v) for v in args.soften.split(",") if v.strip())
     res = run(
         group_a,
         group_b,
@@ -320,11 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         replay=not args.no_replay,
         overrides=overrides or None,
         checkpoint=args.checkpoint,
+        soften=soften,
     )
     learning = {
         "guard": not args.no_guard,
         "replay": not args.no_replay,
         "overrides": overrides,
+        "soften": list(soften),
         "corrected_slices": CORRECTED_SLICES,
         "eval_slices": EVAL_SLICES,
     }

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(orthanc dcmtk dicom3tools postgresql xvfb chromium fonts-dejavu-core)
+DEBS+=(orthanc-dicomweb)  # Orthanc's DICOMweb plugin: the STOW-RS/WADO-RS peer of the DICOMweb write-back tests
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -134,3 +134,11 @@ def db_url(db_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> s
 
 # Whole-node fixtures (spine + workflow + API): workflow_node_factory, node_api.
 pytest_plugins = ["tests.workflow_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A test PKI for DICOM TLS (:mod:`tests.certs`): a CA, the node's and a peer's certificates, a rogue one."""
+    from tests.certs import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))

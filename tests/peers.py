@@ -731,3 +731,25 @@ class NodeProcess(ManagedProcess):
         from dicom_node.core.engine import make_engine
 
         return make_engine(NodeConfig.load(self.config_path).node.db_url)
+
+
+def dicomweb_plugin() -> str:
+    """The path of Orthanc's DICOMweb plugin (Debian ``orthanc-dicomweb``), or skip saying what is missing."""
+    for candidate in (
+        Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
+        *sorted(Path("/usr/lib/orthanc").glob("libOrthancDicomWeb.so*")),
+    ):
+        if candidate.exists():
+            return str(candidate)
+    pytest.skip("Orthanc's DICOMweb plugin is not installed (scripts/setup.sh installs orthanc-dicomweb)")
+
+
+def orthanc_dicomweb_config(users: dict[str, str] | None = None) -> dict[str, Any]:
+    """Orthanc settings that load the DICOMweb plugin at ``/dicom-web/`` (with HTTP basic ``users``, if any)."""
+    config: dict[str, Any] = {
+        "Plugins": [dicomweb_plugin()],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
+    }
+    if users:
+        config.update({"AuthenticationEnabled": True, "RegisteredUsers": dict(users)})
+    return config

@@ -11,7 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from dicom_node.api import console
-from dicom_node.api.routers import admin, series, studies
+from dicom_node.api.routers import admin, config, series, studies
+from dicom_node.core.config_changes import ConfigChangeError
 from dicom_node.core.metrics import CONTENT_TYPE
 from dicom_node.work.learning import RegistryError
 from dicom_node.work.review import InvalidLabels, NotFound, ReviewConflict
@@ -43,6 +44,10 @@ def create_app(services: NodeServices) -> FastAPI:
     def _registry(_request: Request, exc: RegistryError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
+    @app.exception_handler(ConfigChangeError)
+    def _config_refused(_request: Request, exc: ConfigChangeError) -> JSONResponse:
+        return JSONResponse({"detail": f"configuration refused: {exc}", **exc.as_dict()}, status_code=422)
+
     @app.get("/health", tags=["health"])
     def health() -> dict[str, object]:
         """Liveness and the node's identity (no auth)."""
@@ -60,5 +65,6 @@ def create_app(services: NodeServices) -> FastAPI:
     app.include_router(studies.router, prefix="/api/v1")
     app.include_router(series.router, prefix="/api/v1")
     app.include_router(admin.router, prefix="/api/v1")
+    app.include_router(config.router, prefix="/api/v1")
     console.install(app)
     return app

@@ -38,11 +38,11 @@ def _engine_if_exists(cfg: NodeConfig) -> Any:
     return cfg.node.engine()
 
 
-def build_node(cfg: NodeConfig) -> Node:
+def build_node(cfg: NodeConfig, config_path: Path | None = None) -> Node:
     """The node ``laurel serve`` runs: the DICOM spine with the review workflow, its jobs and the API."""
     from dicom_node.process.node import build_node as build_workflow_node
 
-    return build_workflow_node(cfg)
+    return build_workflow_node(cfg, config_path)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -76,17 +76,23 @@ def serve(
 ) -> None:
     """Run the node until SIGTERM or Ctrl-C: an intake process (SCP), the API and `jobs.workers` workers."""
     from dicom_node.cli.common import configure_logging
+    from dicom_node.process.reload import ReloadSignals, actor_of, answer, take_requests
 
     cfg = _load(config)
     configure_logging(verbose, process="supervisor" if not one_process else None)
     stop = _stop_on_signals()
+    signals = ReloadSignals()  # before any thread or child: SIGHUP is read with its sender
     _check_workflow(cfg)
     if one_process:
-        node = build_node(cfg)
+        node = build_node(cfg, config)
         node.start()
         try:
-            while not stop.wait(1.0):
-                pass
+            while not stop.is_set():
+                sender = signals.wait(1.0)
+                if sender is not None and not stop.is_set():
+                    requests = take_requests(cfg.node.storage_dir)
+                    outcome = node.reload_file(actor_of(requests, sender))
+                    answer(cfg.node.storage_dir, requests, outcome)
         finally:
             node.stop()
         return
@@ -94,7 +100,7 @@ def serve(
 
     supervisor = Supervisor(config, cfg, verbose=verbose)
     supervisor.start()
-    supervisor.run(stop)
+    supervisor.run(stop, signals)
 
 
 def worker(
@@ -231,7 +237,10 @@ def echo(
 
     cfg = _load(config)
     target = _peer(cfg, peer)
-    outcome = echo_outcome(cfg.node.ae_title, target, timeout=cfg.node.network_timeout)
+    if getattr(target, "type", "dimse") != "dimse":
+        typer.secho(f"error: peer {target.name} is a DICOMweb peer; C-ECHO is for DIMSE peers", err=True)
+        raise typer.Exit(code=2)
+    outcome = echo_outcome(cfg.node.ae_title, target, timeout=cfg.node.network_timeout, tls=cfg.tls)
     if outcome.status is None:
         typer.secho(f"error: {outcome.message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1)
@@ -245,8 +254,9 @@ def send(
     files: list[Path] = typer.Argument(..., help="DICOM files to C-STORE as they are"),
     config: Path = ConfigOption,
 ) -> None:
-    """C-STORE files to a configured peer, each with its own SOP class and transfer syntax."""
-    from dicom_node.work.export import ExportError, describe, send_objects
+    """C-STORE files to a configured peer, each with its own SOP class and transfer syntax (STOW-RS to a
+    DICOMweb peer)."""
+    from dicom_node.work.export import ExportError, ExportRefused, describe, send_objects
 
     cfg = _load(config)
     target = _peer(cfg, peer)
@@ -256,10 +266,20 @@ def send(
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from exc
     try:
-        report = send_objects(
-            cfg.node.ae_title, target, objects, max_pdu=cfg.node.max_pdu, timeout=cfg.node.network_timeout
-        )
-    except ExportError as exc:
+        if getattr(target, "type", "dimse") == "dicomweb":
+            from dicom_node.work.dicomweb import stow_objects
+
+            report = stow_objects(target, objects)
+        else:
+            report = send_objects(
+                cfg.node.ae_title,
+                target,
+                objects,
+                max_pdu=cfg.node.max_pdu,
+                timeout=cfg.node.network_timeout,
+                tls=cfg.tls,
+            )
+    except (ExportError, ExportRefused) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from exc
     for obj in objects:
@@ -307,9 +327,50 @@ def dead_letters_command(
         typer.echo(f"job {d['id']:>5}  {d['kind']:<12} after {d['attempts']} attempts: {d['last_error']}")
 
 
+def reload(
+    config: Path = ConfigOption,
+    timeout: float = typer.Option(60.0, "--timeout", help="seconds to wait for every process to apply it"),
+) -> None:
+    """Check the configuration file, then make the running `laurel serve` apply it without a restart."""
+    import getpass
+
+    from dicom_node.core.config_changes import ConfigChangeError, load_config_file
+    from dicom_node.process.reload import request_reload
+
+    try:
+        cfg = load_config_file(config)
+    except ConfigChangeError as exc:
+        _print_refusal(exc.as_dict())
+        raise typer.Exit(code=2) from exc
+    result = request_reload(cfg.node.storage_dir, f"laurel reload ({getpass.getuser()})", timeout=timeout)
+    outcome = result.get("outcome")
+    if outcome == "refused":
+        _print_refusal(result)
+        raise typer.Exit(code=2)
+    if outcome == "unchanged":
+        typer.echo("nothing to apply: the configuration in force is the file's")
+    else:
+        changed = [*result.get("sections", {}), *result.get("listener", {})]
+        typer.echo(f"applied: {', '.join(changed)} (by {', '.join(result.get('applied_by', [])) or 'nobody'})")
+        if "node.ae_title" in changed or "node.port" in changed or "node.host" in changed:
+            typer.echo("the intake process was restarted for the new listener")
+    for field in result.get("needs_restart", []):
+        typer.secho(f"not applied until laurel serve restarts: {field}", fg=typer.colors.YELLOW, err=True)
+    if result.get("not_confirmed"):
+        typer.secho(f"not confirmed by: {', '.join(result['not_confirmed'])}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
+
+
+def _print_refusal(result: dict[str, Any]) -> None:
+    for problem in result.get("problems", []):
+        typer.secho(f"error: {problem['field']}: {problem['reason']}", fg=typer.colors.RED, err=True)
+    typer.secho("refused: the configuration in force stays", err=True)
+
+
 def register(app: typer.Typer) -> None:
     """Attach the node's commands to the root ``laurel`` app."""
     app.command("serve", help="run the node: intake (SCP), API and worker processes")(serve)
+    app.command("reload", help="apply the configuration file to the running node (no restart)")(reload)
     app.command("worker", help="run worker processes alone (another host, shared PostgreSQL index)")(worker)
     app.command("status", help="studies, jobs, dead letters, unrouted series")(status)
     app.command("echo", help="C-ECHO a configured peer")(echo)

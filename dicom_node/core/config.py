@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicom_node.core.errors import ConfigError
@@ -98,11 +108,101 @@ class Peer(_Strict):
     port: int = Field(ge=1, le=65535)
     send_to_us: bool = True
     receive_results: bool = False
+    type: Literal["dimse"] = "dimse"
+    tls: bool = Field(False, description="write-back over DICOM TLS (the `tls` section's certificate and CAs)")
+    tls_server_name: str | None = Field(None, description="the name the peer's certificate must carry (default: host)")
 
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
         return validate_ae_title(v)
+
+
+class DicomwebPeer(_Strict):
+    """A DICOMweb server that receives our results with STOW-RS (``type: dicomweb``); it never sends to us.
+
+    Credentials come from the environment (``token_env``, ``password_env``) or the file (``token``,
+    ``password``); they are never logged or shown.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    type: Literal["dicomweb"]
+    url: str = Field(description="the DICOMweb base URL, e.g. https://pacs.example.org/dicom-web")
+    receive_results: bool = True
+    auth: Literal["none", "bearer", "basic"] = "none"
+    token: SecretStr | None = None
+    token_env: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    password_env: str | None = None
+    ca_certificates: Path | None = Field(None, description="CAs for an https URL (default: the system's)")
+    timeout_seconds: float = Field(30.0, gt=0, le=3600)
+
+    @property
+    def send_to_us(self) -> bool:
+        """A DICOMweb peer never opens associations to the node."""
+        return False
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an http(s) URL; write e.g. https://pacs.example.org/dicom-web")
+        if parts.username or parts.password:
+            raise ValueError("put credentials in auth/token_env/password_env, not in the URL")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> DicomwebPeer:
+        if self.auth == "bearer" and not (self.token or self.token_env):
+            raise ValueError(f"peer {self.name}: auth bearer needs token_env (or token)")
+        if self.auth == "basic" and not (self.username and (self.password or self.password_env)):
+            raise ValueError(f"peer {self.name}: auth basic needs username and password_env (or password)")
+        return self
+
+
+def _peer_type(value: Any) -> str:
+    found = value.get("type", "dimse") if isinstance(value, dict) else getattr(value, "type", "dimse")
+    return str(found)
+
+
+#: A configured peer: DIMSE (``type: dimse``, the default) or DICOMweb (``type: dicomweb``).
+AnyPeer = Annotated[Annotated[Peer, Tag("dimse")] | Annotated[DicomwebPeer, Tag("dicomweb")], Discriminator(_peer_type)]
+
+
+class TlsSection(_Strict):
+    """DICOM TLS (PS3.15 Annex B secure transport): the node's certificate, the CAs it trusts, a TLS port.
+
+    The certificate and key serve the TLS listener and are presented to TLS peers at write-back; a peer's
+    certificate must be signed by one of ``ca_certificates``.
+    """
+
+    certificate: Path = Field(description="the node's certificate (PEM; may hold the chain)")
+    private_key: Path = Field(description="its private key (PEM, unencrypted; readable by the node only)")
+    ca_certificates: Path = Field(description="CAs (PEM) that sign the certificates of trusted peers")
+    port: int | None = Field(
+        2762, ge=1, le=65535, description="TLS listener (2762: the DICOM TLS port); null: TLS write-back only"
+    )
+    require_client_certificate: bool = Field(
+        True, description="a sender must present a certificate signed by ca_certificates"
+    )
+    plain_port: bool = Field(True, description="also listen on node.port without TLS; false: the TLS port only")
+
+    @field_validator("certificate", "private_key", "ca_certificates")
+    @classmethod
+    def _exists(cls, v: Path) -> Path:
+        if not v.is_file():
+            raise ValueError(f"{v} is not a readable file")
+        return v
+
+    @model_validator(mode="after")
+    def _some_listener(self) -> TlsSection:
+        if self.port is None and not self.plain_port:
+            raise ValueError("with plain_port false, set tls.port: the node would not listen at all")
+        return self
 
 
 class RoutingRule(_Strict):
@@ -182,6 +282,17 @@ class JobsSection(_Strict):
     stop_grace_seconds: float = Field(
         10.0, gt=0, le=600, description="at SIGTERM, how long a running job may finish before its worker is killed"
     )
+    warm_delay_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=600,
+        description="after a start, how long workers wait before importing TensorFlow and warming the models "
+        "(the first seconds belong to the intake: a PACS sends its backlog as soon as the node answers); a "
+        "model job that is due imports at once",
+    )
+    warm_quiet_seconds: float = Field(
+        3.0, ge=0, le=600, description="after the delay, warm up only once no image arrived for this long"
+    )
     max_attempts: int = Field(8, ge=1, le=100)
     backoff_base_seconds: float = Field(2.0, gt=0)
     backoff_max_seconds: float = Field(600.0, gt=0)
@@ -226,6 +337,11 @@ class LearningSection(_Strict):
     case_slices: int = Field(6, ge=1, le=64, description="labelled slices kept per series")
     replay_slices: int = Field(10, ge=0, le=200, description="replayed slices mixed into one learning step")
     holdout_every: int = Field(4, ge=2, le=20, description="fallback: every n-th labelled slice is held out")
+    soften: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
+        [0.5, 0.25],
+        max_length=4,
+        description="a rejected candidate is retried at these fractions of its step from the active revision",
+    )
 
     @model_validator(mode="after")
     def _reference_holds_minimum(self) -> LearningSection:
@@ -257,7 +373,7 @@ class NodeConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LAUREL_", env_nested_delimiter="__", extra="forbid")
 
     node: NodeSection = NodeSection()
-    peers: list[Peer] = Field(default_factory=list)
+    peers: list[AnyPeer] = Field(default_factory=list)
     routing: list[RoutingRule] = Field(default_factory=list)
     api: ApiSection = ApiSection()
     federation: FederationSection | None = None
@@ -265,6 +381,7 @@ class NodeConfig(BaseSettings):
     jobs: JobsSection = JobsSection()
     segmentation: SegmentationSection = SegmentationSection()
     learning: LearningSection = LearningSection()
+    tls: TlsSection | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -282,17 +399,34 @@ class NodeConfig(BaseSettings):
     def _peers_unique(self) -> NodeConfig:
         for attr in ("name", "ae_title"):
             seen: set[str] = set()
-            for peer in self.peers:
+            for peer in self.peers if attr == "name" else self.dimse_peers:
                 value = getattr(peer, attr)
                 if value in seen:
                     raise ValueError(f"two peers share the {attr} {value!r}; each peer needs its own")
                 seen.add(value)
-        endpoints = [(p.host, p.port) for p in self.peers if p.receive_results]
+        endpoints = [(p.host, p.port) for p in self.dimse_peers if p.receive_results]
         if len(endpoints) != len(set(endpoints)):
             raise ValueError("two result-receiving peers share host and port")
         if self.api.enabled and self.api.port == self.node.port and self.api.host == self.node.host:
             raise ValueError("api.port and node.port must differ")
         return self
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> NodeConfig:
+        tls_peers = [p.name for p in self.dimse_peers if p.tls]
+        if tls_peers and self.tls is None:
+            raise ValueError(f"peers {', '.join(tls_peers)} use TLS: configure the tls section (certificate, CAs)")
+        if self.tls is not None and self.tls.port is not None:
+            if self.tls.plain_port and self.tls.port == self.node.port:
+                raise ValueError("tls.port and node.port must differ (or set tls.plain_port: false)")
+            if self.api.enabled and self.api.port == self.tls.port:
+                raise ValueError("api.port and tls.port must differ")
+        return self
+
+    @property
+    def dimse_peers(self) -> list[Peer]:
+        """The DIMSE peers (AE title, host, port): those that may send to us, and C-STORE destinations."""
+        return [p for p in self.peers if isinstance(p, Peer)]
 
     @classmethod
     def load(cls, path: Path | str | None = None, **overrides: Any) -> NodeConfig:
@@ -316,10 +450,10 @@ class NodeConfig(BaseSettings):
         """The local model registry folder."""
         return self.segmentation.models_dir or self.node.storage_dir / "models"
 
-    def peer(self, name_or_ae: str) -> Peer:
+    def peer(self, name_or_ae: str) -> Peer | DicomwebPeer:
         """The configured peer with this name (or AE title); ``KeyError`` saying which exist otherwise."""
         for p in self.peers:
-            if name_or_ae in (p.name, p.ae_title):
+            if name_or_ae in (p.name, getattr(p, "ae_title", None)):
                 return p
         known = ", ".join(p.name for p in self.peers) or "none"
         raise KeyError(f"no peer named {name_or_ae!r} is configured (configured: {known})")

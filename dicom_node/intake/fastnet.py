@@ -37,6 +37,7 @@ import math
 import queue
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -124,6 +125,7 @@ class EventDrivenDUL(DULServiceProvider):
         self._wake_w.setblocking(False)
         self.to_provider_queue = _WakingQueue(self.poke)
         self.event_queue = _WakingQueue(self.poke)
+        #: Serialises sends (from the DUL and the association threads) and, on TLS, every use of OpenSSL.
         self._send_lock = threading.RLock()
         #: The C-STORE fast path (:mod:`dicom_node.intake.faststore`), set by the request handler; ``None``: off.
         self.fast_path: FastStorePath | None = None
@@ -274,15 +276,15 @@ class EventDrivenDUL(DULServiceProvider):
         buf = bytearray(min(nbytes, first))
         read = 0
         last_progress = time.monotonic()
+        tls = isinstance(sock, ssl.SSLSocket)
         while read < nbytes:
             if read == len(buf):
                 buf.extend(bytes(min(nbytes - read, len(buf))))  # double, never past the announced length
-            if not _DONTWAIT:
+            if not _DONTWAIT and not tls:
                 self._await_readable(sock, last_progress, accepted)
-            try:
-                with memoryview(buf) as view, view[read:] as target:
-                    got = sock.recv_into(target, 0, _DONTWAIT)
-            except BlockingIOError:
+            with memoryview(buf) as view, view[read:] as target:
+                got = self._recv_tls_now(cast(ssl.SSLSocket, sock), target) if tls else self._recv_now(sock, target)
+            if got is None:
                 self._await_readable(sock, last_progress, accepted)
                 continue
             if not got:
@@ -291,6 +293,32 @@ class EventDrivenDUL(DULServiceProvider):
             read += got
             last_progress = time.monotonic()  # progress: the network timeout counts from the last byte
         return buf
+
+    @staticmethod
+    def _recv_now(sock: socket.socket, target: memoryview) -> int | None:
+        """Read what has arrived into ``target``; ``None``: nothing yet (0: the peer closed)."""
+        try:
+            return sock.recv_into(target, 0, _DONTWAIT)
+        except BlockingIOError:
+            return None
+
+    def _recv_tls_now(self, sock: ssl.SSLSocket, target: memoryview) -> int | None:
+        """Decrypt what has arrived into ``target`` without waiting; ``None``: no whole TLS record yet.
+
+        OpenSSL must not be used by two threads at once, so reads take the lock that sends hold; the
+        socket is non-blocking only inside it (sends, under the same lock, always find it blocking).
+        """
+        with self._send_lock:
+            sock.setblocking(False)
+            try:
+                return sock.recv_into(target)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return None
+            except ssl.SSLZeroReturnError:
+                return 0  # close_notify: the peer closed the TLS connection
+            finally:
+                with contextlib.suppress(OSError):
+                    sock.setblocking(True)
 
     def _await_readable(self, sock: socket.socket, last_progress: float, accepted: bool) -> None:
         """Wait until ``sock`` has data; :class:`_Stalled` when the time is up, :class:`_Interrupted` on abort."""
@@ -339,6 +367,8 @@ class EventDrivenDUL(DULServiceProvider):
         try:
             if sock is None or sock.fileno() < 0:
                 raise ValueError("no socket")
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return  # decrypted bytes already wait in OpenSSL's buffer, which select cannot see
             readable, _, _ = select.select([sock, self._wake_r], [], [], _MAX_WAIT)
         except (OSError, ValueError):
             time.sleep(0.001)
@@ -388,7 +418,8 @@ class EventDrivenDUL(DULServiceProvider):
                     abort_pdu.source = 0x02
                     abort_pdu.reason_diagnostic = 0x00
                     try:
-                        sock.send(abort_pdu.encode())
+                        with self._send_lock:
+                            sock.send(abort_pdu.encode())
                     except Exception as send_exc:  # the peer may be gone already
                         logger.debug("A-ABORT not sent: %s", send_exc)
                     self.assoc.is_aborted = True
@@ -525,11 +556,35 @@ class EventDrivenAssociation(Association):
 
 
 class FastRequestHandler(RequestHandler):
-    """Creates :class:`EventDrivenAssociation` acceptors on sockets set up by :func:`configure_socket`."""
+    """Creates :class:`EventDrivenAssociation` acceptors on sockets set up by :func:`configure_socket`.
+
+    On a server with a ``tls_context`` the TLS handshake runs here, on the connection's own thread and
+    within ``network_timeout`` (:func:`dicom_node.core.tls.server_handshake`), before any PDU is read: a
+    peer that is not TLS, has no trusted certificate or stalls is logged and disconnected.
+    """
+
+    def handle(self) -> None:
+        """Set up the socket (TCP options, then TLS when the server has a context) and serve the association."""
+        request = cast(socket.socket, self.request)
+        configure_socket(request, self.ae.network_timeout)
+        context = getattr(self.server, "tls_context", None)
+        if context is not None:
+            from dicom_node.core.tls import HandshakeFailed, peer_subject, server_handshake
+
+            try:
+                self.request = server_handshake(context, request, self.ae.network_timeout)
+            except HandshakeFailed as exc:
+                where = f"{self.client_address[0]}:{self.client_address[1]}"
+                logger.warning("TLS connection from %s refused: %s", where, exc)
+                on_refused = getattr(self.server, "on_tls_refused", None)
+                if on_refused is not None:
+                    on_refused()
+                return
+            logger.debug("TLS connection from %s, certificate %r", self.client_address[0], peer_subject(self.request))
+        super().handle()
 
     def _create_association(self) -> Association:
         request = cast(socket.socket, self.request)
-        configure_socket(request, self.ae.network_timeout)
         assoc = EventDrivenAssociation(self.ae, MODE_ACCEPTOR)
         assoc._server = self.server
         # pynetdicom counts acceptors by this thread name prefix (maximum_associations).

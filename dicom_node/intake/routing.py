@@ -68,6 +68,11 @@ class Router:
         #: AE titles that select a model; the SCP answers to these as well as to its own title.
         self.called_ae_titles: frozenset[str] = frozenset(r.called_ae for r in self._rules if r.called_ae)
 
+    @property
+    def rule_count(self) -> int:
+        """How many rules there are."""
+        return len(self._rules)
+
     def route(self, called_ae: str | None, attributes: Mapping[str, str | None]) -> str | None:
         """The model for a series, or ``None`` when no rule matches.
 

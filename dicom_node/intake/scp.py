@@ -28,6 +28,7 @@ import ipaddress
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from io import BytesIO
@@ -52,6 +53,7 @@ from pydicom.uid import (
 
 from dicom_node.core.config import NodeConfig, Peer
 from dicom_node.intake.received import StoreStatus
+from dicom_node.intake.routing import Router
 from dicom_node.intake.store import Incoming, Store
 
 if TYPE_CHECKING:
@@ -166,6 +168,22 @@ class AssociationPolicy:
         )
 
 
+@dataclass(frozen=True)
+class IntakePolicy:
+    """Who may send and where their series go: taken once per association when it is accepted, so an open
+    association finishes under the policy it started with while new ones get the one a reload put in force."""
+
+    association: AssociationPolicy
+    router: Router
+
+    @classmethod
+    def build(cls, ae_title: str, peers: Iterable[Peer], router: Router) -> IntakePolicy:
+        """The policy of a node answering to ``ae_title`` and the router's called AE titles (DIMSE peers only:
+        a DICOMweb peer never opens an association)."""
+        dimse = [p for p in peers if isinstance(p, Peer)]
+        return cls(AssociationPolicy([ae_title, *router.called_ae_titles], dimse), router)
+
+
 def storage_contexts() -> list[PresentationContext]:
     """Verification plus every storage SOP class pynetdicom knows, each with :data:`TRANSFER_SYNTAXES`."""
     from pynetdicom.presentation import AllStoragePresentationContexts, build_context
@@ -209,10 +227,12 @@ class StoreSCP:
         self.config = config
         self.store = store
         self.metrics = metrics
-        self.policy = AssociationPolicy([config.node.ae_title, *store.router.called_ae_titles], config.peers)
+        #: The policy in force (replaced whole by :meth:`apply_policy`; each association keeps the one it got).
+        self.intake_policy = IntakePolicy.build(config.node.ae_title, config.dimse_peers, store.router)
         self._ae: AE | None = None
         self._server: ThreadedAssociationServer | None = None
-        self._thread: threading.Thread | None = None
+        self._tls_server: ThreadedAssociationServer | None = None
+        self._threads: list[threading.Thread] = []
         self._established: set[int] = set()
         #: abstract syntax -> the transfer syntaxes we accept for it (set in :meth:`start`).
         self._supported: dict[str, tuple[str, ...]] = {}
@@ -221,24 +241,40 @@ class StoreSCP:
         self._lock = threading.Lock()
 
     @property
+    def policy(self) -> AssociationPolicy:
+        """Who may open an association now."""
+        return self.intake_policy.association
+
+    def apply_policy(self, peers: Iterable[Any], router: Router) -> None:
+        """Put new peers and routing rules in force for associations accepted from now on (a reload)."""
+        policy = IntakePolicy.build(self.config.node.ae_title, peers, router)  # resolves hosts: before the swap
+        self.store.use_router(router)
+        self.intake_policy = policy
+        logger.info("association policy reloaded: answers to %s", ", ".join(sorted(policy.association.own_ae_titles)))
+
+    @property
     def port(self) -> int:
-        """The TCP port the SCP listens on (the configured one, or the one the OS chose for port 0)."""
+        """The plain TCP port the SCP listens on (the configured one, or the one the OS chose for port 0)."""
         if self._server is None:
             return self.config.node.port
         return int(self._server.server_address[1])
 
     @property
+    def tls_port(self) -> int | None:
+        """The DICOM TLS port (``None`` without a TLS listener)."""
+        if self._tls_server is not None:
+            return int(self._tls_server.server_address[1])
+        tls = self.config.tls
+        return None if tls is None else tls.port
+
+    @property
     def server(self) -> ThreadedAssociationServer | None:
         """The running pynetdicom server (tests inspect its associations' sockets)."""
-        return self._server
+        return self._server or self._tls_server
 
-    def start(self, port: int | None = None) -> None:
-        """Bind and serve in a background thread."""
+    def start(self, port: int | None = None, tls_port: int | None = None) -> None:
+        """Bind and serve in background threads: the plain port and/or the TLS port (``tls`` section)."""
         from pynetdicom import AE, evt
-        from pynetdicom import _handlers as standard_handlers
-        from pynetdicom.transport import ThreadedAssociationServer
-
-        from dicom_node.intake.fastnet import FastRequestHandler
 
         node = self.config.node
         ae = AE(ae_title=node.ae_title)
@@ -259,13 +295,47 @@ class StoreSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_CONN_CLOSE, self._on_close),
         ]
-        address = (node.host, node.port if port is None else port)
+        self._ae = ae
+        tls = self.config.tls
+        if tls is not None and tls.port is not None:
+            from dicom_node.core.tls import server_context
+
+            context = server_context(tls)  # a bad certificate or key stops the start here, naming the file
+            self._tls_server = self._serve(ae, tls_port if tls_port is not None else tls.port, contexts, handlers)
+            self._tls_server.tls_context = context  # type: ignore[attr-defined]
+            self._tls_server.on_tls_refused = self._on_tls_refused  # type: ignore[attr-defined]
+            logger.info(
+                "SCP %s listening with DICOM TLS on %s:%d (client certificates %s)",
+                node.ae_title,
+                node.host,
+                self.tls_port,
+                "required" if tls.require_client_certificate else "optional",
+            )
+        if tls is None or tls.plain_port:
+            self._server = self._serve(ae, node.port if port is None else port, contexts, handlers)
+            logger.info(
+                "SCP %s listening on %s:%d (answers to %s)",
+                node.ae_title,
+                node.host,
+                self.port,
+                ", ".join(sorted(self.policy.own_ae_titles)),
+            )
+
+    def _serve(self, ae: AE, port: int, contexts: list[Any], handlers: list[Any]) -> ThreadedAssociationServer:
+        """A pynetdicom server on ``port`` with the event-driven acceptor, served by its own thread."""
+        from pynetdicom import _handlers as standard_handlers
+        from pynetdicom import evt
+        from pynetdicom.transport import ThreadedAssociationServer
+
+        from dicom_node.intake.fastnet import FastRequestHandler
+
+        node = self.config.node
         server = ThreadedAssociationServer(
             ae,
-            address,
+            (node.host, port),
             node.ae_title,
             contexts,
-            None,
+            None,  # TLS, when on, is negotiated by FastRequestHandler on the connection's own thread
             cast(Any, handlers),
             request_handler=FastRequestHandler,
         )
@@ -280,32 +350,42 @@ class StoreSCP:
         server.daemon_threads = True
         if self.fast_path:
             server.fast_store = self._receive  # type: ignore[attr-defined]
-        self._ae = ae
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="laurel-scp", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=server.serve_forever, name=f"laurel-scp-{port}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
         ae._servers.append(server)
-        logger.info(
-            "SCP %s listening on %s:%d (answers to %s)",
-            node.ae_title,
-            node.host,
-            self.port,
-            ", ".join(sorted(self.policy.own_ae_titles)),
-        )
+        return server
 
-    def stop(self) -> None:
-        """Stop accepting, abort running associations and close the socket."""
-        server, self._server = self._server, None
-        if server is None:
+    def _on_tls_refused(self) -> None:
+        if self.metrics is not None:
+            self.metrics.associations.labels(outcome="rejected_tls").inc()
+
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop accepting (close the listening sockets), let open associations finish for up to ``grace``
+        seconds (a restart for a new listener), then abort what is still open."""
+        servers = [srv for srv in (self._server, self._tls_server) if srv is not None]
+        self._server = self._tls_server = None
+        if not servers:
             return
-        for assoc in list(server.active_associations):
-            try:
-                assoc.abort()
-            except Exception as exc:  # already gone
-                logger.debug("abort at stop: %s", exc)
-        server.shutdown()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if grace > 0:
+            for server in servers:
+                server.shutdown()
+            deadline = time.monotonic() + grace
+            while self._established and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self._established:
+                logger.warning("%d associations still open after %.0f s; aborted", len(self._established), grace)
+        for server in servers:
+            for assoc in list(server.active_associations):
+                try:
+                    assoc.abort()
+                except Exception as exc:  # already gone
+                    logger.debug("abort at stop: %s", exc)
+            if grace <= 0:
+                server.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
         logger.info("SCP stopped")
 
     # ------------------------------------------------------------------ handlers
@@ -323,7 +403,8 @@ class StoreSCP:
         called = str(getattr(rq, "called_ae_title", "") or "")
         calling = str(getattr(rq, "calling_ae_title", "") or "")
         address = str(assoc.requestor.address)
-        decision = self.policy.decide(called, calling, address)
+        snapshot = self.intake_policy  # one read: this association's policy, whatever a reload does later
+        decision = snapshot.association.decide(called, calling, address)
         if decision.rejection is None:
             with self._lock:
                 if len(self._established) >= self.config.node.max_associations:
@@ -347,7 +428,9 @@ class StoreSCP:
             return
         context = getattr(assoc, "context", None)
         if isinstance(context, dict):
-            context.update(called_ae=called.strip(), calling_ae=calling.strip(), peer=decision.peer)
+            context.update(
+                called_ae=called.strip(), calling_ae=calling.strip(), peer=decision.peer, router=snapshot.router
+            )
         proposed = getattr(rq, "presentation_context_definition_list", None) or []
         assoc.acceptor.supported_contexts = contexts_in_requestor_order(proposed, self._supported)
         if self.metrics is not None:
@@ -388,7 +471,7 @@ class StoreSCP:
             association_id=id(assoc),
             max_inflated_size=self.config.node.max_inflated_size,
         )
-        result = self.store.receive(item)
+        result = self.store.receive(item, context.get("router"))
         return int(result.status), result.comment
 
     def _on_store(self, event: Event) -> int | Dataset:

@@ -75,15 +75,38 @@ class IntakeService:
         scheduler.start()
         self.scp.start()
 
-    def stop(self) -> None:
-        """Stop serving, finish the scheduler, close the index and record a clean stop."""
-        self.scp.stop()
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop serving (open associations may finish for ``grace`` seconds), finish the scheduler, close the
+        index and record a clean stop."""
+        self.scp.stop(grace)
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
         self.store.close()
         self.engine.dispose()
         self.store.mark_clean_shutdown()
+
+    def reload(self, config: NodeConfig) -> None:
+        """Apply reloaded peers, routing and retention: associations accepted from now on get them, open ones
+        finish under theirs; the retention scan keeps its new interval. The listener (AE title, port) stays:
+        a change of it is applied by a new intake process."""
+        router = Router(config.routing)
+        self.scp.apply_policy(config.peers, router)
+        old_interval = self.config.retention.scan_interval_seconds
+        self.config = config
+        self.scp.config = config
+        self.router = router
+        if self._scheduler is not None and config.retention.scan_interval_seconds != old_interval:
+            self._schedule("retention", self.queue_retention, config.retention.scan_interval_seconds)
+        logger.info("intake: configuration reloaded (%d peers, %d routing rules)", len(config.peers), router.rule_count)
+
+    def restart_listener(self, config: NodeConfig, grace: float) -> None:
+        """A new AE title, host or port in one process: stop listening, let open associations finish (up to
+        ``grace`` s), then listen as ``config`` says, with its peers and routing."""
+        self.scp.stop(grace)
+        self.scp.config = config
+        self.reload(config)
+        self.scp.start()
 
     def _schedule(self, name: str, fn: Callable[[], None], seconds: float) -> None:
         def run() -> None:

@@ -96,6 +96,8 @@ class _Pending:
     duplicate: bool = False
     conflict: str | None = None
     error: BaseException | None = None
+    #: The routing rules in force when the instance's association was accepted (``None``: the store's own).
+    router: Router | None = None
 
 
 class Store:
@@ -113,8 +115,7 @@ class Store:
         self.instances_dir = self.storage_dir / INSTANCES_DIR
         self.engine = engine
         self.router = router
-        #: What the index needs beyond the routing keywords: whether a SEG is one of this node's own results.
-        self._keywords = tuple(sorted({*router.keywords, "Manufacturer", "ManufacturerModelName"}))
+        self._keywords = self._keywords_for(router)
         self.metrics = metrics
         self._queue: list[_Pending] = []
         self._queue_lock = threading.Lock()
@@ -126,6 +127,14 @@ class Store:
         self._paramstyle = engine.dialect.paramstyle
         to_db = DateTime().bind_processor(engine.dialect)
         self._stamp: Any = to_db if to_db is not None else (lambda value: value)
+
+    @staticmethod
+    def _keywords_for(router: Router) -> tuple[str, ...]:  # routing keywords, and whether a SEG is ours
+        return tuple(sorted({*router.keywords, "Manufacturer", "ManufacturerModelName"}))
+
+    def use_router(self, router: Router) -> None:
+        """Route with ``router`` from now on (a reload; associations accepted before pass theirs to receive)."""
+        self._keywords, self.router = self._keywords_for(router), router
 
     def open(self) -> None:
         """Prepare the folders, drop temporary files left by a crash, close associations a crash left open."""
@@ -194,11 +203,15 @@ class Store:
         return path.relative_to(self.storage_dir).as_posix()
 
     # ------------------------------------------------------------------ receive
-    def receive(self, item: Incoming) -> StoreResult:
-        """Check, write, fsync, rename and index one instance; the status says what to answer."""
+    def receive(self, item: Incoming, router: Router | None = None) -> StoreResult:
+        """Check, write, fsync, rename and index one instance; the status says what to answer.
+
+        ``router``: the routing rules its association was accepted under (default: those in force now).
+        """
         started = time.perf_counter()
+        keywords = self._keywords if router is None or router is self.router else self._keywords_for(router)
         try:
-            header = inspect_dataset(item.data, item.transfer_syntax, self._keywords, item.max_inflated_size)
+            header = inspect_dataset(item.data, item.transfer_syntax, keywords, item.max_inflated_size)
             check_instance(header, item.sop_class_uid, item.sop_instance_uid, item.context_uid)
         except DatasetRefused as exc:
             logger.warning("refused SOP instance %s: %s", item.sop_instance_uid, exc)
@@ -211,7 +224,7 @@ class Store:
             tmp, fd, size = self._write_temp(item)
         except OSError as exc:
             return self._os_failure(item, exc)
-        pending = _Pending(item, header, tmp, final, size, fd)
+        pending = _Pending(item, header, tmp, final, size, fd, router=router)
         try:
             self._commit(pending)
         except OSError as exc:
@@ -524,7 +537,7 @@ class Store:
                 continue
             attributes = {k: None if v is None else str(v) for k, v in h.attributes.items()}
             own = is_own_result(p.item.sop_class_uid, attributes)
-            model = None if own else self.router.route(p.item.called_ae, attributes)
+            model = None if own else (self.router if p.router is None else p.router).route(p.item.called_ae, attributes)
             state = SeriesState.OWN_RESULT if own else SeriesState.ROUTED if model else SeriesState.UNROUTED
             study_id = study_ids[h.text("StudyInstanceUID") or ""]
             cur.execute(

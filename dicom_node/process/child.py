@@ -5,6 +5,10 @@ Roles: ``intake`` (SCP, store, completion scheduler; never imports TensorFlow), 
 ``worker`` (job handlers, models). A child dies with its supervisor (``PR_SET_PDEATHSIG``), so a SIGKILL of
 ``laurel serve`` leaves no orphan holding the DICOM port or a job; state is rebuilt from the index by the
 next start.
+
+SIGHUP (from the supervisor) makes a child re-read the configuration file and apply its reloadable sections
+(:func:`apply_reload`); SIGUSR1 makes the intake stop listening and exit once its open associations have
+finished (up to ``jobs.stop_grace_seconds``), so that a new intake can listen as newly configured.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dicom_node.core.config import NodeConfig
@@ -71,32 +76,75 @@ def load_config_or_exit(path: Path) -> NodeConfig:
         raise SystemExit(2) from exc
 
 
-def _stop_event() -> threading.Event:
-    stop = threading.Event()
+class _Signals:
+    """What the supervisor asks of a child: stop (SIGTERM, SIGINT), reload (SIGHUP), drain (SIGUSR1)."""
 
-    def request_stop(_signum: int, _frame: object) -> None:
-        stop.set()
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self.stop = False
+        self.reload = False
+        self.drain = False
+        for signum, flag in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"), (signal.SIGHUP, "reload")):
+            signal.signal(signum, self._setter(flag))
+        signal.signal(signal.SIGUSR1, self._setter("drain", "stop"))
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    return stop
+    def _setter(self, *flags: str) -> Any:
+        def handler(_signum: int, _frame: object) -> None:
+            for flag in flags:
+                setattr(self, flag, True)
+            self.wake.set()
+
+        return handler
+
+    def serve(self, apply: Callable[[], None]) -> None:
+        """Until asked to stop, call ``apply`` at each reload."""
+        while not self.stop:
+            self.wake.wait(1.0)
+            self.wake.clear()
+            if self.reload and not self.stop:
+                self.reload = False
+                apply()
+
+
+def apply_reload(config_path: Path, child: str, current: NodeConfig, apply: Callable[[NodeConfig], None]) -> None:
+    """Re-read the file and ``apply`` the current configuration with its reloadable sections, then acknowledge
+    to the supervisor; a file that no longer validates (edited again meanwhile) is logged and left alone."""
+    from dicom_node.core.config_changes import ConfigChangeError, load_config_file, merge_reloadable
+    from dicom_node.process.reload import acknowledge, current_generation
+
+    storage = current.node.storage_dir
+    generation = current_generation(storage)
+    try:
+        # The API and the workers take a new AE title too (write-backs call with it); the intake gets a new
+        # process for a new listener instead (SIGUSR1).
+        apply(merge_reloadable(current, load_config_file(config_path), listener=child != "intake"))
+    except ConfigChangeError as exc:
+        logger.error("%s: the configuration file no longer validates, nothing reloaded: %s", child, exc)
+    except Exception:
+        logger.exception("%s: the reload failed; the configuration in force stays", child)
+    acknowledge(storage, child, generation)
 
 
 def run_intake(config_path: Path) -> None:
-    """Serve DICOM until SIGTERM."""
+    """Serve DICOM until SIGTERM (or SIGUSR1: a new listener is needed; open associations finish first)."""
     from dicom_node.core.metrics import NodeMetrics
     from dicom_node.intake.service import IntakeService
+    from dicom_node.process.reload import acknowledge, current_generation
 
-    stop = _stop_event()
+    signals = _Signals()
+    # The generation is read before the file this intake runs with: what it acknowledges, it has applied.
+    generation = current_generation(load_config_or_exit(config_path).node.storage_dir)
     cfg = load_config_or_exit(config_path)
     intake = IntakeService(cfg, NodeMetrics())
     intake.start()
+    acknowledge(cfg.node.storage_dir, "intake", generation)
     logger.info("intake: %s on port %d", cfg.node.ae_title, intake.port)
     try:
-        while not stop.wait(1.0):
-            pass
+        signals.serve(lambda: apply_reload(config_path, "intake", intake.config, intake.reload))
     finally:
-        intake.stop()
+        if signals.drain:
+            logger.info("intake: stops listening for a new listener; open associations may finish")
+        intake.stop(cfg.jobs.stop_grace_seconds if signals.drain else 0.0)
 
 
 def run_api(config_path: Path) -> None:
@@ -105,12 +153,24 @@ def run_api(config_path: Path) -> None:
 
     from dicom_node.api.app import create_app
     from dicom_node.core.metrics import NodeMetrics
+    from dicom_node.process.reload import request_reload
     from dicom_node.work.workflow import build_services, federation_client
 
     cfg = load_config_or_exit(config_path)
     metrics = NodeMetrics()
     engine = cfg.node.engine()
     services = build_services(cfg, engine, metrics, federation_client(cfg))
+    services.config_path = config_path
+    services.request_reload = lambda actor: request_reload(cfg.node.storage_dir, actor, audited=True)
+
+    def reload_api(_signum: int, _frame: object) -> None:
+        def apply(new: NodeConfig) -> None:
+            services.config = new
+            logger.info("api: configuration reloaded")
+
+        apply_reload(config_path, "api", services.config, apply)
+
+    signal.signal(signal.SIGHUP, reload_api)  # uvicorn handles SIGTERM and SIGINT only
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(services),
@@ -131,7 +191,7 @@ def run_worker(config_path: Path, index: int) -> None:
     from dicom_node.core.metrics import NodeMetrics
     from dicom_node.work.worker import WorkerService
 
-    stop = _stop_event()
+    signals = _Signals()
     cfg = load_config_or_exit(config_path)
     if cfg.jobs.worker_nice:
         os.nice(cfg.jobs.worker_nice)
@@ -140,8 +200,7 @@ def run_worker(config_path: Path, index: int) -> None:
     worker.start()
     logger.info("worker %d: claiming jobs (nice %d)", index, cfg.jobs.worker_nice)
     try:
-        while not stop.wait(1.0):
-            pass
+        signals.serve(lambda: apply_reload(config_path, f"worker{index}", worker.config, worker.reload))
     finally:
         worker.stop(timeout=cfg.jobs.stop_grace_seconds)
 
@@ -155,6 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     die_with_parent()
+    from dicom_node.process.reload import unblock_sighup
+
+    unblock_sighup()  # the supervisor blocks it to read its sender; a child takes it by handler
     from dicom_node.core.logs import configure_logging
 
     configure_logging(args.verbose, process=f"{args.role}{args.index if args.role == 'worker' else ''}")

@@ -6,6 +6,12 @@ and shares one interpreter. It is the same code: :class:`~dicom_node.intake.serv
 SCP, store and scheduler, a :class:`~dicom_node.core.jobs.JobRunner` with the workflow's handlers
 (:func:`dicom_node.work.workflow.attach`) for the jobs (``jobs.workers`` threads), and the API app.
 
+Reload in place: :meth:`Node.reload` applies a new configuration's reloadable sections (peers, routing,
+retention, …) to the running parts (associations open at that moment finish under their policy) and, for a
+new AE title, host or port, restarts the listener only (open associations finish first, up to
+``jobs.stop_grace_seconds``); :meth:`Node.reload_file` does it from the configuration file and answers
+``laurel reload`` (:mod:`dicom_node.process.reload`).
+
 Extension points: :meth:`Node.add_job_handler` (a handler of a job kind), :meth:`Node.add_on_start` (run once
 in a background thread after start, e.g. warming the models), ``Node(config, api_app_factory=f)`` (``f(node)``
 returns the ASGI app served by uvicorn on ``api.host:api.port`` when ``api.enabled``).
@@ -18,7 +24,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -30,6 +37,9 @@ from dicom_node.core.startup import StorageLock
 from dicom_node.intake.service import IntakeService
 from dicom_node.work.export import EXPORT_JOB, export_handler
 from dicom_node.work.retention import RETENTION_JOB, retention_handler
+
+if TYPE_CHECKING:
+    from dicom_node.core.config_changes import ConfigDiff
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +73,12 @@ class Node:
         self.router = self.intake.router
         self.store = self.intake.store
         self.scp = self.intake.scp
-        self.jobs.add_handler(EXPORT_JOB, export_handler(config, self.metrics))
-        self.jobs.add_handler(RETENTION_JOB, retention_handler(config, self.metrics))
+        # The configuration is read at each job: a reload applies to the jobs already queued.
+        self.jobs.add_handler(EXPORT_JOB, lambda ctx, p: export_handler(self.config, self.metrics)(ctx, p))
+        self.jobs.add_handler(RETENTION_JOB, lambda ctx, p: retention_handler(self.config, self.metrics)(ctx, p))
+        #: The YAML file the node was started from, when there is one (:meth:`reload_file`).
+        self.config_path: Path | None = None
+        self._reload_lock = threading.Lock()
         self.api_app_factory = api_app_factory
         self.api_app: Any = None
         self._api_server: Any = None
@@ -152,6 +166,53 @@ class Node:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # ------------------------------------------------------------------ reload
+    def reload(self, new: NodeConfig) -> ConfigDiff:
+        """Apply ``new``'s reloadable sections, and its listener (AE title, host, port) with a new listener."""
+        from dicom_node.core.config_changes import diff_configs, merge_reloadable
+
+        with self._reload_lock:
+            diff = diff_configs(self.config, new)
+            if not diff.changed:
+                return diff
+            merged = merge_reloadable(self.config, new, listener=bool(diff.listener))
+            self.config = merged
+            services = getattr(self, "services", None)
+            if services is not None:
+                services.config = merged
+            if diff.listener and self._started:
+                self.intake.restart_listener(merged, grace=merged.jobs.stop_grace_seconds)
+            else:
+                self.intake.reload(merged)
+            logger.info("configuration reloaded: %s", ", ".join([*diff.sections, *diff.listener]))
+            return diff
+
+    def reload_file(self, actor: str, *, audited: bool = False) -> dict[str, Any]:
+        """Reload from :attr:`config_path` on behalf of ``actor`` (audited unless ``audited``): the outcome as
+        ``laurel reload`` prints it; a file that does not validate is refused and changes nothing."""
+        from dicom_node.core.config_changes import (
+            CHANGE_ACTION,
+            REFUSED_ACTION,
+            ConfigChangeError,
+            audit_config_event,
+            load_config_file,
+        )
+
+        if self.config_path is None:
+            return {"outcome": "refused", "field": "(file)", "reason": "the node was started without a file"}
+        try:
+            new = load_config_file(self.config_path)
+        except ConfigChangeError as exc:
+            logger.error("configuration reload asked by %s refused, the configuration in force stays: %s", actor, exc)
+            audit_config_event(self.engine, actor, REFUSED_ACTION, {"source": "reload", **exc.as_dict()})
+            return {"outcome": "refused", **exc.as_dict()}
+        diff = self.reload(new)
+        if not diff.changed:
+            return {"outcome": "unchanged", **diff.as_dict()}
+        if not audited:
+            audit_config_event(self.engine, actor, CHANGE_ACTION, {"source": "reload", **diff.as_dict()})
+        return {"outcome": "applied", "applied_by": ["node"], **diff.as_dict()}
+
     # ------------------------------------------------------------------ API
     def _start_api(self) -> None:
         factory = self.api_app_factory
@@ -180,8 +241,11 @@ class Node:
         logger.info("API on http://%s:%d", self.config.api.host, self.config.api.port)
 
 
-def build_node(cfg: NodeConfig) -> Node:
-    """The whole node in one process: intake + workflow jobs + API (what the demo and the tests start)."""
+def build_node(cfg: NodeConfig, config_path: Path | None = None) -> Node:
+    """The whole node in one process: intake + workflow jobs + API (what the demo and the tests start).
+
+    With ``config_path`` (the file ``cfg`` was read from) the API can save the configuration and reload it.
+    """
     from dicom_node.api.app import create_app
     from dicom_node.work.workflow import attach, build_services, federation_client, warm_models
     from models.network import preload
@@ -190,6 +254,9 @@ def build_node(cfg: NodeConfig) -> Node:
     node = Node(cfg, api_app_factory=lambda n: create_app(n.services))  # type: ignore[attr-defined]
     services = build_services(cfg, node.engine, node.metrics, federation_client(cfg))
     node.services = services  # type: ignore[attr-defined]
+    if config_path is not None:
+        node.config_path = services.config_path = Path(config_path)
+        services.request_reload = lambda actor: node.reload_file(actor, audited=True)
     attach(node.jobs, services)
     node.add_on_start("warm-models", lambda: warm_models(services))
     return node

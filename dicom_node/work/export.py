@@ -1,9 +1,11 @@
 """Write-back: the outbox of objects to send to a peer with C-STORE, and the DICOM utilities echo/send.
 
 An ``export`` job (:func:`enqueue_export`) names a configured peer with ``receive_results: true`` and the
-files to send. Its handler opens an association that proposes, for every object, exactly its SOP class
-with exactly its transfer syntax (one presentation context per distinct pair, at most 128 per
-association), sets TCP_NODELAY, sends each object and checks every response:
+files to send. A DICOMweb peer (``type: dicomweb``) gets them with STOW-RS (:mod:`dicom_node.work.dicomweb`),
+through the same checkpoints, retries and dead letters. For a DIMSE peer the handler opens an association
+(over DICOM TLS for a peer with ``tls: true``) that proposes, for every object, exactly its SOP class with
+exactly its transfer syntax (one presentation context per distinct pair, at most 128 per association), sets
+TCP_NODELAY, sends each object and checks every response:
 
 * ``0x0000`` success; ``0xB000``/``0xB006``/``0xB007`` warnings are success, logged;
 * ``0xA7xx`` (out of resources), no response, a refused or failed association: the job is retried with
@@ -24,18 +26,27 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from dicom_node.core.config import NodeConfig, Peer
+from dicom_node.core.config import DicomwebPeer, NodeConfig, Peer, TlsSection
 from dicom_node.core.db import Job, resolve_path, utcnow
 from dicom_node.core.jobs import Handler, JobContext, PermanentJobError, enqueue, fault_point
 from dicom_node.core.metrics import NodeMetrics
 from dicom_node.intake.fastnet import set_nodelay
+from dicom_node.work.sending import (  # re-exported: the CLI, the workflow and the tests import them here
+    SUCCESS,
+    WARNING_STATUSES,
+    ExportError,
+    ExportRefused,
+    ObjectToSend,
+    SendReport,
+    describe,
+)
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -44,58 +55,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EXPORT_JOB = "export"
-SUCCESS = 0x0000
-#: Warning statuses that still mean "stored" (coercion, elements discarded, dataset does not match SOP class).
-WARNING_STATUSES = frozenset({0xB000, 0xB006, 0xB007})
 _MAX_CONTEXTS = 128
-
-
-class ExportError(Exception):
-    """Sending failed in a way a later attempt may fix (peer down, busy, out of resources)."""
-
-
-@dataclass(frozen=True)
-class ObjectToSend:
-    """A DICOM file and what the peer must accept for it."""
-
-    path: Path
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax: str
-
-
-@dataclass
-class SendReport:
-    """Per-object outcome of a send: SOP Instance UID → status (``None``: not attempted)."""
-
-    statuses: dict[str, int | None] = field(default_factory=dict)
-    refused_contexts: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """Every object was stored (success or warning)."""
-        return not self.refused_contexts and all(
-            s is not None and (s == SUCCESS or s in WARNING_STATUSES) for s in self.statuses.values()
-        )
-
-
-def describe(path: Path | str) -> ObjectToSend:
-    """Read what a file is from its file meta (falls back to the dataset); raises ``ValueError``."""
-    from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
-
-    path = Path(path)
-    try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
-    except (InvalidDicomError, OSError, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable DICOM file: {exc}") from exc
-    meta = getattr(ds, "file_meta", None)
-    ts = getattr(meta, "TransferSyntaxUID", None)
-    sop_class = getattr(meta, "MediaStorageSOPClassUID", None) or ds.get("SOPClassUID")
-    sop_instance = getattr(meta, "MediaStorageSOPInstanceUID", None) or ds.get("SOPInstanceUID")
-    if not (ts and sop_class and sop_instance):
-        raise ValueError(f"{path} lacks a transfer syntax, SOP class or SOP instance UID in its file meta")
-    return ObjectToSend(path, str(sop_class), str(sop_instance), str(ts))
 
 
 def _nodelay(event: Event) -> None:
@@ -111,13 +71,17 @@ def associate(
     *,
     max_pdu: int = 262_144,
     timeout: float = 30.0,
+    tls: TlsSection | None = None,
 ) -> Association:
     """Open an association with ``peer`` proposing these (SOP class, transfer syntaxes) contexts.
 
-    TCP_NODELAY is set on the socket as soon as it connects. The association may be refused: check
-    ``is_established``.
+    TCP_NODELAY is set on the socket as soon as it connects. A peer with ``tls: true`` is reached over
+    DICOM TLS with the ``tls`` section's certificate and CAs (the handshake is bounded by ``timeout``). The
+    association may be refused: check ``is_established``.
     """
     from pynetdicom import AE, evt
+
+    from dicom_node.core.tls import client_tls_args
 
     ae = AE(ae_title=local_ae_title)
     ae.acse_timeout = timeout
@@ -132,18 +96,19 @@ def associate(
         ae_title=peer.ae_title,
         max_pdu=max_pdu,
         evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
+        tls_args=client_tls_args(tls, peer),
     )
 
 
-def echo(local_ae_title: str, peer: Peer, *, timeout: float = 30.0) -> int:
+def echo(local_ae_title: str, peer: Peer, *, timeout: float = 30.0, tls: TlsSection | None = None) -> int:
     """C-ECHO ``peer``; returns the status (raises :class:`ExportError` when no association is possible)."""
     from pydicom.uid import ImplicitVRLittleEndian
 
     from dicom_node.intake.scp import VERIFICATION
 
-    assoc = associate(local_ae_title, peer, [(VERIFICATION, [ImplicitVRLittleEndian])], timeout=timeout)
+    assoc = associate(local_ae_title, peer, [(VERIFICATION, [ImplicitVRLittleEndian])], timeout=timeout, tls=tls)
     if not assoc.is_established:
-        raise ExportError(_why_not_established(assoc, peer))
+        raise ExportError(_why_not_established(assoc, peer, tls))
     try:
         status = assoc.send_c_echo()
     finally:
@@ -162,17 +127,21 @@ class EchoOutcome:
     status: int | None = None
 
 
-def echo_outcome(local_ae_title: str, peer: Peer, *, timeout: float) -> EchoOutcome:
+def echo_outcome(
+    local_ae_title: str, peer: Peer | DicomwebPeer, *, timeout: float, tls: TlsSection | None = None
+) -> EchoOutcome:
     """C-ECHO ``peer`` within ``timeout`` seconds per step and say what happened (``laurel echo``, the console)."""
-    where = f"{peer.name} ({peer.ae_title}@{peer.host}:{peer.port})"
+    if not isinstance(peer, Peer):
+        return EchoOutcome(False, f"peer {peer.name} is a DICOMweb peer; C-ECHO is for DIMSE peers")
+    where = f"{peer.name} ({peer.ae_title}@{peer.host}:{peer.port}{', DICOM TLS' if peer.tls else ''})"
     try:
-        code = echo(local_ae_title, peer, timeout=timeout)
+        code = echo(local_ae_title, peer, timeout=timeout, tls=tls)
     except ExportError as exc:
         return EchoOutcome(False, str(exc))
     return EchoOutcome(code == SUCCESS, f"C-ECHO {where}: status 0x{code:04X}", code)
 
 
-def _why_not_established(assoc: Association, peer: Peer) -> str:
+def _why_not_established(assoc: Association, peer: Peer, tls: TlsSection | None = None) -> str:
     if assoc.is_rejected:
         rj = assoc.acceptor.primitive
         detail = ""
@@ -180,6 +149,11 @@ def _why_not_established(assoc: Association, peer: Peer) -> str:
             detail = f" (result {rj.result}, source {rj.result_source}, reason {rj.diagnostic})"
         return f"peer {peer.name} ({peer.ae_title}@{peer.host}:{peer.port}) rejected the association{detail}"
     where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    if peer.tls:
+        from dicom_node.core.tls import probe
+
+        why = probe(tls, peer, timeout=10.0) or "aborted after the TLS handshake"
+        return f"no association with peer {peer.name} ({where}, DICOM TLS): {why}"
     return f"no association with peer {peer.name} ({where}): not reachable or aborted"
 
 
@@ -216,6 +190,7 @@ def send_objects(
     on_stored: Callable[[ObjectToSend, int], None] | None = None,
     max_pdu: int = 262_144,
     timeout: float = 30.0,
+    tls: TlsSection | None = None,
 ) -> SendReport:
     """C-STORE ``objects`` to ``peer``: each in its own transfer syntax, or re-encoded losslessly into another
     uncompressed one when that is what the peer accepts (explicit → implicit VR little endian, say).
@@ -238,9 +213,9 @@ def send_objects(
         # Verification rides along: a peer that refuses every storage context still accepts the association,
         # so the refusal is known (and answered with another syntax or a dead letter), not taken for an outage.
         offered = [*chunk, (VERIFICATION, (ImplicitVRLittleEndian,))]
-        assoc = associate(local_ae_title, peer, offered, max_pdu=max_pdu, timeout=timeout)
+        assoc = associate(local_ae_title, peer, offered, max_pdu=max_pdu, timeout=timeout, tls=tls)
         if not assoc.is_established:
-            raise ExportError(_why_not_established(assoc, peer))
+            raise ExportError(_why_not_established(assoc, peer, tls))
         try:
             accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
             for key in chunk:
@@ -379,12 +354,22 @@ def export_handler(config: NodeConfig, metrics: NodeMetrics | None = None, rebui
         return {"peer": peer.name, "sent": sorted(sent), "count": len(sent)}
 
     def _send(
-        ctx: JobContext, peer: Peer, objects: list[ObjectToSend], stored: Callable[[ObjectToSend, int], None]
+        ctx: JobContext,
+        peer: Peer | DicomwebPeer,
+        objects: list[ObjectToSend],
+        stored: Callable[[ObjectToSend, int], None],
     ) -> SendReport:
         if not objects:
             return SendReport()
         started = time.perf_counter()
         try:
+            if isinstance(peer, DicomwebPeer):
+                from dicom_node.work.dicomweb import stow_objects
+
+                try:
+                    return stow_objects(peer, objects, on_stored=stored)
+                except ExportRefused as exc:
+                    raise PermanentJobError(f"{exc}; fix it, then requeue this job") from exc
             return send_objects(
                 config.node.ae_title,
                 peer,
@@ -392,6 +377,7 @@ def export_handler(config: NodeConfig, metrics: NodeMetrics | None = None, rebui
                 on_stored=stored,
                 max_pdu=config.node.max_pdu,
                 timeout=config.node.network_timeout,
+                tls=config.tls,
             )
         except ExportError as exc:
             if metrics is not None:

@@ -8,6 +8,12 @@ reference set, the next the **replay buffer**, whose slices are mixed into later
 step keeps what the model knew. The two never share a series, so a
 candidate is never judged on slices it replayed.
 
+Softened candidates: a step learned from one series often moves the weights too far toward it (on the
+reference set it is then worse than the active revision). When a candidate is rejected, the guard tries
+the weights part of the way from the active revision to the candidate, ``active + α·(candidate − active)``
+for each ``α`` of ``learning.soften`` in turn (weight interpolation, as in WiSE-FT), judged the same way
+on the same reference set; the first that is not worse becomes the candidate. Its history names the ``α``.
+
 Cautious fallback: while the reference set holds fewer than ``learning.min_reference_cases`` series, every
 ``learning.holdout_every``-th labelled slice of the approved series is held out of the step and joins the
 validation set (with the reference series there are). A candidate that cannot be validated at all (no
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,6 +54,7 @@ class GuardSettings:
     replay_slices: int = 10  # replayed slices mixed into one learning step
     holdout_every: int = 4  # fallback: every n-th labelled slice is held out of the step
     min_learning_slices: int = 5  # a step needs at least this many labelled slices
+    soften: tuple[float, ...] = (0.5, 0.25)  # a rejected candidate is retried part of the way from the active one
 
 
 @dataclass(frozen=True)
@@ -190,6 +197,22 @@ class StepResult:
     learned: list[int]
     held_out: list[int]
     replayed: int  # replayed slices mixed into the step
+    softened: float | None = None  # the α of the softened candidate that was judged last, if any
+
+
+def soften(active: ModelPackage, candidate: ModelPackage, alpha: float) -> ModelPackage:
+    """The candidate's weights moved back toward the active revision: ``active + alpha·(candidate − active)``
+    (same version, parent and history as the candidate, plus ``softened`` in its last history record)."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"a softening factor must lie strictly between 0 and 1, got {alpha}")
+    weights = [
+        (a + alpha * (c - a)).astype(c.dtype) if np.issubdtype(c.dtype, np.floating) else c
+        for a, c in zip(active.weights, candidate.weights, strict=True)
+    ]
+    history = list(candidate.metadata.get("history", []))
+    if history:
+        history[-1] = {**history[-1], "softened": alpha}
+    return candidate.with_weights(weights, metadata={**candidate.metadata, "history": history})
 
 
 def guarded_step(
@@ -225,16 +248,30 @@ def guarded_step(
         verdict = Verdict(True, "accepted unvalidated: the guard is switched off", None, None, 0, 0)
         return StepResult(candidate, verdict, learn_zs, held, sum(len(c[0]) for c in old))
     hold_case = make_case("held-out", image, labels, spacing, held) if held else None
+    replayed = sum(len(c[0]) for c in old)
     verdict = judge(
-        candidate,
-        active,
-        reference,
-        hold_case,
-        tolerance=settings.tolerance,
-        min_cases=settings.min_reference_cases,
+        candidate, active, reference, hold_case, tolerance=settings.tolerance, min_cases=settings.min_reference_cases
     )
     logger.info("learning step: %s", verdict.reason)
-    return StepResult(candidate, verdict, learn_zs, held, sum(len(c[0]) for c in old))
+    alpha: float | None = None
+    full, stepped = verdict, candidate
+    for alpha in settings.soften if full.candidate_dice is not None and not full.accepted else ():
+        softened = soften(active, stepped, alpha)
+        retry = judge(
+            softened,
+            active,
+            reference,
+            hold_case,
+            tolerance=settings.tolerance,
+            min_cases=settings.min_reference_cases,
+        )
+        note = f"softened ×{alpha:g} after the full step was {full.reason}"
+        logger.info("learning step: %s: %s", note, retry.reason)
+        verdict = replace(retry, reason=f"{retry.reason}; {note}")
+        candidate = softened
+        if verdict.accepted:
+            break
+    return StepResult(candidate, verdict, learn_zs, held, replayed, alpha)
 
 
 def admit(

@@ -166,6 +166,7 @@ def guard_settings(services: NodeServices) -> GuardSettings:
         case_slices=cfg.case_slices,
         replay_slices=cfg.replay_slices,
         holdout_every=cfg.holdout_every,
+        soften=tuple(cfg.soften),
         min_learning_slices=services.config.segmentation.min_learning_slices,
     )
 

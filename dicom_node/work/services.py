@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dicom_node.core.db import resolve_path, stored_path
 
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from dicom_node.core.config import NodeConfig
+    from dicom_node.core.config_changes import ConfigChangeResult
     from dicom_node.core.db import Series
     from dicom_node.core.metrics import NodeMetrics
     from dicom_node.work.learning import ModelRegistry
@@ -28,6 +30,23 @@ class NodeServices:
     metrics: NodeMetrics
     registry: ModelRegistry
     federation: FederationClient | None = None
+    #: The YAML file the node was started from (``None``: built in memory; the config cannot be saved).
+    config_path: Path | None = None
+    #: Makes every process of the node apply the saved file (called with the actor); returns the outcome.
+    request_reload: Callable[[str], Any] | None = None
+
+    def change_config(self, changes: Mapping[str, Any], actor: str, *, dry_run: bool = False) -> ConfigChangeResult:
+        """Validate, save, audit and reload new values of reloadable sections
+        (:func:`dicom_node.core.config_changes.apply_config_change`); ``ConfigChangeError`` when invalid."""
+        from dicom_node.core.config_changes import ConfigChangeError, Problem, apply_config_change
+
+        if self.config_path is None:
+            raise ConfigChangeError(
+                [Problem("(file)", "this node was started without a configuration file; its config cannot be saved")]
+            )
+        return apply_config_change(
+            self.config_path, changes, actor, engine=self.engine, reload=self.request_reload, dry_run=dry_run
+        )
 
     @property
     def site_cases(self) -> SiteCaseStore:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dicom_node.core.config import NodeConfig
@@ -93,20 +94,20 @@ def build_services(
 
 def attach(runner: JobRunner, services: NodeServices) -> None:
     """Register the handler of every job kind (the table in the module docstring) on ``runner``."""
-    cfg = services.config
-    base_export = export_handler(
-        cfg, services.metrics, rebuild=lambda path, seg_type: rebuild_approved_seg(services, path, seg_type)
-    )
+
+    def rebuild(path: Path, seg_type: str) -> Path:
+        return rebuild_approved_seg(services, path, seg_type)
 
     def export(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any] | None:
-        result = base_export(ctx, payload)
+        # services.config is read at each job: a reload's peers apply to jobs already queued
+        result = export_handler(services.config, services.metrics, rebuild=rebuild)(ctx, payload)
         if payload.get("study_id") is not None:
             with session_scope(services.engine) as s:
                 mark_exported_if_done(s, int(payload["study_id"]), running_job_id=ctx.job_id)
         return result
 
     runner.add_handler(EXPORT_JOB, export)
-    runner.add_handler(RETENTION_JOB, retention_handler(cfg, services.metrics))
+    runner.add_handler(RETENTION_JOB, lambda ctx, p: retention_handler(services.config, services.metrics)(ctx, p))
     runner.add_handler("segment", lambda ctx, p: segment_study(services, int(p["study_id"]), ctx))
     runner.on_dead("segment", mark_segment_dead)
     runner.add_handler(

@@ -23,6 +23,9 @@ ADMIN_ROUTES = [
     ("POST", "/api/v1/models/leg/unpin"),
     ("POST", "/api/v1/models/leg/rollback"),
     ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/config"),
+    ("PUT", "/api/v1/config"),
+    ("POST", "/api/v1/config/validate"),
 ]
 
 

@@ -42,7 +42,8 @@ def _all_children(pid: int, count: int) -> dict[str, int] | None:
 
 def _maps_tensorflow(pid: int) -> bool:
     """Whether TensorFlow's shared library is mapped into the process (it is, once a model ran)."""
-    return "tensorflow" in Path(f"/proc/{pid}/maps").read_text()
+    # the library's file name, not any path with "tensorflow" in it (pytest names tmp_path after the test)
+    return "libtensorflow" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def _jobs(engine: Any, kind: str, state: JobState) -> int:
@@ -117,3 +118,58 @@ def test_intake_answers_while_every_worker_is_busy_and_a_dead_child_comes_back(t
     finally:
         node.stop(timeout=30)
     assert node.proc is None
+
+
+def test_workers_import_models_only_once_images_stop_arriving_or_a_model_job_is_due(tmp_path: Path) -> None:
+    """Right after a start a PACS sends its backlog: the workers import TensorFlow only once the intake is quiet
+    (``jobs.warm_delay_seconds``, then ``jobs.warm_quiet_seconds`` without an image), unless a model job is due."""
+    import threading
+    import time
+
+    settings = node_settings(
+        tmp_path,
+        routing=[{"model": "leg", "match": {"SeriesDescription": "(?i)leg"}}],  # the stream below is not routed
+        jobs={"workers": 1, "poll_seconds": 0.05, "warm_delay_seconds": 6, "warm_quiet_seconds": 3},
+    )
+    node = NodeProcess(tmp_path / "run", settings).start(timeout=120)
+    try:
+        worker = wait_until(lambda: _all_children(node.pid, 2), 60, 0.2, "intake and one worker")["worker0"]
+        stop = threading.Event()
+        sent: list[int | None] = []
+
+        def stream() -> None:  # a study every ~0.3 s, for as long as the test wants
+            n = 0
+            while not stop.is_set():
+                study = write_study(tmp_path / f"backlog{n}", series=1, instances=4, rows=32, columns=32)
+                sent.extend(store_raw(node.port, study.paths))
+                n += 1
+                stop.wait(0.3)
+
+        sender = threading.Thread(target=stream, daemon=True)
+        sender.start()
+        started = time.monotonic()
+        while time.monotonic() - started < 16:  # well past the delay: the images keep the import away
+            assert not _maps_tensorflow(worker), "the worker imported TensorFlow while images were arriving"
+            stop.wait(0.5)
+        stop.set()
+        sender.join(60)
+        assert sent and set(sent) == {0}
+        wait_until(lambda: _maps_tensorflow(worker), 180, 0.5, "the import once the intake is quiet")
+    finally:
+        node.stop(timeout=30)
+
+    late = node_settings(
+        tmp_path / "late",
+        routing=[{"model": "leg", "match": {"Modality": "MR"}}],
+        jobs={"workers": 1, "poll_seconds": 0.05, "warm_delay_seconds": 600},
+    )
+    node = NodeProcess(tmp_path / "run_late", late).start(timeout=120)
+    try:
+        files, _phantom = phantom_series(tmp_path / "leg", 5, n_slices=6, matrix=128)  # SYNTHETIC leg
+        assert store_raw(node.port, files) == [0] * len(files)
+        engine = node.engine()
+        # a due segment job ends the 10-minute wait: the draft comes long before it
+        wait_until(lambda: StudyState.PENDING_REVIEW in _states(engine), 300, 0.5, "a draft")
+        engine.dispose()
+    finally:
+        node.stop(timeout=30)

@@ -24,6 +24,7 @@ from dicom_node.work.guard import (
     make_case,
     replay_cases,
     role_for,
+    soften,
     spread,
 )
 from dicom_node.work.learning import ModelRegistry
@@ -84,6 +85,9 @@ def test_a_revision_worse_on_the_reference_set_is_not_activated_and_says_why(
     assert verdict.candidate_dice is not None and verdict.active_dice is not None
     assert verdict.candidate_dice < verdict.active_dice - settings.tolerance
     assert verdict.reason.startswith("rejected:") and "worse than the active revision" in verdict.reason
+    # the softened candidates (half and a quarter of the step) were judged too, and are still worse
+    assert step.softened == 0.25 and verdict.reason.count("softened ×0.25 after the full step was rejected:") == 1
+    assert "×0.5" not in verdict.reason and step.candidate.metadata["history"][-1]["softened"] == 0.25
     assert verdict.cases == 3 and verdict.holdout_slices == 0  # judged on the reference set, not on itself
 
     kept = registry.add(
@@ -98,6 +102,23 @@ def test_a_revision_worse_on_the_reference_set_is_not_activated_and_says_why(
     # the same approval never becomes a second revision
     again = registry.add(step.candidate, source="local", parent_revision=rev.revision, source_key="approval:1.2.3.4")
     assert again.revision == kept.revision
+
+
+def test_a_softened_candidate_lies_between_the_active_weights_and_the_step(registry: ModelRegistry) -> None:
+    _rev, active = registry.active("leg")
+    rng = np.random.default_rng(7)
+    stepped = [w + rng.normal(0, 0.01, w.shape).astype(w.dtype) for w in active.weights]
+    candidate = active.derive(stepped, {"kind": "learn", "slices": 8})
+    half = soften(active, candidate, 0.5)
+    for a, c, h in zip(active.weights, candidate.weights, half.weights, strict=True):
+        np.testing.assert_allclose(h, (a + c) / 2, rtol=1e-5, atol=1e-6)
+        assert h.dtype == c.dtype
+    assert (half.version, half.parent_version) == (candidate.version, candidate.parent_version)
+    assert half.metadata["history"][-1] == {**candidate.metadata["history"][-1], "softened": 0.5}
+    assert "softened" not in candidate.metadata["history"][-1]  # the step itself is left as it was
+    for alpha in (0.0, 1.0, -0.5, 2.0):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            soften(active, candidate, alpha)
 
 
 def test_site_cases_are_bounded_rows_with_files(registry: ModelRegistry, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dicom_node.core.config import NodeConfig, Peer
+from dicom_node.core.config import DicomwebPeer, NodeConfig, Peer
 from dicom_node.core.db import Job, JobState, Series
 from dicom_node.core.review_tables import AuditEvent
 from dicom_node.work.export import EXPORT_JOB, echo_outcome
@@ -32,11 +32,16 @@ _RECENT = 1000
 class PeerStatus:
     """A configured peer and its last association in each direction, last error and last C-ECHO."""
 
-    peer: Peer
+    peer: Peer | DicomwebPeer
     last_received: datetime | None
     last_sent: datetime | None
     last_error: tuple[datetime, str] | None
     last_echo: AuditEvent | None
+
+    @property
+    def dimse(self) -> Peer | None:
+        """The peer when it speaks DIMSE (AE title, host, port; C-ECHO works), else ``None`` (DICOMweb)."""
+        return self.peer if isinstance(self.peer, Peer) else None
 
     @property
     def direction(self) -> str:
@@ -55,7 +60,7 @@ def _newest_echo_per_peer(session: Session) -> dict[str, AuditEvent]:
 
 def peer_statuses(session: Session, config: NodeConfig) -> list[PeerStatus]:
     """Every configured peer, in configuration order, with what the index knows of it."""
-    titles = [p.ae_title for p in config.peers]
+    titles = [p.ae_title for p in config.peers if isinstance(p, Peer)]
     received = dict(
         session.execute(
             select(Series.calling_ae, func.max(func.coalesce(Series.last_instance_at, Series.created_at)))
@@ -79,7 +84,8 @@ def peer_statuses(session: Session, config: NodeConfig) -> list[PeerStatus]:
         error = failed.get(peer.name)
         if echo is not None and not (echo.detail or {}).get("ok") and (error is None or echo.at > error[0]):
             error = (echo.at, f"C-ECHO: {(echo.detail or {}).get('message', '')}")
-        statuses.append(PeerStatus(peer, received.get(peer.ae_title), sent.get(peer.name), error, echo))
+        last_received = received.get(peer.ae_title) if isinstance(peer, Peer) else None
+        statuses.append(PeerStatus(peer, last_received, sent.get(peer.name), error, echo))
     return statuses
 
 
@@ -89,12 +95,10 @@ def run_echo(session: Session, config: NodeConfig, name: str, operator: str) -> 
         peer = config.peer(name)
     except KeyError as exc:
         raise NotFound(str(exc.args[0])) from exc
-    outcome = echo_outcome(config.node.ae_title, peer, timeout=min(ECHO_TIMEOUT, config.node.network_timeout))
+    timeout = min(ECHO_TIMEOUT, config.node.network_timeout)
+    outcome = echo_outcome(config.node.ae_title, peer, timeout=timeout, tls=config.tls)
     detail: dict[str, Any] = {
         "peer": peer.name,
-        "ae_title": peer.ae_title,
-        "host": peer.host,
-        "port": peer.port,
         "ok": outcome.ok,
         "status": outcome.status,
         "message": outcome.message,
