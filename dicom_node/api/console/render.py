@@ -33,6 +33,7 @@ NAV = (
     ("/console/dead-letters", "Dead letters"),
     ("/console/models", "Models"),
     ("/console/audit", "Audit log"),
+    ("/console/config", "Configuration"),
 )
 
 

@@ -12,13 +12,14 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from dicom_node.api.console import auth, charts, overview, peers, tester
+from dicom_node.api.console import auth, charts, overview, peers, settings, tester
 from dicom_node.api.console.deps import Admin, Key, same_origin
 from dicom_node.api.console.deps import Form as CheckedForm
 from dicom_node.api.console.forms import FormRefused, read_multipart
 from dicom_node.api.console.render import page
 from dicom_node.api.deps import DbSession, RowId, Services
 from dicom_node.core import jobs
+from dicom_node.core.config_changes import ConfigChangeError
 from dicom_node.core.db import session_scope
 from dicom_node.core.review_tables import AuditEvent
 from dicom_node.core.tokens import token_row
@@ -288,3 +289,90 @@ def audit_page(admin: Admin, session: DbSession, limit: int = Query(200, ge=1, l
     """Decisions and administrative acts, newest first (console acts included)."""
     events = session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)).all()
     return page("audit.html", events=events, limit=limit, **_common(admin, "/console/audit"))
+
+
+# -- configuration (applied without a restart by dicom_node.core.config_changes) ------------------------------
+
+_OUTCOMES = {
+    "applied": "saved and applied by the running node",
+    "unchanged": "saved; nothing the running node applies had changed",
+    "not_confirmed": "saved, but the node did not confirm the reload: it applies the file at its next reload",
+    "refused": "saved, but the running node refused to reload it: see the audit log",
+}
+
+
+def _config_page(admin: Admin, services: Services, status_code: int = 200, **context: Any) -> HTMLResponse:
+    context.setdefault("rows", [*settings.rule_rows(services.config), settings.RuleRow()])
+    context.setdefault("problems", [])
+    context.setdefault("added", {})
+    context.setdefault("notice", "")
+    return page(
+        "config.html",
+        status_code=status_code,
+        peers=settings.current_peers(services.config),
+        saved_to=services.config_path,
+        peer_fields=settings.PEER_FIELDS,
+        **context,
+        **_common(admin, "/console/config"),
+    )
+
+
+def _saved(section: str, result: Any) -> RedirectResponse:
+    outcome = result.reload.get("outcome", "applied") if isinstance(result.reload, dict) else "applied"
+    return _back(f"/console/config?saved={section}&outcome={outcome if outcome in _OUTCOMES else 'applied'}")
+
+
+@router.get("/config", response_class=HTMLResponse)
+def config_page(
+    admin: Admin, services: Services, saved: str = Query("", max_length=16), outcome: str = Query("", max_length=16)
+) -> HTMLResponse:
+    """The peers and routing rules in force, with forms that change them without a restart."""
+    notice = (
+        f"{saved if saved in ('peers', 'routing') else 'configuration'}: {_OUTCOMES[outcome]}"
+        if outcome in _OUTCOMES
+        else ""
+    )
+    return _config_page(admin, services, notice=notice)
+
+
+@router.post("/config/peers/add", response_class=HTMLResponse)
+def add_peer(admin: Admin, form: CheckedForm, services: Services) -> Response:
+    """Add a DIMSE peer: validated, saved, audited and applied (it may send at once)."""
+    try:
+        result = services.change_config({"peers": settings.with_peer_added(services.config, form)}, admin.identity.name)
+    except ConfigChangeError as exc:
+        added = {k: str(form.get(k, "")) for k in settings.PEER_FIELDS}
+        return _config_page(admin, services, 422, problems=exc.problems, added=added)
+    return _saved("peers", result)
+
+
+@router.post("/config/peers/{name}/remove", response_class=HTMLResponse)
+def remove_peer(name: str, admin: Admin, _form: CheckedForm, services: Services) -> Response:
+    """Remove a peer: new associations from it are refused; one already open finishes."""
+    try:
+        result = services.change_config(
+            {"peers": settings.with_peer_removed(services.config, name)}, admin.identity.name
+        )
+    except ConfigChangeError as exc:
+        return _config_page(admin, services, 422, problems=exc.problems)
+    return _saved("peers", result)
+
+
+@router.post("/config/routing", response_class=HTMLResponse)
+def save_routing(admin: Admin, form: CheckedForm, services: Services) -> Response:
+    """Check (``action=check``) or save the routing rules as typed; a refusal names the rule, field and reason."""
+    check = form.get("action") == "check"
+    rows: list[settings.RuleRow] = []
+    try:
+        rows, rules, problems = settings.routing_from_form(form)
+        if problems:
+            raise ConfigChangeError(problems)
+        result = services.change_config({"routing": rules}, admin.identity.name, dry_run=check)
+    except ConfigChangeError as exc:
+        loose = settings.attach_problems(rows, exc.problems)
+        return _config_page(admin, services, 422, rows=[*rows, settings.RuleRow()], problems=loose)
+    if check:
+        what = ", ".join(result.diff.sections) or "nothing"
+        notice = f"routing: the rules are valid (not saved); saving would change {what}"
+        return _config_page(admin, services, rows=[*rows, settings.RuleRow()], notice=notice)
+    return _saved("routing", result)
