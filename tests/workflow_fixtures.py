@@ -152,3 +152,38 @@ def node_api(workflow_node_factory: Callable[..., RunningNode], tmp_path: Path) 
         assert st["state"] == "PENDING_REVIEW", st["failure_reason"]
         running.truths[int(st["id"])] = ph.labels
     return running
+
+
+@pytest.fixture
+def filed_node_factory(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
+    """Start whole nodes from a YAML file (``node.yaml`` in ``workdir``), so the API and console can save and
+    reload it (``build_node(cfg, config_path)``); each with an admin token, stopped afterwards."""
+    import yaml
+
+    from dicom_node.core.config import NodeConfig
+    from dicom_node.core.db import session_scope
+    from dicom_node.core.tokens import create_token
+    from dicom_node.process.node import build_node
+
+    started: list[RunningNode] = []
+
+    def make(**overrides: Any) -> RunningNode:
+        workdir = tmp_path / f"filed{len(started)}"
+        api_port = free_port()
+        overrides.setdefault("routing", [{"model": "leg", "match": {"SeriesDescription": "(?i)leg"}}])
+        settings = node_settings(
+            workdir / "node", api={"enabled": True, "host": "127.0.0.1", "port": api_port}, **overrides
+        )
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / "node.yaml"
+        path.write_text(yaml.safe_dump(settings, sort_keys=False))
+        node = build_node(NodeConfig.load(path), config_path=path)
+        with session_scope(node.engine) as s:
+            token = create_token(s, OPERATOR, "admin")
+        node.start()
+        started.append(RunningNode(node=node, url=f"http://127.0.0.1:{api_port}", token=token, workdir=workdir))
+        return started[-1]
+
+    yield make
+    for running in reversed(started):
+        running.node.stop()

@@ -97,14 +97,14 @@ def palette_png(source: Path, target: Path) -> None:
 
 @pytest.fixture
 def busy_node(
-    workflow_node_factory: Callable[..., RunningNode],
+    filed_node_factory: Callable[..., RunningNode],
     storescp_factory: Callable[..., DcmtkStorescp],
     tmp_path: Path,
 ) -> Iterator[RunningNode]:
     """A node with real work to show: two phantom leg studies (one approved and exported to a DCMTK archive),
     a dead letter, a live peer and a dead one, each C-ECHOed from the console."""
     archive = storescp_factory(aet="ARCHIVE").start()
-    running = workflow_node_factory(
+    running = filed_node_factory(
         routing=ROUTING,
         peers=[
             {"name": "modality", "ae_title": "STORESCU", "host": "127.0.0.1", "port": 104},
@@ -147,6 +147,7 @@ def test_every_console_page_loads_in_chromium_without_leaving_loopback(busy_node
         "dead_letters": "/console/dead-letters",
         "models": "/console/models",
         "audit": "/console/audit",
+        "config": "/console/config",
     }
     shots: dict[str, Path] = {}
     for name, path in pages.items():

@@ -5,7 +5,7 @@ with its rule, field and reason, and the node keeps its rules and its file."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable
 from html import unescape
 from pathlib import Path
 
@@ -13,38 +13,16 @@ import pytest
 import yaml
 
 from tests.e2e.test_console import ROUTING, csrf_of, login
-from tests.peers import c_echo, free_port, node_settings, storescu, write_study
+from tests.peers import c_echo, storescu, write_study
 from tests.workflow_fixtures import OPERATOR, RunningNode
 
 MODALITY = {"name": "modality", "ae_title": "STORESCU", "host": "127.0.0.1", "port": 104}
 
 
 @pytest.fixture
-def filed_node(tmp_path: Path) -> Iterator[RunningNode]:
-    """A whole node started from a YAML file (so the console can save it), with an admin token."""
-    from dicom_node.core.config import NodeConfig
-    from dicom_node.core.db import session_scope
-    from dicom_node.core.tokens import create_token
-    from dicom_node.process.node import build_node
-
-    api_port = free_port()
-    settings = node_settings(
-        tmp_path / "node",
-        peers=[MODALITY],
-        routing=ROUTING,
-        api={"enabled": True, "host": "127.0.0.1", "port": api_port},
-        node={"settle_seconds": 3600},  # studies stay open: no model runs in these tests
-    )
-    path = tmp_path / "node.yaml"
-    path.write_text(yaml.safe_dump(settings, sort_keys=False))
-    node = build_node(NodeConfig.load(path), config_path=path)
-    with session_scope(node.engine) as s:
-        token = create_token(s, OPERATOR, "admin")
-    node.start()
-    try:
-        yield RunningNode(node=node, url=f"http://127.0.0.1:{api_port}", token=token, workdir=tmp_path)
-    finally:
-        node.stop()
+def filed_node(filed_node_factory: Callable[..., RunningNode]) -> RunningNode:
+    """A node started from a file whose studies stay open (settle_seconds 3600): no model runs here."""
+    return filed_node_factory(peers=[MODALITY], routing=ROUTING, node={"settle_seconds": 3600})
 
 
 def _instances(running: RunningNode) -> int:
@@ -68,7 +46,7 @@ def test_a_peer_added_in_the_console_sends_at_once_and_a_removed_one_is_refused(
     form = {"csrf": csrf, "name": "newcomer", "ae_title": "NEWCOMER", "host": "127.0.0.1", "port": "104"}
     r = browser.post(running.url + "/console/config/peers/add", data={**form, "send_to_us": "on"}, timeout=60)
     assert r.status_code == 200 and "peers: saved and applied by the running node" in r.text, r.text[-3000:]
-    assert "NEWCOMER" in yaml.safe_load((tmp_path / "node.yaml").read_text())["peers"][1]["ae_title"]
+    assert "NEWCOMER" in yaml.safe_load((running.workdir / "node.yaml").read_text())["peers"][1]["ae_title"]
 
     proc = storescu(port, study.paths, calling_ae="NEWCOMER")  # no restart in between
     assert proc.returncode == 0, proc.stderr
@@ -80,7 +58,7 @@ def test_a_peer_added_in_the_console_sends_at_once_and_a_removed_one_is_refused(
     assert c_echo(port, calling_ae="STORESCU").echo_status == 0  # the others still may
 
     # A bad peer is refused with the field and the reason; nothing is saved.
-    before = (tmp_path / "node.yaml").read_text()
+    before = (running.workdir / "node.yaml").read_text()
     r = browser.post(
         running.url + "/console/config/peers/add",
         data={**form, "name": "bad", "ae_title": "A" * 17, "port": "70000"},
@@ -89,7 +67,7 @@ def test_a_peer_added_in_the_console_sends_at_once_and_a_removed_one_is_refused(
     text = unescape(r.text)
     assert r.status_code == 422 and "DICOM allows at most 16" in text, text[-3000:]
     assert re.search(r"peers\.1\.(dimse\.)?ae_title", text) and re.search(r"peers\.1\.(dimse\.)?port", text)
-    assert (tmp_path / "node.yaml").read_text() == before
+    assert (running.workdir / "node.yaml").read_text() == before
 
     audit = unescape(browser.get(running.url + "/console/audit", timeout=30).text)
     assert audit.count("config_change") == 2 and OPERATOR in audit
@@ -102,7 +80,7 @@ def test_an_invalid_routing_regex_is_refused_with_its_field_and_the_old_rules_st
     browser = login(running, running.token)
     page = browser.get(running.url + "/console/config", timeout=30)
     csrf = csrf_of(page.text)
-    before = (tmp_path / "node.yaml").read_text()
+    before = (running.workdir / "node.yaml").read_text()
     rules_before = list(running.node.services.config.routing)
 
     bad = {
@@ -120,7 +98,7 @@ def test_an_invalid_routing_regex_is_refused_with_its_field_and_the_old_rules_st
     assert r.status_code == 422
     assert "routing.0.match: routing regex for SeriesDescription is invalid" in text, text[-3000:]
     assert "(?i)leg(" in text  # what was typed stays in the form
-    assert (tmp_path / "node.yaml").read_text() == before
+    assert (running.workdir / "node.yaml").read_text() == before
     assert list(running.node.services.config.routing) == rules_before
 
     # A valid edit: thigh first, a new rule last; Check says what would change, Save applies it.
@@ -135,7 +113,7 @@ def test_an_invalid_routing_regex_is_refused_with_its_field_and_the_old_rules_st
     }
     r = browser.post(running.url + "/console/config/routing", data={**good, "action": "check"}, timeout=60)
     assert r.status_code == 200 and "the rules are valid (not saved); saving would change routing" in r.text
-    assert (tmp_path / "node.yaml").read_text() == before
+    assert (running.workdir / "node.yaml").read_text() == before
     r = browser.post(running.url + "/console/config/routing", data=good, timeout=60)
     assert r.status_code == 200 and "routing: saved and applied" in r.text
     routing = running.node.services.config.routing
@@ -147,3 +125,26 @@ def test_an_invalid_routing_regex_is_refused_with_its_field_and_the_old_rules_st
     no_csrf = {k: v for k, v in bad.items() if k != "csrf"}
     r = browser.post(running.url + "/console/config/routing", data=no_csrf, timeout=30)
     assert r.status_code == 403
+
+
+def test_laurel_console_link_logs_an_admin_in_once(filed_node: RunningNode) -> None:
+    import subprocess
+    import sys
+
+    import requests
+
+    def link(*args: str) -> subprocess.CompletedProcess[str]:
+        config = str(filed_node.workdir / "node.yaml")
+        cmd = [sys.executable, "-m", "dicom_node", "console-link", *args, "--config", config]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+    nobody = link("Dr Nobody")
+    assert nobody.returncode == 2 and "has no admin token" in nobody.stderr, nobody.stderr
+    made = link(OPERATOR, "--page", "/console/models")
+    assert made.returncode == 0, made.stderr
+    url = made.stdout.strip()
+    assert url.startswith(f"{filed_node.url}/console/login/once?code=")
+    browser = requests.Session()
+    r = browser.get(url, timeout=60)
+    assert r.status_code == 200 and r.url == f"{filed_node.url}/console/models" and 'id="model-leg"' in r.text
+    assert requests.get(url, timeout=30, allow_redirects=False).status_code == 401  # once only

@@ -17,15 +17,21 @@ from dicom_node.core.review_tables import SeriesResult
 from federation.server.plots import PALETTE, Series, chart
 
 
+def _counts_range(values: list[float]) -> tuple[float, float]:
+    """A y axis for counts: from zero to a little above the largest (at least 1)."""
+    return (0.0, max(1.0, max(values, default=0.0) * 1.1))
+
+
 def intake_chart(points: list[tuple[datetime, float]]) -> Markup:
     """Instances received per minute over the window."""
     data = [] if not any(y for _, y in points) else points
+    points_of = [y for _, y in points]
     svg = chart(
         [Series("instances / min", list(data), PALETTE[0])],
         title="Intake rate",
         x_label="time (UTC)",
         y_label="instances per minute",
-        y_clamp=(0.0, float("inf")),
+        y_range=_counts_range(points_of),
         width=620,
         height=260,
     )
@@ -37,12 +43,13 @@ def queue_chart(depth: dict[str, list[tuple[datetime, float]]]) -> Markup:
     series = [
         Series(kind, list(points), PALETTE[i % len(PALETTE)]) for i, (kind, points) in enumerate(sorted(depth.items()))
     ]
+    points_of = [y for points in depth.values() for _, y in points]
     svg = chart(
         series,
         title="Queue depth",
         x_label="time (UTC)",
         y_label="jobs not finished",
-        y_clamp=(0.0, float("inf")),
+        y_range=_counts_range(points_of),
         width=620,
         height=260,
     )
