@@ -170,6 +170,16 @@ def _peer_type(value: Any) -> str:
 
 
 #: A configured peer: DIMSE (``type: dimse``, the default) or DICOMweb (``type: dicomweb``).
+PEER_TAGS = ("dimse", "dicomweb")
+
+
+def error_location(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """A validation error's location as a sysadmin writes it: ``peers.1.port`` (pydantic's union tag, as in
+    ``peers.1.dimse.port``, left out)."""
+    parts = [str(p) for i, p in enumerate(loc) if not (p in PEER_TAGS and i > 0 and isinstance(loc[i - 1], int))]
+    return ".".join(parts) or "(top level)"
+
+
 AnyPeer = Annotated[Annotated[Peer, Tag("dimse")] | Annotated[DicomwebPeer, Tag("dicomweb")], Discriminator(_peer_type)]
 
 
@@ -439,9 +449,7 @@ class NodeConfig(BaseSettings):
         try:
             return cls(**data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
-            )
+            problems = "; ".join(f"{error_location(err['loc'])}: {err['msg']}" for err in exc.errors())
             where = f" in {path}" if path is not None else ""
             raise ConfigError(f"invalid configuration{where}: {problems}") from exc
 
