@@ -156,6 +156,12 @@ class FederationSection(_Strict):
     )
     sync_interval_seconds: float = Field(3600.0, gt=0)
     timeout_seconds: float = Field(30.0, gt=0)
+    ca_file: Path | None = Field(
+        None, description="PEM bundle of the CA(s) that signed the server's certificate; default: the system's"
+    )
+    allow_insecure_http: bool = Field(
+        False, description="allow a plain http:// URL to a host other than loopback (test labs only)"
+    )
 
 
 class RetentionSection(_Strict):

@@ -65,12 +65,17 @@ def federation_client(cfg: NodeConfig) -> FederationClient | None:
             "federation.server_public_key is required: nodes load only packages signed by the server "
             "(print it with `laurel federation public-key`)"
         )
-    return FederationClient(
-        cfg.federation.url,
-        key,
-        server_public_key=cfg.federation.server_public_key,
-        timeout=cfg.federation.timeout_seconds,
-    )
+    try:
+        return FederationClient(
+            cfg.federation.url,
+            key,
+            server_public_key=cfg.federation.server_public_key,
+            timeout=cfg.federation.timeout_seconds,
+            allow_insecure_http=cfg.federation.allow_insecure_http,
+            ca_file=cfg.federation.ca_file,
+        )
+    except ValueError as exc:
+        raise WorkflowConfigError(f"federation: {exc}") from exc
 
 
 def build_services(

@@ -88,9 +88,11 @@ def new_key() -> tuple[str, str]:
 class SiteKeys:
     """Adds, revokes and authenticates sites over the registry database."""
 
-    def __init__(self, registry: Registry, *, cache_seconds: float = 300.0) -> None:
+    def __init__(self, registry: Registry, *, cache_seconds: float = 300.0, max_concurrent_hashes: int = 2) -> None:
         self.registry = registry
         self.hasher = PasswordHasher()
+        # argon2id verifies in ~0.2 s with 64 MiB (its memory_cost): a burst of requests waits its turn here
+        self._hashing = threading.BoundedSemaphore(max_concurrent_hashes)
         self.cache_seconds = cache_seconds
         self._verified: dict[bytes, tuple[int, float]] = {}  # sha256(key) -> (site id, verified at)
         self._lock = threading.Lock()
@@ -202,13 +204,16 @@ class SiteKeys:
             key_hash = row.key_hash
         if not self._cached(digest, info.id):
             if limiter is not None:
-                limiter.check(prefix, address)  # before the ~0.2 s of argon2
-            try:
-                self.hasher.verify(key_hash, key)
-            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                limiter.check(prefix, address)  # before the ~0.2 s and 64 MiB of argon2
+            with self._hashing:
                 if limiter is not None:
-                    limiter.failed(prefix, address)
-                return None
+                    limiter.check(prefix, address)  # again: failures recorded while this request waited
+                try:
+                    self.hasher.verify(key_hash, key)
+                except (VerifyMismatchError, VerificationError, InvalidHashError):
+                    if limiter is not None:
+                        limiter.failed(prefix, address)
+                    return None
             with self._lock:
                 self._verified[digest] = (info.id, time.monotonic())
         self._touch(info)

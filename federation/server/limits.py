@@ -3,7 +3,8 @@
 * :class:`BodyLimit` (ASGI middleware): a body larger than its path's limit is refused with 413 before the
   app reads it — from ``Content-Length`` when declared, else while a chunked body streams in (counted as it
   arrives, refused at the first byte over the limit). The upload route authenticates before it reads its
-  body, so an unauthenticated upload costs its headers only.
+  body, so an unauthenticated upload costs its headers only: an answer given before the body was read
+  closes the connection (``Connection: close``), so the rest of the body is never read off the socket.
 * :class:`FailureLimiter`: failed authentications are counted per key prefix and per client address in a
   sliding window; past ``max_failures`` the server answers 429 with ``Retry-After`` without running argon2,
   so a known prefix cannot make it hash without bound. A key verified recently (the cache of
@@ -58,13 +59,14 @@ class BodyLimit:
             if int(declared) > limit:
                 await _answer(send, 413, f"request body of {int(declared)} bytes exceeds {limit} bytes")
                 return
-        state = {"received": 0, "refused": False, "started": False}
+        state = {"received": 0, "refused": False, "started": False, "complete": False}
 
         async def capped_receive() -> Message:
             if state["refused"]:
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
+                state["complete"] = not message.get("more_body", False)
                 state["received"] += len(message.get("body", b""))
                 if state["received"] > limit:
                     state["refused"] = True
@@ -78,6 +80,8 @@ class BodyLimit:
                 return  # our 413 went out; the app's answer to the disconnect is dropped
             if message["type"] == "http.response.start":
                 state["started"] = True
+                if not state["complete"]:  # answered before the body was read (401, 429…): close, read no more
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         try:
