@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from dicom_node.core.config import NodeConfig
     from dicom_node.core.db import Series
     from dicom_node.core.metrics import NodeMetrics
+    from dicom_node.work.events import Events
     from dicom_node.work.learning import ModelRegistry
     from dicom_node.work.site_cases import SiteCaseStore
     from federation.client import FederationClient
@@ -28,6 +29,13 @@ class NodeServices:
     metrics: NodeMetrics
     registry: ModelRegistry
     federation: FederationClient | None = None
+
+    @property
+    def events(self) -> Events:
+        """Webhook events, queued in the transaction of their cause (:mod:`dicom_node.work.events`)."""
+        from dicom_node.work.events import Events
+
+        return Events(self.config)
 
     @property
     def site_cases(self) -> SiteCaseStore:
