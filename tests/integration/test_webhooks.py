@@ -26,6 +26,7 @@ from dicom_node.work.events import WEBHOOK_JOB, Events
 from dicom_node.work.webhooks import WebhookUnavailable, deliver, webhook_handler
 from dicom_node.work.workflow import dead_handlers
 from tests.peers import wait_until
+from tests.workflow_fixtures import RunningNode, phantom_series, send_files
 
 SECRET = "s3cret-for-tests-only"
 FAST = JobsSection(workers=1, max_attempts=3, backoff_base_seconds=0.01, backoff_max_seconds=0.05, poll_seconds=0.02)
@@ -268,3 +269,38 @@ def test_webhook_config_refuses_plain_http_to_other_hosts_and_duplicate_names(tm
     hook = {"name": "a", "url": "https://h.example.org/", "events": ["job.dead"], "secret_env": "X"}
     with pytest.raises(ConfigError, match="two webhooks share a name"):
         NodeConfig.load(None, webhooks=[hook, hook])
+
+
+def test_a_whole_node_reports_a_draft_ready_and_a_failed_study(
+    workflow_node_factory: Callable[..., RunningNode],
+    receiver: Callable[[list[int]], Receiver],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real journey: a phantom study is segmented (study.pending_review), a single slice fails (study.failed)."""
+    import pydicom
+
+    monkeypatch.setenv("LAUREL_TEST_WEBHOOK_SECRET", SECRET)
+    rec = receiver([200])
+    hook = {
+        "name": "ops",
+        "url": rec.url,
+        "events": ["study.pending_review", "study.failed"],
+        "secret_env": "LAUREL_TEST_WEBHOOK_SECRET",
+    }
+    running = workflow_node_factory(webhooks=[hook])
+    files, _ph = phantom_series(tmp_path / "phantom", seed=778)
+    send_files(running.node.port, files[:1])  # one slice: the model cannot take it
+    failed = running.wait_state(str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID), {"FAILED"})
+    other, _ph2 = phantom_series(tmp_path / "phantom2", seed=779)
+    send_files(running.node.port, other)
+    ready = running.wait_state(
+        str(pydicom.dcmread(other[0], stop_before_pixels=True).StudyInstanceUID), {"PENDING_REVIEW"}
+    )
+    wait_until(lambda: len(rec.requests) >= 2, 60, 0.05, "both webhook deliveries")
+    got = {e["event"]: e for e in (_verify(h, b) for h, b in rec.requests)}
+    assert (
+        got["study.failed"]["study"]["id"] == failed["id"] and "single slice" in got["study.failed"]["study"]["reason"]
+    )
+    assert got["study.pending_review"]["study"] == {"id": ready["id"], "state": "PENDING_REVIEW"}
+    assert len(rec.requests) == 2
