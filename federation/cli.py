@@ -152,3 +152,25 @@ def public_key(
     except FileNotFoundError as exc:
         raise _fail(str(exc)) from exc
     typer.echo(key.public_pem().rstrip() if pem else key.public_b64())
+
+
+@app.command()
+def audit(
+    config: Path = ConfigOption,
+    limit: int = typer.Option(100, "--limit", "-n", min=1, help="how many entries, newest first"),
+    action: str | None = typer.Option(None, "--action", help="only this action, e.g. site.revoke"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The audit log: sites added, re-keyed, revoked; versions published; updates rejected (newest first)."""
+    from federation.server.audit import entries
+    from federation.server.registry import Registry
+    from federation.server.tables import make_engine
+
+    cfg = _config(config)
+    rows = entries(Registry(make_engine(cfg.db_url), cfg.data_dir).sessions, limit=limit, action=action)
+    if as_json:
+        typer.echo(json.dumps([e.as_dict() for e in rows], indent=2))
+        return
+    for e in rows:
+        detail = json.dumps(e.detail, sort_keys=True) if e.detail else ""
+        typer.echo(f"{e.at:%Y-%m-%d %H:%M:%S} {e.actor:16} {e.action:16} {e.target:24} {detail}")

@@ -20,6 +20,10 @@ Durability across restarts and server downtime: :class:`UploadOutbox` keeps each
 (weights + metadata, fsync'd) until the server answered 202 (or refused it for good); each upload carries
 an ``Idempotency-Key`` so that a retry after a lost answer never queues the same update twice.
 
+Transport: the URL must be ``https://`` unless its host is a loopback address (``allow_insecure_http=True``
+is the explicit opt-out for a test lab); the server's certificate is verified against the system's CAs or
+``ca_file`` (a PEM bundle, e.g. the hospital's own CA). Redirects are not followed.
+
 Errors: :class:`FederationRefused` (4xx: the request itself is wrong or not allowed; retrying will not help,
 ``.status`` and ``.detail`` say why) and :class:`FederationUnavailable` (network errors, timeouts, 5xx after
 every retry: try again later). Both derive from :class:`FederationError`.
@@ -30,6 +34,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -41,6 +46,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import requests
@@ -91,6 +97,25 @@ def parse_public_key(value: Ed25519PublicKey | str | bytes | Path) -> Ed25519Pub
     if len(raw) != 32:
         raise ValueError(f"server_public_key decodes to {len(raw)} bytes; an Ed25519 key has 32")
     return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def check_transport(url: str, *, allow_insecure_http: bool = False) -> None:
+    """``ValueError`` unless ``url`` is HTTPS, plain HTTP to a loopback host, or plain HTTP explicitly allowed."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"the federation URL {url!r} must look like https://host[:port]")
+    if parts.scheme == "https" or allow_insecure_http:
+        return
+    host = parts.hostname
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ValueError(
+            f"the federation URL {url!r} is plain HTTP to another host: use https:// (the server serves it with "
+            "server.tls_certfile/tls_keyfile), or set federation.allow_insecure_http: true in a test lab"
+        )
 
 
 def encode_weights(weights: Sequence[np.ndarray], layer_names: Sequence[str] | None = None) -> bytes:
@@ -145,9 +170,14 @@ class FederationClient:
         client_version: str = CLIENT_VERSION,
         session: requests.Session | None = None,
         max_package_bytes: int = 512 * 2**20,
+        allow_insecure_http: bool = False,
+        ca_file: Path | str | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("an API key is required (laurel federation add-site NAME prints one)")
+        check_transport(url, allow_insecure_http=allow_insecure_http)
+        if ca_file is not None and not Path(ca_file).is_file():
+            raise ValueError(f"the federation CA file {ca_file} does not exist")
         self.url = url.rstrip("/")
         self.public_key = parse_public_key(server_public_key)
         self.timeout = timeout
@@ -157,6 +187,8 @@ class FederationClient:
         self.client_version = client_version
         self.max_package_bytes = max_package_bytes
         self.session = session or requests.Session()
+        # per request, not session.verify: requests lets REQUESTS_CA_BUNDLE override a session's CA file
+        self.verify: str | bool = str(ca_file) if ca_file is not None else True
         self._auth = {"Authorization": f"Bearer {api_key}"}
 
     def __repr__(self) -> str:  # never show the key
@@ -174,12 +206,18 @@ class FederationClient:
             delay = min(self.backoff_max, self.backoff * 2**attempt) * (0.5 + random.random() / 2)  # noqa: S311 - jitter
             try:
                 resp = self.session.request(
-                    method, f"{self.url}{path}", headers=headers, timeout=self.timeout, **kwargs
+                    method,
+                    f"{self.url}{path}",
+                    headers=headers,
+                    timeout=self.timeout,
+                    allow_redirects=False,  # a redirect could lead the key to another (or a plain-HTTP) host
+                    verify=self.verify,
+                    **kwargs,
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last = f"{type(exc).__name__}: {exc}"
             else:
-                if resp.status_code < 400:
+                if resp.status_code < 300:
                     return resp
                 if resp.status_code not in _RETRY_STATUS:
                     detail = _detail(resp)

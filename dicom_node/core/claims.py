@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 #: Called with the session, the job's payload and its last error when a job becomes a dead letter.
 DeadHandler = Callable[[Session, dict[str, Any], str], None]
 
+#: The dead handler under this key runs for a dead letter of any kind, with ``{job_id, kind, attempts, payload}``
+#: instead of the payload (e.g. the ``job.dead`` webhook event).
+ANY_KIND = "*"
+
 
 def held(claimed_by: str, claimed_at: datetime | None) -> list[ColumnElement[bool]]:
     """The conditions under which a claim still holds its job."""
@@ -28,14 +32,19 @@ def held(claimed_by: str, claimed_at: datetime | None) -> list[ColumnElement[boo
 
 def run_dead_handler(session: Session, job: Job, error: str, dead_handlers: Mapping[str, DeadHandler]) -> None:
     """What a dead letter of the job's kind means for the rest of the state, in the DEAD transaction (a failure
-    of it is logged; the job stays DEAD)."""
-    if job.kind not in dead_handlers:
-        return
-    try:
-        with session.begin_nested():
-            dead_handlers[job.kind](session, dict(job.payload or {}), error)
-    except Exception:
-        logger.exception("job %s (%s): recording what its dead letter means failed", job.id, job.kind)
+    of it is logged; the job stays DEAD). The :data:`ANY_KIND` handler runs after the kind's own."""
+    calls: list[tuple[DeadHandler, dict[str, Any]]] = []
+    if job.kind in dead_handlers:
+        calls.append((dead_handlers[job.kind], dict(job.payload or {})))
+    if ANY_KIND in dead_handlers:
+        described = {"job_id": job.id, "kind": job.kind, "attempts": job.attempts, "payload": dict(job.payload or {})}
+        calls.append((dead_handlers[ANY_KIND], described))
+    for handler, argument in calls:
+        try:
+            with session.begin_nested():
+                handler(session, argument, error)
+        except Exception:
+            logger.exception("job %s (%s): recording what its dead letter means failed", job.id, job.kind)
 
 
 def _orphaned(claimed_by: str | None, host: str) -> bool:

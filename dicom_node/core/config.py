@@ -170,6 +170,16 @@ def _peer_type(value: Any) -> str:
 
 
 #: A configured peer: DIMSE (``type: dimse``, the default) or DICOMweb (``type: dicomweb``).
+PEER_TAGS = ("dimse", "dicomweb")
+
+
+def error_location(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """A validation error's location as a sysadmin writes it: ``peers.1.port`` (pydantic's union tag, as in
+    ``peers.1.dimse.port``, left out)."""
+    parts = [str(p) for i, p in enumerate(loc) if not (p in PEER_TAGS and i > 0 and isinstance(loc[i - 1], int))]
+    return ".".join(parts) or "(top level)"
+
+
 AnyPeer = Annotated[Annotated[Peer, Tag("dimse")] | Annotated[DicomwebPeer, Tag("dicomweb")], Discriminator(_peer_type)]
 
 
@@ -256,6 +266,12 @@ class FederationSection(_Strict):
     )
     sync_interval_seconds: float = Field(3600.0, gt=0)
     timeout_seconds: float = Field(30.0, gt=0)
+    ca_file: Path | None = Field(
+        None, description="PEM bundle of the CA(s) that signed the server's certificate; default: the system's"
+    )
+    allow_insecure_http: bool = Field(
+        False, description="allow a plain http:// URL to a host other than loopback (test labs only)"
+    )
 
 
 class RetentionSection(_Strict):
@@ -353,6 +369,49 @@ class LearningSection(_Strict):
         return self
 
 
+WebhookEvent = Literal["study.pending_review", "study.failed", "study.exported", "job.dead"]
+
+
+class Webhook(_Strict):
+    """An HTTP(S) endpoint told about events (``webhook`` jobs: retried with backoff, DEAD after max_attempts).
+
+    Each delivery is a POST of JSON signed with HMAC-SHA256 (``X-Laurel-Signature: sha256=<hex>`` over
+    ``<X-Laurel-Timestamp>.<body>``) with the secret read from the environment variable ``secret_env``.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    url: str
+    events: list[WebhookEvent] = Field(min_length=1)
+    secret_env: str = Field(description="environment variable holding the HMAC secret (never in this file)")
+    connect_timeout_seconds: float = Field(5.0, gt=0, le=120)
+    read_timeout_seconds: float = Field(10.0, gt=0, le=600, description="longest wait for each read")
+    total_timeout_seconds: float = Field(30.0, gt=0, le=600, description="longest a delivery may take in all")
+    max_response_bytes: int = Field(65536, ge=0, le=2**24, description="the most of an answer that is read")
+    max_attempts: int = Field(12, ge=1, le=100)
+    ca_file: Path | None = Field(None, description="PEM CA bundle for an https:// receiver; default the system's")
+    allow_insecure_http: bool = Field(False, description="plain http:// to a host other than loopback (test labs)")
+
+    @model_validator(mode="after")
+    def _url(self) -> Webhook:
+        import ipaddress
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError(f"webhook {self.name}: url {self.url!r} must look like https://host[:port]/path")
+        if parts.scheme == "http" and not self.allow_insecure_http:
+            try:
+                loopback = ipaddress.ip_address(parts.hostname).is_loopback
+            except ValueError:
+                loopback = parts.hostname == "localhost"
+            if not loopback:
+                raise ValueError(
+                    f"webhook {self.name}: use https:// for {parts.hostname} "
+                    "(or allow_insecure_http: true in a test lab)"
+                )
+        return self
+
+
 def _yaml_source(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
@@ -382,6 +441,7 @@ class NodeConfig(BaseSettings):
     segmentation: SegmentationSection = SegmentationSection()
     learning: LearningSection = LearningSection()
     tls: TlsSection | None = None
+    webhooks: list[Webhook] = Field(default_factory=list)
 
     @classmethod
     def settings_customise_sources(
@@ -409,6 +469,8 @@ class NodeConfig(BaseSettings):
             raise ValueError("two result-receiving peers share host and port")
         if self.api.enabled and self.api.port == self.node.port and self.api.host == self.node.host:
             raise ValueError("api.port and node.port must differ")
+        if len({w.name for w in self.webhooks}) != len(self.webhooks):
+            raise ValueError("two webhooks share a name; each needs its own")
         return self
 
     @model_validator(mode="after")
@@ -439,9 +501,7 @@ class NodeConfig(BaseSettings):
         try:
             return cls(**data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
-            )
+            problems = "; ".join(f"{error_location(err['loc'])}: {err['msg']}" for err in exc.errors())
             where = f" in {path}" if path is not None else ""
             raise ConfigError(f"invalid configuration{where}: {problems}") from exc
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ValidationError
 
-from dicom_node.core.config import NodeConfig
+from dicom_node.core.config import NodeConfig, error_location
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -118,7 +118,7 @@ def read_config_data(path: Path) -> dict[str, Any]:
 def _problems(exc: ValidationError) -> list[Problem]:
     problems = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = error_location(err["loc"])
         reason = str(err["msg"])
         reason = reason.removeprefix("Value error, ").removeprefix("Assertion failed, ")
         problems.append(Problem(where, reason))

@@ -457,7 +457,7 @@ class JobRunner:
                     outcome,
                 )
                 outcome = "lease_lost"
-            elif values["state"] == JobState.DEAD and job.kind in self.dead_handlers:
+            elif values["state"] == JobState.DEAD:
                 run_dead_handler(session, job, str(values.get("last_error") or ""), self.dead_handlers)
         if self.metrics is not None:
             self.metrics.jobs_finished.labels(kind=job.kind, outcome=outcome).inc()

@@ -112,14 +112,14 @@ class Supervisor:
     def _prepare_index(self) -> None:
         from dicom_node.core.db import relativize_paths, session_scope
         from dicom_node.core.jobs import recover_interrupted
-        from dicom_node.work.workflow import DEAD_HANDLERS
+        from dicom_node.work.workflow import dead_handlers
 
         engine = self.config.node.engine()  # creates or migrates the schema once, before any child opens it
         try:
             if not self.workers_only:
                 relativize_paths(engine, self.config.node.storage_dir, self.config.models_dir)
                 with session_scope(engine) as session:
-                    recover_interrupted(session, self.config.jobs.max_attempts, DEAD_HANDLERS)
+                    recover_interrupted(session, self.config.jobs.max_attempts, dead_handlers(self.config))
         finally:
             engine.dispose()
 
@@ -287,12 +287,12 @@ class Supervisor:
         """Queue again, at once, the jobs a dead worker held (not waiting for their lease to expire)."""
         from dicom_node.core.db import session_scope
         from dicom_node.core.jobs import recover_interrupted
-        from dicom_node.work.workflow import DEAD_HANDLERS
+        from dicom_node.work.workflow import dead_handlers
 
         engine = self.config.node.engine()
         try:
             with session_scope(engine) as session:
-                recover_interrupted(session, self.config.jobs.max_attempts, DEAD_HANDLERS)
+                recover_interrupted(session, self.config.jobs.max_attempts, dead_handlers(self.config))
         except Exception:
             logger.exception("could not release the dead worker's jobs; their lease expires instead")
         finally:

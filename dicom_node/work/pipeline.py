@@ -27,6 +27,7 @@ from dicom_node.core.db import Series, SeriesState, Study, StudyState, session_s
 from dicom_node.core.jobs import JobContext, fault_point
 from dicom_node.core.review_tables import SeriesResult
 from dicom_node.intake.completion import OPEN_STATES
+from dicom_node.work.events import Events
 from dicom_node.work.learning import atomic_write
 from dicom_node.work.services import NodeServices
 
@@ -79,12 +80,14 @@ def segment_study(services: NodeServices, study_id: int, ctx: JobContext | None 
         assert study is not None
         if outcome["segmented"]:
             set_study_state(s, study, StudyState.PENDING_REVIEW)
+            services.events.study_changed(s, study)
             if completed_at is not None:
                 services.metrics.study_turnaround_seconds.observe(
                     max(0.0, (study.updated_at - completed_at).total_seconds())
                 )
         else:
             set_study_state(s, study, StudyState.FAILED, _failure_text(s, study, outcome["failed"]))
+            services.events.study_changed(s, study)
     return outcome
 
 
@@ -99,11 +102,13 @@ def _failure_text(s: Session, study: Study, failed: dict[int, str]) -> str:
     return "no series could be segmented — " + "; ".join(parts)
 
 
-def mark_segment_dead(s: Session, payload: dict[str, Any], error: str) -> None:
+def mark_segment_dead(s: Session, payload: dict[str, Any], error: str, events: Events | None = None) -> None:
     """A ``segment`` job gave up: its study is FAILED with the reason (never left SEGMENTING for ever)."""
     study = s.get(Study, int(payload.get("study_id", -1)))
     if study is not None and study.state in (StudyState.COMPLETE, StudyState.SEGMENTING):
         set_study_state(s, study, StudyState.FAILED, f"segmentation gave up: {error}")
+        if events is not None:
+            events.study_changed(s, study)
 
 
 def _segment_series(
@@ -224,6 +229,7 @@ def resegment_series(
         assert study is not None
         if reason is None and study.state == StudyState.FAILED:
             set_study_state(s, study, StudyState.PENDING_REVIEW)
+            services.events.study_changed(s, study)
         if operator is not None:
             from dicom_node.core.review_tables import AuditEvent
 

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from dicom_node.core import jobs
 from dicom_node.core.db import Series, SeriesState, Study, StudyState, session_scope, set_study_state, utcnow
 from dicom_node.core.review_tables import AuditEvent, SeriesResult
+from dicom_node.work.events import Events
 from dicom_node.work.export import EXPORT_MAX_ATTEMPTS
 from dicom_node.work.pipeline import APPROVED_SERIES_NUMBER, load_npy, npy_bytes, write_atomic
 from dicom_node.work.services import NodeServices
@@ -363,6 +364,7 @@ def amend(services: NodeServices, study_id: int, operator: str, reason: str, stu
             result.superseded_seg_path = result.approved_seg_path
             reopened.append(se.id)
         set_study_state(s, study, StudyState.PENDING_REVIEW)
+        services.events.study_changed(s, study)
         s.add(
             AuditEvent(
                 operator=operator, action="amend", study_id=study_id, detail={"reason": reason, "series": reopened}
@@ -445,8 +447,10 @@ def request_resegment(services: NodeServices, series_id: int, operator: str, ser
         return {"series_id": series_id, "job": job.id}
 
 
-def mark_exported_if_done(s: Session, study_id: int, *, running_job_id: int | None = None) -> None:
-    """After an export job: the study is EXPORTED once every export job of it is done."""
+def mark_exported_if_done(
+    s: Session, study_id: int, *, running_job_id: int | None = None, events: Events | None = None
+) -> None:
+    """After an export job: the study is EXPORTED once every export job of it is done (``study.exported``)."""
     from dicom_node.core.db import Job, JobState
 
     pending = s.scalars(select(Job).where(Job.kind == "export", Job.state != JobState.DONE)).all()
@@ -455,3 +459,5 @@ def mark_exported_if_done(s: Session, study_id: int, *, running_job_id: int | No
     study = s.get(Study, study_id)
     if study is not None and study.state == StudyState.APPROVED:
         set_study_state(s, study, StudyState.EXPORTED)
+        if events is not None:
+            events.study_changed(s, study)

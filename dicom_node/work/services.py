@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from dicom_node.core.config_changes import ConfigChangeResult
     from dicom_node.core.db import Series
     from dicom_node.core.metrics import NodeMetrics
+    from dicom_node.work.events import Events
     from dicom_node.work.learning import ModelRegistry
     from dicom_node.work.site_cases import SiteCaseStore
     from federation.client import FederationClient
@@ -47,6 +48,13 @@ class NodeServices:
         return apply_config_change(
             self.config_path, changes, actor, engine=self.engine, reload=self.request_reload, dry_run=dry_run
         )
+
+    @property
+    def events(self) -> Events:
+        """Webhook events, queued in the transaction of their cause (:mod:`dicom_node.work.events`)."""
+        from dicom_node.work.events import Events
+
+        return Events(self.config)
 
     @property
     def site_cases(self) -> SiteCaseStore:

@@ -14,6 +14,8 @@ learn     ``{series_id}``                         incremental learning → new l
 upload    ``{model, revision, n_slices, ...}``    the revision's weights to the federation
 sync      ``{}``                                  newer signed federation versions → new revisions
 retention ``{}``                                  deletes received files past the retention period
+webhook   ``{webhook, event, event_id, body}``    one signed POST of an event (:mod:`.events`,
+                                                  :mod:`.webhooks`)
 ========= ======================================= ==================================================
 """
 
@@ -25,19 +27,23 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dicom_node.core.claims import ANY_KIND, DeadHandler
 from dicom_node.core.config import NodeConfig
 from dicom_node.core.db import session_scope
 from dicom_node.core.jobs import SYNC_JOB, JobContext, JobRunner
 from dicom_node.work import learning_jobs
+from dicom_node.work.events import WEBHOOK_JOB, Events
 from dicom_node.work.export import EXPORT_JOB, export_handler
 from dicom_node.work.learning import ModelRegistry
 from dicom_node.work.pipeline import mark_segment_dead, resegment_series, segment_study
 from dicom_node.work.retention import RETENTION_JOB, retention_handler
 from dicom_node.work.review import mark_exported_if_done, rebuild_approved_seg
 from dicom_node.work.services import NodeServices
+from dicom_node.work.webhooks import secret_of, webhook_handler
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
 
     from dicom_node.core.metrics import NodeMetrics
     from federation.client import FederationClient
@@ -66,18 +72,28 @@ def federation_client(cfg: NodeConfig) -> FederationClient | None:
             "federation.server_public_key is required: nodes load only packages signed by the server "
             "(print it with `laurel federation public-key`)"
         )
-    return FederationClient(
-        cfg.federation.url,
-        key,
-        server_public_key=cfg.federation.server_public_key,
-        timeout=cfg.federation.timeout_seconds,
-    )
+    try:
+        return FederationClient(
+            cfg.federation.url,
+            key,
+            server_public_key=cfg.federation.server_public_key,
+            timeout=cfg.federation.timeout_seconds,
+            allow_insecure_http=cfg.federation.allow_insecure_http,
+            ca_file=cfg.federation.ca_file,
+        )
+    except ValueError as exc:
+        raise WorkflowConfigError(f"federation: {exc}") from exc
 
 
 def build_services(
     cfg: NodeConfig, engine: Engine, metrics: NodeMetrics, client: FederationClient | None = None
 ) -> NodeServices:
     """The workflow's services over one process's engine and metrics."""
+    for hook in cfg.webhooks:
+        try:
+            secret_of(hook)
+        except ValueError as exc:
+            raise WorkflowConfigError(str(exc)) from exc
     trusted = []
     if client is not None and cfg.federation is not None and cfg.federation.server_public_key:
         from federation.client import parse_public_key
@@ -103,13 +119,19 @@ def attach(runner: JobRunner, services: NodeServices) -> None:
         result = export_handler(services.config, services.metrics, rebuild=rebuild)(ctx, payload)
         if payload.get("study_id") is not None:
             with session_scope(services.engine) as s:
-                mark_exported_if_done(s, int(payload["study_id"]), running_job_id=ctx.job_id)
+                mark_exported_if_done(s, int(payload["study_id"]), running_job_id=ctx.job_id, events=services.events)
         return result
 
     runner.add_handler(EXPORT_JOB, export)
     runner.add_handler(RETENTION_JOB, lambda ctx, p: retention_handler(services.config, services.metrics)(ctx, p))
     runner.add_handler("segment", lambda ctx, p: segment_study(services, int(p["study_id"]), ctx))
-    runner.on_dead("segment", mark_segment_dead)
+    for kind in dead_handlers(services.config):  # each dead letter is handled under the config in force then
+
+        def dead(s: Session, payload: dict[str, Any], error: str, kind: str = kind) -> None:
+            dead_handlers(services.config)[kind](s, payload, error)
+
+        runner.on_dead(kind, dead)
+    runner.add_handler(WEBHOOK_JOB, lambda ctx, p: webhook_handler(services.config)(ctx, p))
     runner.add_handler(
         "resegment", lambda ctx, p: resegment_series(services, int(p["series_id"]), ctx, operator=p.get("operator"))
     )
@@ -118,9 +140,15 @@ def attach(runner: JobRunner, services: NodeServices) -> None:
     runner.add_handler(SYNC_JOB, lambda ctx, p: learning_jobs.sync(services, p, ctx))
 
 
-#: What a dead letter of a kind means for the rest of the state (also applied when the supervisor recovers the
-#: jobs a crash left RUNNING and one has used all its attempts).
-DEAD_HANDLERS = {"segment": mark_segment_dead}
+def dead_handlers(cfg: NodeConfig) -> dict[str, DeadHandler]:
+    """What a dead letter of a kind means for the rest of the state (also applied when the supervisor recovers the
+    jobs a crash left RUNNING and one has used all its attempts): a dead ``segment`` fails its study, and any
+    dead letter is a ``job.dead`` event."""
+    events = Events(cfg)
+    return {
+        "segment": lambda s, payload, error: mark_segment_dead(s, payload, error, events),
+        ANY_KIND: events.job_dead,
+    }
 
 
 def warm_models(services: NodeServices) -> None:

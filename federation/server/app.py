@@ -12,15 +12,17 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 
 from federation.server.auth import SiteKeys
 from federation.server.config import FederationConfig
 from federation.server.deps import ServerState
+from federation.server.limits import BodyLimit, FailureLimiter, UploadSlots
 from federation.server.metrics import FederationMetrics
 from federation.server.processing import Processor
+from federation.server.pseudonyms import SiteLabels, load_or_create_secret
 from federation.server.queue import UpdateQueue
 from federation.server.registry import Registry
 from federation.server.routers import dashboard, models, stats, updates
@@ -45,7 +47,9 @@ def build_state(config: FederationConfig) -> ServerState:
         default_matrix=v.default_matrix,
         default_contrasts=v.default_contrasts,
     )
-    processor = Processor(config, registry, server_key, validator, metrics)
+    labels = SiteLabels(load_or_create_secret(config.pseudonym_key_path), show_names=config.dashboard.show_site_names)
+    processor = Processor(config, registry, server_key, validator, metrics, labels=labels)
+    s = config.server
     return ServerState(
         config=config,
         registry=registry,
@@ -54,13 +58,16 @@ def build_state(config: FederationConfig) -> ServerState:
         processor=processor,
         queue=UpdateQueue(registry, processor, metrics),
         metrics=metrics,
+        labels=labels,
+        limiter=FailureLimiter(s.auth_max_failures, s.auth_failure_window_seconds),
+        upload_slots=UploadSlots(s.max_concurrent_uploads_per_site),
     )
 
 
 def create_app(config: FederationConfig, *, start_worker: bool = True) -> FastAPI:
     """The federation server app; ``start_worker=False`` leaves uploads queued (tests of durability)."""
     state = build_state(config)
-    body_limit = int(config.server.max_upload_mb * 2**20) + 2**20  # the weights plus the form overhead
+    upload_limit = int(config.server.max_upload_mb * 2**20) + 2**20  # the weights plus the form overhead
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,18 +101,12 @@ def create_app(config: FederationConfig, *, start_worker: bool = True) -> FastAP
         state.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
         return response
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        # Refuse oversized bodies before Starlette spools them to disk for form parsing.
-        if request.method in {"POST", "PUT", "PATCH"}:
-            length = request.headers.get("content-length")
-            if length is None or not length.isdigit():
-                return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
-            if int(length) > body_limit:
-                return JSONResponse(
-                    {"detail": f"request body of {length} bytes exceeds {body_limit} bytes"}, status_code=413
-                )
-        return await call_next(request)
+    # Oversized bodies are refused before the app reads them: Content-Length first, chunked ones as they stream.
+    app.add_middleware(
+        BodyLimit,
+        default=int(config.server.max_request_kb * 1024),
+        by_path={"/api/v1/updates": upload_limit},
+    )
 
     for router in (models.router, updates.router, stats.router, dashboard.router):
         app.include_router(router)
@@ -123,6 +124,13 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+def tls_options(config: FederationConfig) -> dict[str, Any]:
+    """uvicorn's TLS settings (HTTPS served directly) when the configuration names a certificate and key."""
+    if config.server.tls_certfile is None or config.server.tls_keyfile is None:
+        return {}
+    return {"ssl_certfile": str(config.server.tls_certfile), "ssl_keyfile": str(config.server.tls_keyfile)}
+
+
 def serve(config: FederationConfig) -> None:
     """Run the server with uvicorn until interrupted (``laurel federation serve``)."""
     import uvicorn
@@ -133,7 +141,10 @@ def serve(config: FederationConfig) -> None:
         port=config.server.port,
         log_level="info",
         timeout_graceful_shutdown=30,
+        **tls_options(config),
     )
+    if config.server.tls_certfile is None:
+        log.warning("serving plain HTTP: set server.tls_certfile and server.tls_keyfile before sites connect")
     logging.getLogger("uvicorn.access").addFilter(RedactSecrets())  # after uvicorn configured logging
     uvicorn.Server(server_config).run()
 
@@ -141,7 +152,8 @@ def serve(config: FederationConfig) -> None:
 class BackgroundServer:
     """The federation server in a background thread on a bound socket (tests, benchmarks, the demo).
 
-    ``port=0`` binds a free port; :attr:`url` says which. :meth:`start` returns once ``/health`` answers.
+    ``port=0`` binds a free port; :attr:`url` says which (``https://`` with TLS configured). :meth:`start`
+    returns once the socket serves (``/health`` over plain HTTP; a TLS handshake with TLS).
     """
 
     def __init__(
@@ -163,9 +175,12 @@ class BackgroundServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host or config.server.host, config.server.port if port is None else port))
         self.port = int(self.sock.getsockname()[1])
-        self.url = f"http://{host or config.server.host}:{self.port}"
+        scheme = "https" if config.server.tls_certfile is not None else "http"
+        self.url = f"{scheme}://{host or config.server.host}:{self.port}"
         self.server = uvicorn.Server(
-            uvicorn.Config(self.app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+            uvicorn.Config(
+                self.app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5, **tls_options(config)
+            )
         )
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, name="federation-http", daemon=True
@@ -188,9 +203,13 @@ class BackgroundServer:
             if not self.thread.is_alive():
                 raise RuntimeError("the federation server stopped during start-up (see its log)")
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:  # noqa: S310 - our URL
-                    if resp.status == 200:
+                if self.url.startswith("https://"):
+                    if self.server.started:
                         return self
+                else:
+                    with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:  # noqa: S310 - our URL
+                        if resp.status == 200:
+                            return self
             except OSError:
                 pass
             time.sleep(0.05)

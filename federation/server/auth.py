@@ -6,7 +6,11 @@ Keys are accepted only in the ``Authorization: Bearer`` header and never logged.
 
 A successful argon2 verification is remembered in memory (by the key's sha256, for ``cache_seconds``) so
 that status polls do not pay ~0.1 s of hashing each; revocation still takes effect on the next request,
-because the site row is read on every request.
+because the site row is read on every request. Failed authentications are counted per key prefix and per
+client address (:class:`federation.server.limits.FailureLimiter`); past the limit, argon2 is not run
+(:class:`federation.server.limits.TooManyRequests`), except for a key in the cache of verified keys.
+Adding, re-keying, revoking a site and changing its models are written to the audit log in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import select, update
 
+from federation.server import audit
+from federation.server.limits import FailureLimiter
 from federation.server.registry import Conflict, NotFound, Registry
 from federation.server.tables import SiteRow, session_scope, utcnow
 
@@ -82,14 +88,18 @@ def new_key() -> tuple[str, str]:
 class SiteKeys:
     """Adds, revokes and authenticates sites over the registry database."""
 
-    def __init__(self, registry: Registry, *, cache_seconds: float = 300.0) -> None:
+    def __init__(self, registry: Registry, *, cache_seconds: float = 300.0, max_concurrent_hashes: int = 2) -> None:
         self.registry = registry
         self.hasher = PasswordHasher()
+        # argon2id verifies in ~0.2 s with 64 MiB (its memory_cost): a burst of requests waits its turn here
+        self._hashing = threading.BoundedSemaphore(max_concurrent_hashes)
         self.cache_seconds = cache_seconds
         self._verified: dict[bytes, tuple[int, float]] = {}  # sha256(key) -> (site id, verified at)
         self._lock = threading.Lock()
 
-    def add_site(self, name: str, models: Sequence[str] | None = None) -> tuple[SiteInfo, str]:
+    def add_site(
+        self, name: str, models: Sequence[str] | None = None, *, actor: str | None = None
+    ) -> tuple[SiteInfo, str]:
         """Create a site and return it with its key (the only time the key exists outside the caller)."""
         if not SITE_NAME_RE.match(name):
             raise ValueError("a site name is 1-64 letters, digits, '.', '_' or '-'")
@@ -106,10 +116,17 @@ class SiteKeys:
             s.add(row)
             s.flush()
             info = _info(row)
+            audit.record(
+                s,
+                audit.SITE_ADD,
+                name,
+                actor=actor or audit.local_admin(),
+                detail={"models": info.models, "key_prefix": prefix},
+            )
         log.info("site %s added (key prefix %s)", name, prefix)
         return info, key
 
-    def rotate_key(self, name: str) -> tuple[SiteInfo, str]:
+    def rotate_key(self, name: str, *, actor: str | None = None) -> tuple[SiteInfo, str]:
         """Issue a new key to an existing site (the old key stops working); un-revokes the site."""
         prefix, key = new_key()
         with session_scope(self.registry.sessions) as s:
@@ -119,11 +136,14 @@ class SiteKeys:
             row.key_prefix, row.key_hash, row.revoked_at = prefix, self.hasher.hash(key), None
             s.flush()
             info = _info(row)
+            audit.record(
+                s, audit.SITE_ROTATE_KEY, name, actor=actor or audit.local_admin(), detail={"key_prefix": prefix}
+            )
         self._forget(info.id)
         log.info("site %s got a new key (key prefix %s)", name, prefix)
         return info, key
 
-    def revoke(self, name: str) -> SiteInfo:
+    def revoke(self, name: str, *, actor: str | None = None) -> SiteInfo:
         """Revoke a site's key; its next request gets 401."""
         with session_scope(self.registry.sessions) as s:
             row = s.scalar(select(SiteRow).where(SiteRow.name == name))
@@ -131,13 +151,14 @@ class SiteKeys:
                 raise NotFound(f"no site named {name!r}")
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
+                audit.record(s, audit.SITE_REVOKE, name, actor=actor or audit.local_admin())
             s.flush()
             info = _info(row)
         self._forget(info.id)
         log.info("site %s revoked", name)
         return info
 
-    def set_models(self, name: str, models: Sequence[str] | None) -> SiteInfo:
+    def set_models(self, name: str, models: Sequence[str] | None, *, actor: str | None = None) -> SiteInfo:
         """Change which models a site may use (None = all)."""
         with session_scope(self.registry.sessions) as s:
             row = s.scalar(select(SiteRow).where(SiteRow.name == name))
@@ -145,6 +166,7 @@ class SiteKeys:
                 raise NotFound(f"no site named {name!r}")
             row.models = None if models is None else sorted(set(models))
             s.flush()
+            audit.record(s, audit.SITE_MODELS, name, actor=actor or audit.local_admin(), detail={"models": row.models})
             return _info(row)
 
     def sites(self) -> list[SiteInfo]:
@@ -157,23 +179,41 @@ class SiteKeys:
             for k in [k for k, (sid, _) in self._verified.items() if sid == site_id]:
                 del self._verified[k]
 
-    def authenticate(self, key: str) -> SiteInfo | None:
-        """The site owning ``key``, or None for a malformed, unknown, wrong or revoked key."""
+    def authenticate(
+        self, key: str, *, limiter: FailureLimiter | None = None, address: str | None = None
+    ) -> SiteInfo | None:
+        """The site owning ``key``, or None for a malformed, unknown, wrong or revoked key.
+
+        With ``limiter``, each failure is counted for the key's prefix and ``address``, and argon2 is not
+        run while either is over its limit (``TooManyRequests``), unless the key was verified recently.
+        """
         match = KEY_RE.match(key)
         if match is None:
+            if limiter is not None:
+                limiter.failed(None, address)
             return None
+        prefix = match.group(1)
         digest = hashlib.sha256(key.encode()).digest()
         with session_scope(self.registry.sessions) as s:
-            row = s.scalar(select(SiteRow).where(SiteRow.key_prefix == match.group(1)))
+            row = s.scalar(select(SiteRow).where(SiteRow.key_prefix == prefix))
             if row is None or row.revoked_at is not None:
+                if limiter is not None:
+                    limiter.failed(prefix, address)
                 return None
             info = _info(row)
             key_hash = row.key_hash
         if not self._cached(digest, info.id):
-            try:
-                self.hasher.verify(key_hash, key)
-            except (VerifyMismatchError, VerificationError, InvalidHashError):
-                return None
+            if limiter is not None:
+                limiter.check(prefix, address)  # before the ~0.2 s and 64 MiB of argon2
+            with self._hashing:
+                if limiter is not None:
+                    limiter.check(prefix, address)  # again: failures recorded while this request waited
+                try:
+                    self.hasher.verify(key_hash, key)
+                except (VerifyMismatchError, VerificationError, InvalidHashError):
+                    if limiter is not None:
+                        limiter.failed(prefix, address)
+                    return None
             with self._lock:
                 self._verified[digest] = (info.id, time.monotonic())
         self._touch(info)

@@ -44,6 +44,34 @@ class ServerSection(_Strict):
     trust_zoo_packages: bool = Field(
         True, description="bootstrap from the shipped zoo (recognised by sha256 in models/zoo/manifest.json)"
     )
+    tls_certfile: Path | None = Field(
+        None, description="PEM certificate (chain) served over HTTPS; with tls_keyfile, the server speaks only HTTPS"
+    )
+    tls_keyfile: Path | None = Field(None, description="PEM private key of tls_certfile (unencrypted, mode 0600)")
+    max_request_kb: float = Field(
+        256.0, gt=0, description="largest body of any request other than an upload (JSON statistics)"
+    )
+    max_concurrent_uploads_per_site: int = Field(
+        2, ge=1, le=64, description="uploads of one site received at the same time; more get 429"
+    )
+    auth_max_failures: int = Field(
+        10, ge=1, description="failed authentications per key prefix, and per client address, within the window"
+    )
+    auth_failure_window_seconds: float = Field(
+        60.0, gt=0, description="the window of auth_max_failures; beyond it, argon2 is not run (429 + Retry-After)"
+    )
+    pseudonym_key: Path | None = Field(
+        None, description="secret of the sites' pseudonymous ids (HMAC key); default data_dir/site_pseudonym.key"
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSection:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("set both tls_certfile and tls_keyfile (HTTPS), or neither (plain HTTP on loopback)")
+        for path in (self.tls_certfile, self.tls_keyfile):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        return self
 
 
 class ValidationSection(_Strict):
@@ -99,7 +127,11 @@ class DashboardSection(_Strict):
     """The HTML dashboard at ``/dashboard`` (aggregate numbers only; no keys, no patient data)."""
 
     enabled: bool = True
-    show_site_names: bool = True
+    show_site_names: bool = Field(
+        False,
+        description="show site names on the dashboard, in GET /api/v1/stats and in published packages; "
+        "off: stable pseudonymous ids (site-<HMAC of the name>)",
+    )
 
 
 class FederationConfig(BaseSettings):
@@ -178,6 +210,11 @@ class FederationConfig(BaseSettings):
     def signing_key_path(self) -> Path:
         """The PEM file of the server's Ed25519 private key."""
         return self.server.signing_key or self.data_dir / "server_ed25519.pem"
+
+    @property
+    def pseudonym_key_path(self) -> Path:
+        """The file of the secret behind the sites' pseudonymous ids."""
+        return self.server.pseudonym_key or self.data_dir / "site_pseudonym.key"
 
     @property
     def validation_dir(self) -> Path:

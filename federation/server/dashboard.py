@@ -2,7 +2,7 @@
 
 Rendered on the server from ``templates/dashboard.html`` with inline SVG charts (:mod:`plots`); no script,
 no external resource, so it works offline and in a headless browser. Aggregates only: no keys, no patient
-data; site names can be hidden with ``dashboard.show_site_names: false``.
+data; sites appear as pseudonymous ids unless ``dashboard.show_site_names: true``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _when(value: dt.datetime | None) -> str:
 
 
 def _site(state: ServerState, u: UpdateInfo) -> str:
-    return u.site if state.config.dashboard.show_site_names else f"site #{u.site_id}"
+    return state.labels.label(u.site)
 
 
 def _model_section(state: ServerState, name: str) -> str:
@@ -138,7 +138,7 @@ def _usage_section(state: ServerState) -> str:
     rows = []
     per_site: dict[tuple[str, str], list[float]] = {}
     for u in usage:
-        site = u.site if state.config.dashboard.show_site_names else "(hidden)"
+        site = state.labels.label(u.site)
         per_site.setdefault((site, u.model), []).append(u.dice)
     for (site, model), values in sorted(per_site.items()):
         rows.append(

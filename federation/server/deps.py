@@ -9,8 +9,10 @@ from fastapi import Depends, HTTPException, Path, Request, status
 
 from federation.server.auth import SiteInfo, SiteKeys
 from federation.server.config import FederationConfig
+from federation.server.limits import FailureLimiter, TooManyRequests, UploadSlots, retry_after_headers
 from federation.server.metrics import FederationMetrics
 from federation.server.processing import Processor
+from federation.server.pseudonyms import SiteLabels
 from federation.server.queue import UpdateQueue
 from federation.server.registry import Registry
 from federation.server.signing import ServerKey
@@ -29,6 +31,9 @@ class ServerState:
     processor: Processor
     queue: UpdateQueue
     metrics: FederationMetrics
+    labels: SiteLabels
+    limiter: FailureLimiter
+    upload_slots: UploadSlots
 
 
 def get_state(request: Request) -> ServerState:
@@ -41,7 +46,8 @@ State = Annotated[ServerState, Depends(get_state)]
 
 
 def current_site(request: Request, state: State) -> SiteInfo:
-    """The site whose key is in ``Authorization: Bearer …``; 401 without, with a bad or a revoked key.
+    """The site whose key is in ``Authorization: Bearer …``; 401 without, with a bad or a revoked key;
+    429 (``Retry-After``) while the key's prefix or the client's address failed too often.
 
     Keys in the query string are refused (they end up in access logs and browser histories).
     """
@@ -59,7 +65,12 @@ def current_site(request: Request, state: State) -> SiteInfo:
             "missing API key: send 'Authorization: Bearer <key from laurel federation add-site>'",
             headers=_UNAUTHORIZED,
         )
-    site = state.keys.authenticate(key.strip())
+    address = request.client.host if request.client is not None else None
+    try:
+        site = state.keys.authenticate(key.strip(), limiter=state.limiter, address=address)
+    except TooManyRequests as exc:
+        state.metrics.auth_throttled.inc()
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers=retry_after_headers(exc)) from exc
     if site is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key", headers=_UNAUTHORIZED)
     return site

@@ -47,6 +47,9 @@ class FederationMetrics:
         self.model_version = Gauge("laurel_fed_model_version", "latest published version", ["model"], registry=r)
         self.model_dice = Gauge("laurel_fed_model_dice", "validation Dice of the latest version", ["model"], registry=r)
         self.usage_reports = Counter("laurel_fed_usage_reports", "usage statistics received", ["model"], registry=r)
+        self.auth_throttled = Counter(
+            "laurel_fed_auth_throttled", "requests refused (429) after too many failed authentications", registry=r
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -31,6 +31,7 @@ from typing import Any
 from federation.server import modelapi
 from federation.server.config import FederationConfig
 from federation.server.metrics import FederationMetrics
+from federation.server.pseudonyms import SiteLabels
 from federation.server.registry import ACCEPTED, REJECTED, Registry, UpdateInfo, UpdateOutcome, VersionInfo
 from federation.server.signing import ServerKey
 from federation.server.validation import ValidationResult, Validator
@@ -51,9 +52,11 @@ class Processor:
         validator: Validator,
         metrics: FederationMetrics,
         *,
+        labels: SiteLabels,
         cache_size: int = 6,
     ) -> None:
         self.config = config
+        self.labels = labels  # how published packages name the site that trained them
         self.registry = registry
         self.key = key
         self.validator = validator
@@ -179,7 +182,9 @@ class Processor:
         base_info = self.registry.version(model, update.base_version)
         try:
             weights = read_weights(
-                self.registry.upload_bytes(update), max_bytes=int(self.config.server.max_weights_mb * 2**20)
+                self.registry.upload_bytes(update),
+                max_bytes=int(self.config.server.max_weights_mb * 2**20),
+                specs=base_info.weight_specs,
             )
             check_weights(weights, base_info.weight_specs)
         except WeightsError as exc:
@@ -219,7 +224,7 @@ class Processor:
             {
                 "federation": {
                     "update": update.uid,
-                    "site": update.site,
+                    "site": self.labels.label(update.site),  # a pseudonym unless names are shown
                     "base_version": update.base_version,
                     "strategy": cfg_m.strategy,
                     "weight": cfg_m.weight,

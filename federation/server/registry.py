@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from federation.server import audit
 from federation.server.tables import (
     ModelRow,
     SiteRow,
@@ -316,6 +317,13 @@ class Registry:
                 s.add(row)
                 s.flush()
                 info = _version_info(model, row)
+                audit.record(
+                    s,
+                    audit.VERSION_PUBLISH,
+                    f"{model} v{version}",
+                    actor=audit.SERVER,
+                    detail={"sha256": digest, "dice": float(dice), "merged_updates": list(merged_updates)},
+                )
                 if accepted is not None:
                     if len(merged_updates) != 1:
                         raise ValueError("an accepted outcome names exactly one merged update")
@@ -490,6 +498,9 @@ class Registry:
                 finished_at=utcnow(),
             )
         )
+        if outcome.state in (REJECTED, FAILED):
+            action = audit.UPDATE_REJECT if outcome.state == REJECTED else audit.UPDATE_FAIL
+            audit.record(s, action, f"update {uid}", actor=audit.SERVER, detail={"reason": outcome.reason})
 
     def version_merging(self, model: str, uid: str) -> VersionInfo | None:
         """The published version that merged update ``uid``, if one did (a restart must not merge it again)."""

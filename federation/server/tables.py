@@ -1,4 +1,4 @@
-"""The federation registry's tables (SQLAlchemy 2): models, versions, sites, updates, usage statistics.
+"""The federation registry's tables (SQLAlchemy 2): models, versions, sites, updates, usage statistics, audit.
 
 SQLite (WAL, busy timeout) by default; any SQLAlchemy URL (e.g. PostgreSQL) works. The server never
 shares these tables with the node: it has its own declarative ``Base``.
@@ -119,6 +119,19 @@ class UsageRow(Base):
     n_slices: Mapped[int | None] = mapped_column(Integer, nullable=True)
     client_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditRow(Base):
+    """An administrative action on the server (site added, key rotated, site revoked, version published,
+    update rejected), written in the transaction of the action itself."""
+
+    __tablename__ = "fed_audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    target: Mapped[str] = mapped_column(String(128))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 def make_engine(url: str) -> Engine:

@@ -135,4 +135,9 @@ def test_two_sites_learn_merge_and_pull(
     assert not any(a.shape in (image_shape, image_shape[1:]) for a in arrays)
     assert phantom_a.image.tobytes()[:4096] not in parts["weights"]
     stats = site_b.stats("leg")
-    assert {s["site"] for s in stats["stats"]} == {"hospital-a", "hospital-b"}
+    # other sites appear under pseudonymous ids (dashboard.show_site_names is off), in stats and in packages
+    labels = {srv.state.labels.pseudonym(n) for n in ("hospital-a", "hospital-b")}
+    assert {s["site"] for s in stats["stats"]} == labels
+    assert pulled_a.metadata["federation"]["site"] in labels
+    published = b"".join(srv.state.registry.package_bytes("leg", v) for v in (v0 + 1, v0 + 2))
+    assert b"hospital-a" not in published and b"hospital-b" not in published

@@ -53,7 +53,7 @@ def list_stats(
     return UsageList(
         stats=[
             UsageOut(
-                site=u.site,
+                site=state.labels.label(u.site),  # a pseudonym unless dashboard.show_site_names
                 model=u.model,
                 version=u.version,
                 dice=u.dice,

@@ -3,8 +3,9 @@
 An upload is a multipart form with two parts: ``weights`` (an ``.npz`` of float arrays ``w0000``, ``w0001``,
 … in the model's weight order, read without unpickling) and ``metadata`` (JSON with exactly the keys
 ``model``, ``base_version``, ``n_slices``, ``local_dice``, ``client_version``). Everything that can be
-checked cheaply is checked before the 202: the key (401), the permission (403), the metadata (422), the
-base version (422), the arrays' count, shapes, dtypes and finiteness against the base version (422).
+checked cheaply is checked before the 202: the key (401, before a byte of the body is read; 429 after too
+many failures), the site's concurrent uploads (429), the metadata (422), the permission (403), the base
+version (422), the arrays' count, shapes and dtypes from their headers, then their finiteness (422).
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ import json
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, HTTPException, Query, UploadFile, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import ClientDisconnect
 
+from federation.server.auth import SiteInfo
 from federation.server.deps import CurrentSite, State, check_model_access
+from federation.server.limits import TooManyRequests, retry_after_headers
 from federation.server.registry import Conflict, NotFound, UpdateInfo
 from federation.server.schemas import UpdateAccepted, UpdateList, UpdateMetadata, UpdateStatus
 from federation.server.weights import WeightsError, check_weights, read_weights
@@ -77,12 +83,37 @@ def _refuse(state: State, code: int, detail: str) -> HTTPException:
     return HTTPException(code, detail)
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=UpdateAccepted)
-def upload_update(
+_UPLOAD_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["weights", "metadata"],
+                    "properties": {
+                        "weights": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".npz of float arrays w0000, w0001, … (no pickles)",
+                        },
+                        "metadata": {
+                            "type": "string",
+                            "description": "JSON: model, base_version, n_slices, local_dice, client_version",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=UpdateAccepted, openapi_extra=_UPLOAD_FORM)
+async def upload_update(
+    request: Request,
     state: State,
     site: CurrentSite,
-    weights: Annotated[UploadFile, File(description=".npz of float arrays w0000, w0001, … (no pickles)")],
-    metadata: Annotated[str, Form(description="JSON: model, base_version, n_slices, local_dice, client_version")],
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -92,7 +123,43 @@ def upload_update(
         ),
     ] = None,
 ) -> UpdateAccepted:
-    """Queue an update for validation and merging; 202 with the id to poll."""
+    """Queue an update for validation and merging; 202 with the id to poll.
+
+    The body is read only after the key was checked (the route declares no body parameters, so FastAPI
+    parses nothing before its dependencies) and while the site holds one of its upload slots (429 without).
+    """
+    try:
+        with state.upload_slots.hold(site.id, site.name):
+            form, weights, metadata = await _read_form(request, state)
+            try:
+                return await run_in_threadpool(_accept, state, site, weights, metadata, idempotency_key)
+            finally:
+                await form.close()
+    except TooManyRequests as exc:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers=retry_after_headers(exc)) from exc
+
+
+async def _read_form(request: Request, state: State) -> tuple[FormData, UploadFile, str]:
+    """The two parts of the upload form (files spool to disk past 1 MiB); 422 saying what is missing."""
+    try:
+        form = await request.form(max_files=1, max_fields=1, max_part_size=64 * 1024)
+    except ClientDisconnect as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the upload ended before its body was complete") from exc
+    weights, metadata = form.get("weights"), form.get("metadata")
+    if not isinstance(weights, UploadFile) or not isinstance(metadata, str):
+        await form.close()
+        raise _refuse(
+            state,
+            UNPROCESSABLE,
+            "send a multipart form with a file part 'weights' (the .npz) and a field 'metadata' (JSON)",
+        )
+    return form, weights, metadata
+
+
+def _accept(
+    state: State, site: SiteInfo, weights: UploadFile, metadata: str, idempotency_key: str | None
+) -> UpdateAccepted:
+    """Check and queue one received upload (blocking: runs in the thread pool)."""
     meta = parse_metadata(metadata)
     try:
         check_model_access(state, site, meta.model)
@@ -113,11 +180,13 @@ def upload_update(
     if len(data) > limit:
         raise _refuse(state, status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"weights exceed {limit} bytes")
     try:
-        arrays = read_weights(data, max_bytes=int(state.config.server.max_weights_mb * 2**20))
+        # count, shapes and dtypes from the zip directory and the .npy headers before any array data
+        arrays = read_weights(data, max_bytes=int(state.config.server.max_weights_mb * 2**20), specs=base.weight_specs)
         check_weights(arrays, base.weight_specs)
     except WeightsError as exc:
         log.info("upload from site %s refused: %s", site.name, exc)
         raise _refuse(state, UNPROCESSABLE, f"invalid weights: {exc}") from exc
+    del arrays
     try:
         update = state.registry.add_update(
             model=meta.model,
