@@ -10,8 +10,9 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import Integer, and_, case, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from dicom_node.core.db import Instance, Job, JobState, Series, Study, StudyState, utcnow
@@ -94,16 +95,26 @@ def queue(session: Session) -> list[QueueRow]:
     return [QueueRow(kind, rows.get(kind, {})) for kind in kinds]
 
 
+def _bucket_of(session: Session, column: Any, start: datetime) -> Any:
+    """SQL for the index of the bucket a timestamp falls in (0 = the first bucket after ``start``)."""
+    seconds = BUCKET.total_seconds()
+    if session.get_bind().dialect.name == "postgresql":
+        return func.floor(func.extract("epoch", column - start) / seconds)
+    return cast((func.julianday(column) - func.julianday(start)) * 86400.0 / seconds, Integer)
+
+
 def intake_rate(session: Session, now: datetime) -> list[tuple[datetime, float]]:
-    """Instances received per minute in each bucket of the window (one scan, counted in the database)."""
+    """Instances received per minute in each bucket of the window (one scan, grouped in the database)."""
     ends = _buckets(now)
-    columns = [
-        func.coalesce(func.sum(case((and_(Instance.received_at > end - BUCKET, Instance.received_at <= end), 1))), 0)
-        for end in ends
-    ]
-    row = session.execute(select(*columns).where(Instance.received_at > now - WINDOW)).one()
+    start = now - WINDOW
+    bucket = _bucket_of(session, Instance.received_at, start).label("bucket")
+    counts = [0] * len(ends)
+    query = select(bucket, func.count()).where(Instance.received_at > start).group_by(bucket)
+    for index, count in session.execute(query).all():
+        if index is not None:
+            counts[min(len(ends) - 1, max(0, int(index)))] += int(count)
     minutes = BUCKET.total_seconds() / 60
-    return [(end, int(count) / minutes) for end, count in zip(ends, row, strict=True)]
+    return [(end, n / minutes) for end, n in zip(ends, counts, strict=True)]
 
 
 def queue_depth(session: Session, now: datetime) -> dict[str, list[tuple[datetime, float]]]:
