@@ -242,6 +242,15 @@ def test_rule_tester_names_the_rule_for_leg_and_thigh_files(
     r = upload(ct)
     assert "No rule matches" in r.text and "<code>CT</code>" in r.text and "<code>^MR$</code>" in r.text
 
+    # DICOM header text is shown as text, never as markup.
+    ds.Modality = "MR"
+    ds.SeriesDescription = '<b onmouseover="x()">leg</b>'
+    marked = tmp_path / "markup.dcm"
+    ds.save_as(marked)
+    r = upload(marked)
+    assert "Rule 1 matches" in r.text and "<b onmouseover" not in r.text
+    assert "&lt;b onmouseover=&#34;x()&#34;&gt;leg&lt;/b&gt;" in r.text
+
     # Not DICOM, too large, or without the CSRF token: refused with what to do.
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not dicom" * 100)

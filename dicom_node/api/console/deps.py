@@ -58,9 +58,14 @@ Admin = Annotated[Visitor, Depends(visitor)]
 
 
 def same_origin(request: Request) -> None:
-    """Refuse a browser POST whose Origin header names another site (a second line behind the CSRF token)."""
+    """Refuse a browser POST whose Origin header names another site (a second line behind the CSRF token).
+
+    Behind a reverse proxy the public name may arrive as ``X-Forwarded-Host`` (a cross-site form cannot set
+    that header: a browser would ask the node first, and the node allows no cross-origin requests).
+    """
     origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host", ""):
+    ours = {request.headers.get("host", ""), *request.headers.get("x-forwarded-host", "").split(",")}
+    if origin and origin != "null" and urlsplit(origin).netloc not in {h.strip() for h in ours if h.strip()}:
         raise auth.CsrfRefused(f"the form was sent from another site ({origin}); use the console's own pages")
 
 

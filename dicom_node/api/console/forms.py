@@ -1,8 +1,8 @@
 """A multipart form read into memory within a bound: the rule tester's upload is never written to disk.
 
 Starlette spools uploaded files larger than 1 MiB to a temporary file; the tester must not store a file it
-was given, and must refuse a larger one before holding it. This reads the body chunk by chunk up to the
-bound (413 past it) and parses it with ``python_multipart``.
+was given, and must refuse a larger one before holding it. This feeds the body to ``python_multipart`` chunk
+by chunk as it arrives, up to the bound (413 past it), keeping only the parts.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ class MemoryForm:
 
 
 async def read_multipart(request: Request, max_file_bytes: int) -> MemoryForm:
-    """Read a ``multipart/form-data`` body of at most ``max_file_bytes`` plus its fields, in memory."""
+    """Read a ``multipart/form-data`` body of at most ``max_file_bytes`` plus its fields, in memory, parsing
+    each chunk as it arrives (only the parts are kept, never the whole body)."""
     limit = max_file_bytes + _SLACK
     too_big = FormRefused(413, f"the upload is larger than {max_file_bytes >> 20} MiB: choose one DICOM file")
     declared = request.headers.get("content-length", "")
@@ -41,16 +42,24 @@ async def read_multipart(request: Request, max_file_bytes: int) -> MemoryForm:
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise FormRefused(415, "send the form as multipart/form-data (the page's upload form does)")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_big
-    return parse_multipart(bytes(body), params[b"boundary"])
+    form, parser = _parser(params[b"boundary"])
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise too_big
+            parser.write(chunk)
+        parser.finalize()
+    except FormRefused:
+        raise
+    except Exception as exc:  # python_multipart raises its own error types
+        raise FormRefused(400, f"the form could not be read: {exc}") from exc
+    return form
 
 
-def parse_multipart(body: bytes, boundary: bytes) -> MemoryForm:
-    """Parse a whole multipart body held in memory."""
+def _parser(boundary: bytes) -> tuple[MemoryForm, MultipartParser]:
+    """A parser that fills a :class:`MemoryForm` as data is written to it."""
     form = MemoryForm()
     headers: dict[bytes, bytes] = {}
     name_value: list[bytes] = [b"", b""]
@@ -89,10 +98,4 @@ def parse_multipart(body: bytes, boundary: bytes) -> MemoryForm:
         "on_part_data": on_part_data,
         "on_part_end": on_part_end,
     }
-    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
-    try:
-        parser.write(body)
-        parser.finalize()
-    except Exception as exc:
-        raise FormRefused(400, f"the form could not be read: {exc}") from exc
-    return form
+    return form, MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
