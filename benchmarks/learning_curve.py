@@ -170,13 +170,17 @@ def run(
     quiet: bool = False,
     checkpoint: Path | None = None,
     soften: tuple[float, ...] = GUARD_SOFTEN,
+    guard_overrides: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """One run of the experiment: Dice per generation on both groups, verdicts and step timings (written
     to ``checkpoint`` after every generation, so a run cut short still shows how far it got)."""
     from dicom_node.work.guard import GuardSettings, admit, guarded_step
     from models.zoo import load_default
 
-    settings = GuardSettings(soften=soften) if replay else GuardSettings(replay_slices=0, soften=soften)
+    extra: dict[str, Any] = dict(guard_overrides or {})
+    if not replay:
+        extra["replay_slices"] = 0
+    settings = GuardSettings(soften=soften, **extra)
     eval_a = [eval_case(ph) for ph in group_a]
     eval_b = [eval_case(ph) for ph in group_b]
     pkg = load_default("leg")
@@ -297,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--soften", default="0.5,0.25", help="comma-separated softening factors of a rejected candidate ('' for none)"
     )
+    parser.add_argument("--reference-cases", type=int, default=None, help="series in the reference set")
+    parser.add_argument("--case-slices", type=int, default=None, help="labelled slices kept per series")
     parser.add_argument("--compare", action="store_true", help="compare learning step settings (short runs)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep generated phantoms here")
     parser.add_argument("--checkpoint", type=Path, default=None, help="partial results after every generation")
@@ -319,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         return compare(group_a, group_b, n_gen, args.out or results / "learning_step_compare.json")
     overrides = {k: v for k, v in (("learning_rate", args.learning_rate), ("epochs", args.epochs)) if v is not None}
     soften = tuple(float(v) for v in args.soften.split(",") if v.strip())
+    guard_overrides = {
+        k: v for k, v in (("reference_cases", args.reference_cases), ("case_slices", args.case_slices)) if v is not None
+    }
     res = run(
         group_a,
         group_b,
@@ -328,12 +337,14 @@ def main(argv: list[str] | None = None) -> int:
         overrides=overrides or None,
         checkpoint=args.checkpoint,
         soften=soften,
+        guard_overrides=guard_overrides,
     )
     learning = {
         "guard": not args.no_guard,
         "replay": not args.no_replay,
         "overrides": overrides,
         "soften": list(soften),
+        "guard_overrides": guard_overrides,
         "corrected_slices": CORRECTED_SLICES,
         "eval_slices": EVAL_SLICES,
     }
