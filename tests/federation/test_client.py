@@ -178,4 +178,4 @@ def test_public_key_forms(tmp_path: Path, server_key: Ed25519PrivateKey) -> None
         assert parse_public_key(form).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) == raw
     with pytest.raises(ValueError, match="32"):
         parse_public_key(base64.b64encode(b"short").decode())
-    assert "lfk_" not in repr(_client("http://x", server_key))
+    assert "lfk_" not in repr(_client("https://x", server_key))

@@ -69,7 +69,7 @@ def test_a_handler_exception_becomes_a_failure_status_not_a_dead_association(
     real_receive = node.store.receive
     calls = {"n": 0}
 
-    def flaky(item: Any) -> StoreResult:
+    def flaky(item: Any, *args: Any) -> StoreResult:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("simulated bug")
