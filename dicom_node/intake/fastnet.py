@@ -24,9 +24,8 @@ What a peer may cost is bounded here (limits in :mod:`dicom_node.intake.netguard
 * a DIMSE request its presentation context does not carry (a C-FIND on a storage context) is answered
   with status 0211H "unrecognised operation" and logged in one line.
 
-:class:`FastRequestHandler` builds these associations for a ``ThreadedAssociationServer`` and, when the
-server has a ``fast_store`` callback, routes P-DATA-TF PDUs through the C-STORE fast path
-(:mod:`dicom_node.intake.faststore`).
+:class:`dicom_node.intake.acceptor.FastRequestHandler` builds these associations for a
+``ThreadedAssociationServer``.
 """
 
 from __future__ import annotations
@@ -42,17 +41,15 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, cast
 
 from pydicom.uid import UID
 from pynetdicom import evt
-from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT, P_DATA
-from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.transport import AssociationSocket
 
 from dicom_node.intake.faststore import FastStorePath
 from dicom_node.intake.netguard import (
@@ -67,13 +64,11 @@ from dicom_node.intake.netguard import (
     UNRECOGNISED_OPERATION,
     a_abort_pdu,
     a_associate_rj_pdu,
-    configure_socket,
     operation_name,
     pdu_limit,
     peer_label,
     unexpected_operation_response,
 )
-from dicom_node.intake.netguard import set_nodelay as set_nodelay  # re-exported: export.py imports it here
 
 logger = logging.getLogger(__name__)
 
@@ -553,62 +548,3 @@ class EventDrivenAssociation(Association):
                 self.kill()
                 return
             self._wake.wait(_MAX_WAIT)
-
-
-class FastRequestHandler(RequestHandler):
-    """Creates :class:`EventDrivenAssociation` acceptors on sockets set up by :func:`configure_socket`.
-
-    On a server with a ``tls_context`` the TLS handshake runs here, on the connection's own thread and
-    within ``network_timeout`` (:func:`dicom_node.core.tls.server_handshake`), before any PDU is read: a
-    peer that is not TLS, has no trusted certificate or stalls is logged and disconnected.
-    """
-
-    def handle(self) -> None:
-        """Set up the socket (TCP options, then TLS when the server has a context) and serve the association."""
-        request = cast(socket.socket, self.request)
-        configure_socket(request, self.ae.network_timeout)
-        context = getattr(self.server, "tls_context", None)
-        if context is not None:
-            from dicom_node.core.tls import HandshakeFailed, peer_subject, server_handshake
-
-            try:
-                self.request = server_handshake(context, request, self.ae.network_timeout)
-            except HandshakeFailed as exc:
-                where = f"{self.client_address[0]}:{self.client_address[1]}"
-                logger.warning("TLS connection from %s refused: %s", where, exc)
-                on_refused = getattr(self.server, "on_tls_refused", None)
-                if on_refused is not None:
-                    on_refused()
-                return
-            logger.debug("TLS connection from %s, certificate %r", self.client_address[0], peer_subject(self.request))
-        super().handle()
-
-    def _create_association(self) -> Association:
-        request = cast(socket.socket, self.request)
-        assoc = EventDrivenAssociation(self.ae, MODE_ACCEPTOR)
-        assoc._server = self.server
-        # pynetdicom counts acceptors by this thread name prefix (maximum_associations).
-        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
-        sock = AssociationSocket(assoc, client_socket=request)
-        assoc.set_socket(sock)
-        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
-        assoc.acceptor.ae_title = self.server.ae_title
-        assoc.acceptor.address_info = self.local
-        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
-        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        # Shared, read-only: pynetdicom deep-copies these per association, which costs ~10 ms for 170 classes.
-        assoc.acceptor.supported_contexts = self.server.contexts
-        assoc.requestor.address_info = self.remote
-        dul = cast(EventDrivenDUL, assoc.dul)
-        dul.max_pdu = int(self.ae.maximum_pdu_size or 0)
-        fast_store = getattr(self.server, "fast_store", None)
-        if fast_store is not None:
-            dul.fast_path = FastStorePath(fast_store, assoc, dul.send_raw)
-        for event in self.server._handlers:
-            if event.is_intervention and self.server._handlers[event]:
-                assoc.bind(event, *self.server._handlers[event])
-            elif isinstance(event, evt.NotificationEvent):
-                for handler in self.server._handlers[event]:
-                    handler = cast(Any, handler)
-                    assoc.bind(event, handler[0], handler[1])
-        return assoc

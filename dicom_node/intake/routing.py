@@ -103,3 +103,16 @@ class Router:
 def unrouted_series(session: Session) -> list[Series]:
     """Series no rule routed to a model, oldest first (kept for retention.unrouted_days)."""
     return list(session.scalars(select(Series).where(Series.state == SeriesState.UNROUTED).order_by(Series.id)))
+
+
+SEGMENTATION_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
+
+
+def is_own_result(sop_class_uid: str, attributes: dict[str, str | None]) -> bool:
+    """Whether an instance is a SEG this node wrote (manufacturer and model name as :mod:`dicom_node.dicom.seg`
+    sets)."""
+    return (
+        sop_class_uid in SEGMENTATION_CLASSES
+        and attributes.get("Manufacturer") == "Laurel"
+        and attributes.get("ManufacturerModelName") == "Laurel node"
+    )

@@ -327,7 +327,7 @@ class StoreSCP:
         from pynetdicom import evt
         from pynetdicom.transport import ThreadedAssociationServer
 
-        from dicom_node.intake.fastnet import FastRequestHandler
+        from dicom_node.intake.acceptor import FastRequestHandler
 
         node = self.config.node
         server = ThreadedAssociationServer(

@@ -61,6 +61,7 @@ from dicom_node.intake.received import (
     check_instance,
     inspect_dataset,
 )
+from dicom_node.intake.routing import is_own_result
 
 if TYPE_CHECKING:
     from dicom_node.core.metrics import NodeMetrics
@@ -594,17 +595,4 @@ class Store:
                 )
 
 
-SEGMENTATION_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
-
-
-def is_own_result(sop_class_uid: str, attributes: dict[str, str | None]) -> bool:
-    """Whether an instance is a SEG this node wrote (manufacturer and model name as :mod:`dicom_node.dicom.seg`
-    sets)."""
-    return (
-        sop_class_uid in SEGMENTATION_CLASSES
-        and attributes.get("Manufacturer") == "Laurel"
-        and attributes.get("ManufacturerModelName") == "Laurel node"
-    )
-
-
-__all__ = ["Incoming", "Store", "StoreResult", "StoreStatus", "encode_file_meta", "is_own_result"]
+__all__ = ["Incoming", "Store", "StoreResult", "StoreStatus", "encode_file_meta"]

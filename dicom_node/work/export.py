@@ -37,7 +37,7 @@ from dicom_node.core.config import DicomwebPeer, NodeConfig, Peer, TlsSection
 from dicom_node.core.db import Job, resolve_path, utcnow
 from dicom_node.core.jobs import Handler, JobContext, PermanentJobError, enqueue, fault_point
 from dicom_node.core.metrics import NodeMetrics
-from dicom_node.intake.fastnet import set_nodelay
+from dicom_node.intake.netguard import set_nodelay
 from dicom_node.work.sending import (  # re-exported: the CLI, the workflow and the tests import them here
     SUCCESS,
     WARNING_STATUSES,

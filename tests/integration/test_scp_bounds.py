@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from dicom_node.core.db import Instance, session_scope
 from dicom_node.core.engine import make_engine
-from dicom_node.intake.fastnet import set_nodelay
+from dicom_node.intake.netguard import set_nodelay
 from dicom_node.intake.received import StoreStatus
 from tests.peers import NodeProcess, c_echo, make_image, node_settings, store_raw, storescu, wait_until
 
