@@ -70,6 +70,9 @@ class BodyLimit:
                 state["received"] += len(message.get("body", b""))
                 if state["received"] > limit:
                     state["refused"] = True
+                    log.info(
+                        "a request body was refused while streaming: read %d bytes, limit %d", state["received"], limit
+                    )
                     if not state["started"]:
                         await _answer(send, 413, f"request body exceeds {limit} bytes (stopped reading there)")
                     return {"type": "http.disconnect"}
@@ -89,7 +92,6 @@ class BodyLimit:
         except Exception:
             if not state["refused"]:
                 raise
-            log.info("a request body over %d bytes was refused while streaming", limit)
 
 
 async def _answer(send: Send, status: int, detail: str) -> None:
