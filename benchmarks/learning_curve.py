@@ -170,7 +170,7 @@ def run(
     quiet: bool = False,
     checkpoint: Path | None = None,
     soften: tuple[float, ...] = GUARD_SOFTEN,
-    guard_overrides: dict[str, int] | None = None,
+    guard_overrides: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """One run of the experiment: Dice per generation on both groups, verdicts and step timings (written
     to ``checkpoint`` after every generation, so a run cut short still shows how far it got)."""
@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reference-cases", type=int, default=None, help="series in the reference set")
     parser.add_argument("--case-slices", type=int, default=None, help="labelled slices kept per series")
+    parser.add_argument("--replay-slices", type=int, default=None, help="replayed slices mixed into a step")
+    parser.add_argument("--tolerance", type=float, default=None, help="the guard's tolerance (Dice)")
     parser.add_argument("--compare", action="store_true", help="compare learning step settings (short runs)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep generated phantoms here")
     parser.add_argument("--checkpoint", type=Path, default=None, help="partial results after every generation")
@@ -326,7 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("learning_rate", args.learning_rate), ("epochs", args.epochs)) if v is not None}
     soften = tuple(float(v) for v in args.soften.split(",") if v.strip())
     guard_overrides = {
-        k: v for k, v in (("reference_cases", args.reference_cases), ("case_slices", args.case_slices)) if v is not None
+        k: v
+        for k, v in (
+            ("reference_cases", args.reference_cases),
+            ("case_slices", args.case_slices),
+            ("replay_slices", args.replay_slices),
+            ("tolerance", args.tolerance),
+        )
+        if v is not None
     }
     res = run(
         group_a,

@@ -14,6 +14,13 @@ the weights part of the way from the active revision to the candidate, ``active 
 for each ``α`` of ``learning.soften`` in turn (weight interpolation, as in WiSE-FT), judged the same way
 on the same reference set; the first that is not worse becomes the candidate. Its history names the ``α``.
 
+The tolerance is a budget, not a per-step allowance: every accepted candidate that is worse than its
+active revision spends part of it, recorded in the candidate's own history (``tolerance_spent``), and
+the next candidate may only lose what is left. A candidate that is not worse than its active revision
+restores the whole budget. So a lineage cannot drift down one tolerated step at a time (on a noisy
+reference set each step would pass on its own); at most ``learning.tolerance`` below the last revision
+that held its ground.
+
 Cautious fallback: while the reference set holds fewer than ``learning.min_reference_cases`` series, every
 ``learning.holdout_every``-th labelled slice of the approved series is held out of the step and joins the
 validation set (with the reference series there are). A candidate that cannot be validated at all (no
@@ -46,7 +53,7 @@ ROLES = (REFERENCE, REPLAY)
 class GuardSettings:
     """The knobs of guarded learning (``learning`` section of the node config)."""
 
-    tolerance: float = 0.005  # a candidate may be this much worse (Dice) and still become active
+    tolerance: float = 0.005  # Dice a lineage may lose, in all, since its last revision that held its ground
     min_reference_cases: int = 3  # below this, the cautious fallback (held-out slices) applies
     reference_cases: int = 5  # series kept in the reference set (the newest)
     replay_cases: int = 8  # series kept in the replay buffer (the newest)
@@ -82,6 +89,33 @@ class Verdict:
     active_dice: float | None
     cases: int  # reference series in the validation set
     holdout_slices: int  # held-out slices of the approved series in the validation set
+    spent: float = 0.0  # the tolerance spent along the lineage once this candidate is active
+
+
+def tolerance_spent(pkg: ModelPackage) -> float:
+    """The tolerance the lineage of ``pkg`` has spent since its last revision that held its ground."""
+    history = pkg.metadata.get("history") or [{}]
+    return float(history[-1].get("tolerance_spent", 0.0))
+
+
+def decide(candidate_dice: float, active_dice: float, tolerance: float, spent: float) -> tuple[bool, float]:
+    """``(accepted, spent after)``: a candidate may lose what is left of the tolerance; one that loses
+    nothing restores it all."""
+    loss = active_dice - candidate_dice
+    if loss <= 0:
+        return True, 0.0
+    if loss > tolerance - spent + 1e-12:
+        return False, spent
+    return True, spent + loss
+
+
+def with_spent(pkg: ModelPackage, spent: float) -> ModelPackage:
+    """``pkg`` with the tolerance its lineage has spent written into its last history record."""
+    history = list(pkg.metadata.get("history", []))
+    if not history:
+        return pkg
+    history[-1] = {**history[-1], "tolerance_spent": round(float(spent), 6)}
+    return pkg.with_weights(pkg.weights, metadata={**pkg.metadata, "history": history})
 
 
 def spread(indices: Sequence[int], n: int) -> list[int]:
@@ -163,8 +197,10 @@ def judge(
     *,
     tolerance: float,
     min_cases: int,
+    spent: float = 0.0,
 ) -> Verdict:
-    """Validate ``candidate`` against ``active`` on the reference set (and held-out slices in fallback)."""
+    """Validate ``candidate`` against ``active`` on the reference set (and held-out slices in fallback);
+    ``spent`` is the part of the tolerance the active revision's lineage has already spent."""
     cases = list(reference)
     n_hold = holdout_case.n_slices if holdout_case is not None else 0
     if holdout_case is not None:
@@ -178,14 +214,13 @@ def judge(
     where = f"{len(reference)} reference series" + (f" + {n_hold} held-out slices" if n_hold else "")
     if len(reference) < min_cases:
         where += f" (fallback: fewer than {min_cases} reference series)"
-    if cand < act - tolerance:
-        reason = (
-            f"rejected: Dice {cand:.4f} on {where} is worse than the active revision's {act:.4f} "
-            f"(tolerance {tolerance})"
-        )
-        return Verdict(False, reason, cand, act, len(reference), n_hold)
-    reason = f"accepted: Dice {cand:.4f} on {where}, active revision {act:.4f} (tolerance {tolerance})"
-    return Verdict(True, reason, cand, act, len(reference), n_hold)
+    budget = f"tolerance {tolerance}" + (f", {spent:.4f} of it spent since the last step that held" if spent else "")
+    accepted, after = decide(cand, act, tolerance, spent)
+    if not accepted:
+        reason = f"rejected: Dice {cand:.4f} on {where} is worse than the active revision's {act:.4f} ({budget})"
+        return Verdict(False, reason, cand, act, len(reference), n_hold, spent)
+    reason = f"accepted: Dice {cand:.4f} on {where}, active revision {act:.4f} ({budget})"
+    return Verdict(True, reason, cand, act, len(reference), n_hold, after)
 
 
 @dataclass(frozen=True)
@@ -249,8 +284,15 @@ def guarded_step(
         return StepResult(candidate, verdict, learn_zs, held, sum(len(c[0]) for c in old))
     hold_case = make_case("held-out", image, labels, spacing, held) if held else None
     replayed = sum(len(c[0]) for c in old)
+    spent = tolerance_spent(active)
     verdict = judge(
-        candidate, active, reference, hold_case, tolerance=settings.tolerance, min_cases=settings.min_reference_cases
+        candidate,
+        active,
+        reference,
+        hold_case,
+        tolerance=settings.tolerance,
+        min_cases=settings.min_reference_cases,
+        spent=spent,
     )
     logger.info("learning step: %s", verdict.reason)
     alpha: float | None = None
@@ -264,6 +306,7 @@ def guarded_step(
             hold_case,
             tolerance=settings.tolerance,
             min_cases=settings.min_reference_cases,
+            spent=spent,
         )
         note = f"softened ×{alpha:g} after the full step was {full.reason}"
         logger.info("learning step: %s: %s", note, retry.reason)
@@ -271,6 +314,8 @@ def guarded_step(
         candidate = softened
         if verdict.accepted:
             break
+    if verdict.accepted:
+        candidate = with_spent(candidate, verdict.spent)
     return StepResult(candidate, verdict, learn_zs, held, replayed, alpha)
 
 

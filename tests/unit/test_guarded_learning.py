@@ -19,6 +19,7 @@ from dicom_node.work.guard import (
     REPLAY,
     GuardSettings,
     SiteCase,
+    decide,
     guarded_step,
     holdout,
     make_case,
@@ -26,6 +27,8 @@ from dicom_node.work.guard import (
     role_for,
     soften,
     spread,
+    tolerance_spent,
+    with_spent,
 )
 from dicom_node.work.learning import ModelRegistry
 from dicom_node.work.site_cases import SiteCaseStore
@@ -119,6 +122,30 @@ def test_a_softened_candidate_lies_between_the_active_weights_and_the_step(regis
     for alpha in (0.0, 1.0, -0.5, 2.0):
         with pytest.raises(ValueError, match="strictly between 0 and 1"):
             soften(active, candidate, alpha)
+
+
+def test_the_tolerance_is_a_budget_a_lineage_cannot_spend_twice(registry: ModelRegistry, tmp_path: Path) -> None:
+    # four candidates, each a little worse on the reference set than the one before: on their own each is
+    # within the tolerance (0.005); together they would lose 0.012
+    spent = 0.0
+    verdicts = []
+    for loss in (0.003, 0.003, 0.002, 0.004):
+        accepted, after = decide(0.85 - loss, 0.85, 0.005, spent)
+        verdicts.append(accepted)
+        spent = after
+    assert verdicts == [True, False, True, False]  # the second and the fourth would overspend
+    assert spent == pytest.approx(0.005)
+    assert decide(0.851, 0.85, 0.005, spent) == (True, 0.0)  # a step that holds its ground restores the budget
+    assert decide(0.85, 0.85, 0.005, 0.005) == (True, 0.0)
+
+    # the budget travels with the revision (its own history), so a new process reads it from the registry
+    rev, active = registry.active("leg")
+    assert tolerance_spent(active) == 0.0
+    candidate = with_spent(active.derive(active.weights, {"kind": "learn", "slices": 8}), 0.0031)
+    assert tolerance_spent(candidate) == pytest.approx(0.0031)
+    kept = registry.add(candidate, source="local", parent_revision=rev.revision, source_key="approval:budget")
+    fresh = ModelRegistry(make_engine(str(registry.engine.url)), registry.models_dir, tmp_path / "node_key.pem")
+    assert tolerance_spent(fresh.package(fresh.revision("leg", kept.revision))) == pytest.approx(0.0031)
 
 
 def test_site_cases_are_bounded_rows_with_files(registry: ModelRegistry, tmp_path: Path) -> None:
