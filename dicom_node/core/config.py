@@ -343,7 +343,10 @@ class LearningSection(_Strict):
         True, description="validate each learned revision on the reference set before it becomes active"
     )
     tolerance: float = Field(
-        0.005, ge=0.0, le=0.2, description="how much Dice a lineage of candidates may lose, in all, since its last step that held its ground"
+        0.005,
+        ge=0.0,
+        le=0.2,
+        description="Dice a lineage of candidates may lose in all since its last step that held its ground",
     )
     min_reference_cases: int = Field(
         3, ge=1, le=50, description="below this many reference series, the cautious fallback (held-out slices)"

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-
 import requests
 from argon2 import PasswordHasher
 
