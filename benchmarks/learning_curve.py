@@ -232,9 +232,7 @@ def run(
             print(f"  step {gen + 1}: {step.verdict.reason} ({seconds:.0f} s)", flush=True)
         if accepted:
             pkg = step.candidate
-        role, case = admit(
-            f"seed:{ph.spec.seed}", ph.image, corrected, ph.spacing, labelled, reference, buffer, settings
-        )
+        role, case = admit(f"seed:{ph.spec.seed}", ph.image, corrected, ph.spacing, step)
         kept = reference if role == "reference" else buffer
         kept.append(case)
         del kept[: max(len(kept) - (settings.reference_cases if role == "reference" else settings.replay_cases), 0)]

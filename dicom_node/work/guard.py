@@ -5,8 +5,16 @@ revision, beyond ``learning.tolerance``, on the site's **reference set**: a roll
 approved series kept on site (a few labelled slices of each), never the series just learned. Approved
 series first fill the reference set up to ``learning.min_reference_cases``, then take turns: one joins the
 reference set, the next the **replay buffer**, whose slices are mixed into later learning steps so that a
-step keeps what the model knew. The two never share a series, so a
-candidate is never judged on slices it replayed.
+step keeps what the model knew. The two never share a series, so a candidate is never judged on slices it
+replayed.
+
+No revision ever learns a reference slice: when an approved series is to join the reference set (the
+role is decided before its step, :func:`plan`), the slices kept for the reference set are left out of its
+learning step (at most ``learning.case_slices``, and never so many that fewer than
+``min_learning_slices`` remain to learn). Were they learned, the active revision would have seen the
+newest reference series and every candidate, having learned the next one, would look worse on it than
+the active one only because it forgot a little of what the active one had just memorised; in the
+learning experiment that bias rejected nearly every full step.
 
 Softened candidates: a step learned from one series often moves the weights too far toward it (on the
 reference set it is then worse than the active revision). When a candidate is rejected, the guard tries
@@ -23,8 +31,9 @@ that held its ground.
 
 Cautious fallback: while the reference set holds fewer than ``learning.min_reference_cases`` series, every
 ``learning.holdout_every``-th labelled slice of the approved series is held out of the step and joins the
-validation set (with the reference series there are). A candidate that cannot be validated at all (no
-reference series, too few slices to hold any out) is not activated.
+validation set (with the reference series there are, and the series' own unlearned reference slices). A
+candidate that cannot be validated at all (no reference series, too few slices to hold any out) is not
+activated.
 
 Everything here is a plain function of arrays and packages, shared by the node's ``learn`` job and the
 learning experiment (benchmarks/learning_curve.py).
@@ -142,6 +151,29 @@ def role_for(n_reference: int, n_replay: int, min_reference: int) -> str:
     return REFERENCE if n_reference < min_reference or n_reference <= n_replay else REPLAY
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a step does with an approved series' labelled slices: which set it joins (``role``), which
+    slices it learns and which it keeps for that set (a reference series' kept slices are not learned)."""
+
+    role: str
+    learn: list[int]
+    kept: list[int]
+
+
+def plan(labelled: Sequence[int], n_reference: int, n_replay: int, settings: GuardSettings) -> Plan:
+    """The role of a newly approved series and its slices (decided before its learning step)."""
+    zs = sorted({int(z) for z in labelled})
+    role = role_for(n_reference, n_replay, settings.min_reference_cases)
+    if role == REFERENCE:
+        n_kept = min(settings.case_slices, len(zs) - settings.min_learning_slices)
+        if n_kept >= 1:
+            kept = spread(zs, n_kept)
+            return Plan(REFERENCE, [z for z in zs if z not in set(kept)], kept)
+        role = REPLAY  # too few slices to keep any unlearned: this series is replayed, the next may be reference
+    return Plan(role, zs, spread(zs, settings.case_slices))
+
+
 def holdout(labelled: Sequence[int], every: int, min_learning: int) -> tuple[list[int], list[int]]:
     """``(learn, held_out)``: every ``every``-th labelled slice held out, if at least ``min_learning`` remain."""
     zs = sorted(int(z) for z in labelled)
@@ -233,6 +265,7 @@ class StepResult:
     held_out: list[int]
     replayed: int  # replayed slices mixed into the step
     softened: float | None = None  # the α of the softened candidate that was judged last, if any
+    plan: Plan | None = None  # the series' role and the slices kept for it
 
 
 def soften(active: ModelPackage, candidate: ModelPackage, alpha: float) -> ModelPackage:
@@ -266,12 +299,18 @@ def guarded_step(
 ) -> StepResult:
     """Learn a candidate from an approved series (with replay) and judge it against ``active``.
 
-    With ``validate=False`` (the guard switched off) nothing is held out and the candidate is accepted
+    The series' slices kept for the reference set (:func:`plan`) are never learned. With
+    ``validate=False`` (the guard switched off) nothing else is held out and the candidate is accepted
     unjudged."""
     fallback = validate and len(reference) < settings.min_reference_cases
+    step_plan = plan(labelled, len(reference), len(replay), settings)
     learn_zs, held = (
-        holdout(labelled, settings.holdout_every, settings.min_learning_slices) if fallback else (list(labelled), [])
+        holdout(step_plan.learn, settings.holdout_every, settings.min_learning_slices)
+        if fallback
+        else (step_plan.learn, [])
     )
+    if fallback and step_plan.role == REFERENCE:
+        held = sorted(held + step_plan.kept)  # unlearned as well: they validate this step too
     old = replay_cases(replay, settings.replay_slices)
     if old and not active.supports_replay():
         logger.warning("%r carries learning code without replay; learning without the replay buffer", active)
@@ -281,7 +320,7 @@ def guarded_step(
     )
     if not validate:
         verdict = Verdict(True, "accepted unvalidated: the guard is switched off", None, None, 0, 0)
-        return StepResult(candidate, verdict, learn_zs, held, sum(len(c[0]) for c in old))
+        return StepResult(candidate, verdict, learn_zs, held, sum(len(c[0]) for c in old), plan=step_plan)
     hold_case = make_case("held-out", image, labels, spacing, held) if held else None
     replayed = sum(len(c[0]) for c in old)
     spent = tolerance_spent(active)
@@ -316,19 +355,13 @@ def guarded_step(
             break
     if verdict.accepted:
         candidate = with_spent(candidate, verdict.spent)
-    return StepResult(candidate, verdict, learn_zs, held, replayed, alpha)
+    return StepResult(candidate, verdict, learn_zs, held, replayed, alpha, step_plan)
 
 
 def admit(
-    key: str,
-    image: np.ndarray,
-    labels: np.ndarray,
-    spacing: Sequence[float],
-    labelled: Sequence[int],
-    reference: Sequence[SiteCase],
-    replay: Sequence[SiteCase],
-    settings: GuardSettings,
+    key: str, image: np.ndarray, labels: np.ndarray, spacing: Sequence[float], step: StepResult
 ) -> tuple[str, SiteCase]:
     """The role and the kept slices of a newly approved series (after its learning step)."""
-    role = role_for(len(reference), len(replay), settings.min_reference_cases)
-    return role, make_case(key, image, labels, spacing, spread(labelled, settings.case_slices))
+    if step.plan is None:
+        raise ValueError("the step has no plan: it was not made by guarded_step")
+    return step.plan.role, make_case(key, image, labels, spacing, step.plan.kept)

@@ -196,7 +196,7 @@ def _guarded_step(
         settings,
         validate=services.config.learning.guard,
     )
-    role, case = admit(source_key, volume.array, labels, volume.spacing, labelled, reference, replay, settings)
+    role, case = admit(source_key, volume.array, labels, volume.spacing, step)
     return step, role, case, store.write(model_name, case)
 
 

@@ -19,10 +19,12 @@ from dicom_node.work.guard import (
     REPLAY,
     GuardSettings,
     SiteCase,
+    admit,
     decide,
     guarded_step,
     holdout,
     make_case,
+    plan,
     replay_cases,
     role_for,
     soften,
@@ -59,6 +61,17 @@ def test_spread_holdout_roles_and_replay_are_bounded() -> None:
     # the reference set fills first, then the two take turns
     assert [role_for(n, 0, 3) for n in range(3)] == [REFERENCE] * 3
     assert (role_for(3, 0, 3), role_for(3, 3, 3), role_for(4, 3, 3)) == (REPLAY, REFERENCE, REPLAY)
+    # a series that joins the reference set keeps its reference slices out of its own learning step
+    settings = GuardSettings()  # case_slices 6, min_learning_slices 5, min_reference_cases 3
+    first = plan(range(10), 0, 0, settings)
+    assert first.role == REFERENCE and len(first.kept) == 5 and len(first.learn) == 5  # 5 must remain to learn
+    assert sorted(first.kept + first.learn) == list(range(10)) and not set(first.kept) & set(first.learn)
+    big = plan(range(30), 3, 3, settings)
+    assert big.role == REFERENCE and len(big.kept) == 6 and len(big.learn) == 24
+    replayed = plan(range(20), 3, 0, settings)
+    assert replayed.role == REPLAY and replayed.learn == list(range(20)) and len(replayed.kept) == 6
+    tiny = plan(range(5), 0, 0, settings)  # nothing can be kept unlearned: replayed instead
+    assert tiny.role == REPLAY and tiny.learn == list(range(5))
     img = np.zeros((4, 8, 8), np.float32)
     buffer = [SiteCase(f"k{i}", img + i, img.astype(np.uint8), (5.0, 1.0, 1.0)) for i in range(3)]
     picked = replay_cases(buffer, 5)
@@ -165,3 +178,19 @@ def test_site_cases_are_bounded_rows_with_files(registry: ModelRegistry, tmp_pat
     assert store.prune("leg") == 1 and len(list((registry.models_dir / "leg" / "cases").glob("*.npz"))) == 3
     fresh = SiteCaseStore(make_engine(str(registry.engine.url)), registry.models_dir)  # as a new process sees it
     assert [c.key for c in fresh.cases("leg", REFERENCE)] == [c.key for c in kept]
+
+
+@pytest.mark.slow
+def test_a_reference_series_is_never_learned_by_any_revision(registry: ModelRegistry) -> None:
+    _rev, active = registry.active("leg")
+    ph = generate(dataclasses.replace(cohort("validation_pd_leg", 1)[0], n_slices=10, matrix=256))
+    step = guarded_step(active, ph.image, ph.labels, ph.spacing, range(10), [], [], GuardSettings())
+    assert step.plan is not None and step.plan.role == REFERENCE  # the first approvals fill the reference set
+    kept = set(step.plan.kept)
+    assert kept and not kept & set(step.learned)  # its reference slices were left out of the step
+    assert step.candidate.metadata["history"][-1]["slices"] == len(step.learned)
+    # the fallback judged the candidate on them (plus the slices it held out of what it learned)
+    assert kept <= set(step.held_out) and step.verdict.holdout_slices == len(step.held_out)
+    role, case = admit("approval:ref", ph.image, ph.labels, ph.spacing, step)
+    assert role == REFERENCE and case.n_slices == len(kept)
+    np.testing.assert_array_equal(case.image, ph.image[sorted(kept)])
