@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -314,12 +314,99 @@ def backup_path(path: Path) -> Path:
     return path.with_name(path.name + ".bak")
 
 
-def save_config_file(path: Path, data: Mapping[str, Any]) -> None:
+_TOP_KEY = re.compile(r"^([A-Za-z_][\w-]*)\s*:")
+
+
+class _IndentedDumper(yaml.SafeDumper):
+    """Lists indented under their key, as people write them (and as the shipped node.yaml is)."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
+def _dump(data: Mapping[str, Any]) -> str:
+    return yaml.dump(dict(data), Dumper=_IndentedDumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def _section_spans(lines: list[str]) -> dict[str, tuple[int, int]]:
+    """Top-level sections of a YAML text: name -> (first line, end line), the comments and blank lines at
+    column 0 before the next section left to that section."""
+    keys = [(i, m.group(1)) for i, line in enumerate(lines) if (m := _TOP_KEY.match(line))]
+    spans: dict[str, tuple[int, int]] = {}
+    for n, (start, name) in enumerate(keys):
+        end = keys[n + 1][0] if n + 1 < len(keys) else len(lines)
+        while end > start + 1 and (not lines[end - 1].strip() or lines[end - 1].startswith("#")):
+            end -= 1
+        spans[name] = (start, end)
+    return spans
+
+
+def _scalar_edits(block: list[str], old: Any, new: Any) -> list[str] | None:
+    """``block`` (one top-level mapping section) with only its changed scalar fields rewritten in place,
+    their end-of-line comments kept; ``None`` when the change is not that simple."""
+    if not isinstance(old, dict) or not isinstance(new, dict) or old.keys() != new.keys():
+        return None
+    out = list(block)
+    for key, value in new.items():
+        if value == old[key]:
+            continue
+        if isinstance(value, (dict, list)) or isinstance(old[key], (dict, list)):
+            return None
+        pattern = re.compile(rf"^(\s+{re.escape(str(key))}:\s*)(\S[^#]*?|)(\s+#.*)?$")
+        hits = [i for i, line in enumerate(out) if pattern.match(line.rstrip("\n"))]
+        if len(hits) != 1:
+            return None
+        match = pattern.match(out[hits[0]].rstrip("\n"))
+        assert match is not None
+        rendered = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        comment = match.group(3) or ""
+        if comment:
+            rendered = rendered.ljust(len(match.group(2)))  # the comment stays in its column where it can
+        out[hits[0]] = f"{match.group(1)}{rendered}{comment}\n"
+    return out
+
+
+def render_config(original: str, data: Mapping[str, Any], changed: Collection[str]) -> str:
+    """The YAML text of ``data``, written as an edit of ``original``: only the ``changed`` top-level sections
+    are rewritten (a changed scalar field in place, keeping its comment; otherwise the whole section), every
+    other line, comments included, stays as it was. Falls back to a plain dump of ``data`` when the edit
+    would not read back as ``data`` (an unusual layout)."""
+    try:
+        before = yaml.safe_load(original) or {}
+    except yaml.YAMLError:
+        before = {}
+    lines = original.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    spans = _section_spans(lines)
+    present = sorted((name for name in changed if name in spans), key=lambda name: spans[name][0], reverse=True)
+    for name in present:  # from the bottom up, so the line numbers above stay valid
+        start, end = spans[name]
+        block = _scalar_edits(lines[start:end], before.get(name) if isinstance(before, dict) else None, data[name])
+        lines[start:end] = block if block is not None else _dump({name: data[name]}).splitlines(keepends=True)
+    text = "".join(lines)
+    missing = {name: data[name] for name in changed if name not in spans and name in data}
+    if missing:
+        text = text.rstrip("\n") + "\n\n" + _dump(missing)
+    try:
+        if yaml.safe_load(text) == dict(data):
+            return text
+    except yaml.YAMLError:
+        pass
+    logger.warning("configuration layout not understood: the file is rewritten without its comments")
+    return _dump(data)
+
+
+def save_config_file(path: Path, data: Mapping[str, Any], changed: Collection[str] | None = None) -> None:
     """Write ``data`` as YAML over ``path`` atomically: temporary file in the same folder, fsync, the old file
-    kept as ``<name>.bak``, rename, fsync of the folder. A crash leaves the old or the new file, never half."""
+    kept as ``<name>.bak``, rename, fsync of the folder. A crash leaves the old or the new file, never half.
+
+    With ``changed`` (the top-level sections that changed) the file is edited, not rewritten: every other
+    line keeps its comments (:func:`render_config`)."""
     path = Path(path)
     folder = path.parent
-    text = yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    edit = changed is not None and path.exists()
+    text = render_config(path.read_text(), data, changed or ()) if edit else _dump(data)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
@@ -397,7 +484,7 @@ def apply_config_change(
     diff = diff_configs(current, new)
     if dry_run or not diff.changed:
         return ConfigChangeResult(diff, saved=False, config=new)
-    save_config_file(path, data)
+    save_config_file(path, data, changed=list(changes))
     logger.info("configuration %s changed by %s: %s", path, actor, ", ".join([*diff.sections, *diff.listener]))
     if engine is not None:
         audit_config_event(engine, actor, CHANGE_ACTION, {"source": "api", **diff.as_dict()})

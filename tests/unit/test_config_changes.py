@@ -151,3 +151,28 @@ def test_a_reload_that_fails_is_reported_after_the_save(tmp_path: Path) -> None:
     result = apply_config_change(path, {"peers": []}, "Dr Admin", engine=None, reload=no_node)
     assert result.saved and load_config_file(path).peers == []
     assert result.as_dict()["reload"] == {"outcome": "not_confirmed", "error": "no Laurel node is running"}
+
+
+def test_a_save_keeps_the_comments_of_everything_it_did_not_change(tmp_path: Path) -> None:
+    shipped = Path(__file__).resolve().parents[2] / "config" / "node.yaml"
+    path = tmp_path / "node.yaml"
+    original = shipped.read_text().replace("storage_dir: var/node", f"storage_dir: {tmp_path / 'store'}")
+    path.write_text(original)
+    routing = [{"model": "leg", "called_ae": "LAUREL_LEG"}]
+    result = apply_config_change(path, {"routing": routing, "node": {"port": 11113}}, "Dr Admin", engine=None)
+    assert result.saved
+    text = path.read_text()
+    # the routing section was rewritten; the comments of every other section stayed, line for line
+    kept = [line for line in original.splitlines() if "#" in line and not line.startswith("  - model")]
+    kept = [line for line in kept if "called_ae: LAUREL_LEG" not in line and "port: 11112" not in line]
+    missing = [line for line in kept if line not in text.splitlines()]
+    assert missing == [], missing
+    assert "  port: 11113" in text.splitlines()  # the listener field changed in place
+    assert "  ae_title: LAUREL          # our AE title" in text  # its neighbour and comment untouched
+    assert load_config_file(path).routing[0].model == "leg" and len(load_config_file(path).routing) == 1
+    assert yaml.safe_load(text) == {
+        **yaml.safe_load(original),
+        "routing": routing,
+        "node": {**yaml.safe_load(original)["node"], "port": 11113},
+    }
+    assert backup_path(path).read_text() == original
