@@ -170,7 +170,7 @@ def run(
     quiet: bool = False,
     checkpoint: Path | None = None,
     soften: tuple[float, ...] = GUARD_SOFTEN,
-    guard_overrides: dict[str, float] | None = None,
+    guard_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One run of the experiment: Dice per generation on both groups, verdicts and step timings (written
     to ``checkpoint`` after every generation, so a run cut short still shows how far it got)."""
@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--case-slices", type=int, default=None, help="labelled slices kept per series")
     parser.add_argument("--replay-slices", type=int, default=None, help="replayed slices mixed into a step")
     parser.add_argument("--tolerance", type=float, default=None, help="the guard's tolerance (Dice)")
+    parser.add_argument("--fallback", choices=("defer", "holdout"), default=None, help="while the reference set fills")
     parser.add_argument("--compare", action="store_true", help="compare learning step settings (short runs)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep generated phantoms here")
     parser.add_argument("--checkpoint", type=Path, default=None, help="partial results after every generation")
@@ -332,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             ("case_slices", args.case_slices),
             ("replay_slices", args.replay_slices),
             ("tolerance", args.tolerance),
+            ("fallback", args.fallback),
         )
         if v is not None
     }

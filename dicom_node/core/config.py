@@ -356,6 +356,11 @@ class LearningSection(_Strict):
     case_slices: int = Field(6, ge=1, le=64, description="labelled slices kept per series")
     replay_slices: int = Field(10, ge=0, le=200, description="replayed slices mixed into one learning step")
     holdout_every: int = Field(4, ge=2, le=20, description="fallback: every n-th labelled slice is held out")
+    fallback: Literal["defer", "holdout"] = Field(
+        "defer",
+        description="until the reference set holds min_reference_cases series: defer (learn nothing, fill it) "
+        "or holdout (learn at once, judged on held-out slices of the same series)",
+    )
     soften: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
         [0.5, 0.25],
         max_length=4,

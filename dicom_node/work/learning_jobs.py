@@ -96,6 +96,10 @@ def learn(services: NodeServices, payload: dict[str, Any], ctx: JobContext) -> d
         done = services.registry.find(model_name, source_key)  # recorded while we waited for the lease?
         if done is not None:
             return _already_learned(services, done)
+        kept_as = services.site_cases.role_of(model_name, source_key)
+        if kept_as is not None:  # deferred before a crash or a stop: kept, never learned later
+            rev = services.registry.active(model_name)[0]
+            return _deferred(services, model_name, rev.revision, "kept before (deferred step)", kept_as, None)
         volume = load_series(paths)
         rev, pkg = services.registry.active(model_name)  # the newest, now that nobody else changes it
         started = time.perf_counter()
@@ -108,6 +112,11 @@ def learn(services: NodeServices, payload: dict[str, Any], ctx: JobContext) -> d
         fault_point("learn.before_record", ctx)
         upload_job: list[int] = []
         limits = {REFERENCE: services.config.learning.reference_cases, REPLAY: services.config.learning.replay_cases}
+        if step.deferred:  # the reference set is still filling: keep the series, change no model
+            with session_scope(services.engine) as s:
+                services.site_cases.record(s, model_name, role, case, case_path, series_id, limits[role])
+            services.site_cases.prune(model_name)
+            return _deferred(services, model_name, rev.revision, verdict.reason, role, local_dice)
 
         def on_record(s: Session, new: ModelRevision) -> None:
             services.site_cases.record(s, model_name, role, case, case_path, series_id, limits[role])
@@ -167,6 +176,7 @@ def guard_settings(services: NodeServices) -> GuardSettings:
         replay_slices=cfg.replay_slices,
         holdout_every=cfg.holdout_every,
         soften=tuple(cfg.soften),
+        fallback=cfg.fallback,
         min_learning_slices=services.config.segmentation.min_learning_slices,
     )
 
@@ -198,6 +208,24 @@ def _guarded_step(
     )
     role, case = admit(source_key, volume.array, labels, volume.spacing, step)
     return step, role, case, store.write(model_name, case)
+
+
+def _deferred(
+    services: NodeServices, model_name: str, revision: int, reason: str, role: str, local_dice: float | None
+) -> dict[str, Any]:
+    """The result of a learn job whose step was deferred (no new revision; the series was kept)."""
+    services.metrics.learning_runs.labels(model=model_name, outcome="deferred").inc()
+    for kept_role, n in services.site_cases.counts(model_name).items():
+        services.metrics.learning_site_cases.labels(model=model_name, role=kept_role).set(n)
+    return {
+        "model": model_name,
+        "revision": revision,
+        "activated": False,
+        "deferred": reason,
+        "slices": 0,
+        "kept_as": role,
+        "local_dice": local_dice,
+    }
 
 
 def _already_learned(services: NodeServices, rev: ModelRevision) -> dict[str, Any]:

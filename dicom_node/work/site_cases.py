@@ -110,6 +110,14 @@ class SiteCaseStore:
                 logger.error("model %s: kept case %s cannot be read (%s); left out", model, key, exc)
         return out
 
+    def role_of(self, model: str, key: str) -> str | None:
+        """The role ``model`` keeps the approval ``key`` in, if it keeps it."""
+        with session_scope(self.engine) as s:
+            role = s.scalar(
+                select(SiteCaseRecord.role).where(SiteCaseRecord.model == model, SiteCaseRecord.source_key == key)
+            )
+        return None if role is None else str(role)
+
     def counts(self, model: str) -> dict[str, int]:
         """Kept cases of ``model`` per role."""
         with session_scope(self.engine) as s:

@@ -184,7 +184,15 @@ def test_site_cases_are_bounded_rows_with_files(registry: ModelRegistry, tmp_pat
 def test_a_reference_series_is_never_learned_by_any_revision(registry: ModelRegistry) -> None:
     _rev, active = registry.active("leg")
     ph = generate(dataclasses.replace(cohort("validation_pd_leg", 1)[0], n_slices=10, matrix=256))
-    step = guarded_step(active, ph.image, ph.labels, ph.spacing, range(10), [], [], GuardSettings())
+    # the default fallback defers: the first approvals fill the reference set and nothing is learned
+    deferred = guarded_step(active, ph.image, ph.labels, ph.spacing, range(10), [], [], GuardSettings())
+    assert deferred.deferred and deferred.candidate is active and deferred.learned == []
+    assert not deferred.verdict.accepted and "learning.fallback: defer" in deferred.verdict.reason
+    assert deferred.plan is not None and len(deferred.plan.kept) == 6  # case_slices, none of them learned
+    # the holdout fallback learns at once, but still never the slices the series keeps for the reference set
+    settings = GuardSettings(fallback="holdout")
+    step = guarded_step(active, ph.image, ph.labels, ph.spacing, range(10), [], [], settings)
+    assert not step.deferred
     assert step.plan is not None and step.plan.role == REFERENCE  # the first approvals fill the reference set
     kept = set(step.plan.kept)
     assert kept and not kept & set(step.learned)  # its reference slices were left out of the step
