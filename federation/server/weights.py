@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import threading
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ import numpy as np
 
 MEMBER_RE = re.compile(r"^w(\d{4,6})(?:_[A-Za-z0-9_.:-]{1,200})?\.npy$")
 _HEADER_MAX = 65536  # an .npy header (v1/v2) of a plain array is far below this
+#: numpy parses an .npy header with ``ast.literal_eval``, which CPython 3.11 (before 3.11.8) cannot run in two
+#: threads at once ("SystemError: AST constructor recursion depth mismatch"): the server's upload threads
+#: take turns for it. Parsing a header takes microseconds; reading the data is outside the lock.
+_AST_LOCK = threading.Lock()
 
 
 class WeightsError(ValueError):
@@ -40,6 +45,8 @@ class _Member:
     info: zipfile.ZipInfo
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
+    header_len: int  # bytes before the data
+    fortran: bool  # the data is in Fortran (column-major) order
 
 
 def read_weights(
@@ -101,12 +108,11 @@ def _header(zf: zipfile.ZipFile, index: int, info: zipfile.ZipInfo) -> _Member:
     with zf.open(info) as fh:
         try:
             major, minor = np.lib.format.read_magic(fh)
-            if (major, minor) == (1, 0):
-                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=_HEADER_MAX)
-            elif (major, minor) == (2, 0):
-                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=_HEADER_MAX)
-            else:
+            if (major, minor) not in {(1, 0), (2, 0)}:
                 raise WeightsError(f"{name}: unsupported .npy format version {major}.{minor}")
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            with _AST_LOCK:
+                shape, fortran, dtype = read_header(fh, max_header_size=_HEADER_MAX)
         except WeightsError:
             raise
         except Exception as exc:  # a malformed header: ValueError, SyntaxError, EOFError, …
@@ -120,7 +126,7 @@ def _header(zf: zipfile.ZipFile, index: int, info: zipfile.ZipInfo) -> _Member:
             f"{name}: the zip declares {info.file_size} bytes but the header describes {header_len + nbytes} "
             f"(shape {list(shape)}, {dtype})"
         )
-    return _Member(index, info, tuple(int(n) for n in shape), dtype)
+    return _Member(index, info, tuple(int(n) for n in shape), dtype, header_len, bool(fortran))
 
 
 def _check_spec(member: _Member, spec: Sequence[Any]) -> None:
@@ -135,13 +141,17 @@ def _check_spec(member: _Member, spec: Sequence[Any]) -> None:
 
 def _read_data(zf: zipfile.ZipFile, member: _Member) -> np.ndarray:
     """The member's array (its size already checked against the header and the zip directory)."""
+    nbytes = math.prod(member.shape) * member.dtype.itemsize
     with zf.open(member.info) as fh:
         try:
-            array = np.lib.format.read_array(fh, allow_pickle=False, max_header_size=_HEADER_MAX)
-        except Exception as exc:
+            fh.read(member.header_len)  # the header, parsed and checked by _header
+            data = fh.read(nbytes)
+        except Exception as exc:  # a damaged member: BadZipFile (CRC), zlib.error, OSError, …
             raise WeightsError(f"{member.info.filename}: cannot read the array ({exc})") from exc
-    if tuple(array.shape) != member.shape:
+    if len(data) != nbytes:
         raise WeightsError(f"{member.info.filename}: truncated array")
+    flat = np.frombuffer(data, dtype=member.dtype)
+    array = flat.reshape(member.shape, order="F") if member.fortran else flat.reshape(member.shape)
     return np.ascontiguousarray(array)
 
 
