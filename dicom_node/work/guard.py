@@ -318,8 +318,8 @@ def guarded_step(
     """Learn a candidate from an approved series (with replay) and judge it against ``active``.
 
     The series' slices kept for the reference set (:func:`plan`) are never learned. With
-    ``validate=False`` (the guard switched off) nothing else is held out and the candidate is accepted
-    unjudged."""
+    ``validate=False`` (the guard switched off) every labelled slice is learned and the candidate is
+    accepted unjudged."""
     fallback = validate and len(reference) < settings.min_reference_cases
     if fallback and settings.fallback == DEFER:
         kept = plan(labelled, len(reference), len(replay), settings, learning=False)
@@ -331,6 +331,8 @@ def guarded_step(
         verdict = Verdict(False, reason, None, None, len(reference), 0)
         return StepResult(active, verdict, [], [], 0, plan=kept)
     step_plan = plan(labelled, len(reference), len(replay), settings)
+    if not validate:  # no step is judged: nothing to keep unlearned, every labelled slice is learned
+        step_plan = replace(step_plan, learn=sorted({int(z) for z in labelled}))
     learn_zs, held = (
         holdout(step_plan.learn, settings.holdout_every, settings.min_learning_slices)
         if fallback
