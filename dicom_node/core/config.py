@@ -354,7 +354,7 @@ class LearningSection(_Strict):
     reference_cases: int = Field(5, ge=1, le=50, description="approved series kept in the reference set")
     replay_cases: int = Field(8, ge=0, le=100, description="approved series kept in the replay buffer")
     case_slices: int = Field(6, ge=1, le=64, description="labelled slices kept per series")
-    replay_slices: int = Field(10, ge=0, le=200, description="replayed slices mixed into one learning step")
+    replay_slices: int = Field(20, ge=0, le=200, description="replayed slices mixed into one learning step")
     holdout_every: int = Field(4, ge=2, le=20, description="fallback: every n-th labelled slice is held out")
     fallback: Literal["defer", "holdout"] = Field(
         "defer",

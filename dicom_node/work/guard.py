@@ -74,7 +74,7 @@ class GuardSettings:
     reference_cases: int = 5  # series kept in the reference set (the newest)
     replay_cases: int = 8  # series kept in the replay buffer (the newest)
     case_slices: int = 6  # labelled slices kept per series
-    replay_slices: int = 10  # replayed slices mixed into one learning step
+    replay_slices: int = 20  # replayed slices mixed into one learning step
     holdout_every: int = 4  # fallback: every n-th labelled slice is held out of the step
     min_learning_slices: int = 5  # a step needs at least this many labelled slices
     soften: tuple[float, ...] = (0.5, 0.25)  # a rejected candidate is retried part of the way from the active one
