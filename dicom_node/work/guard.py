@@ -353,22 +353,10 @@ def guarded_step(
     hold_case = make_case("held-out", image, labels, spacing, held) if held else None
     replayed = sum(len(c[0]) for c in old)
     spent = tolerance_spent(active)
-    verdict = judge(
-        candidate,
-        active,
-        reference,
-        hold_case,
-        tolerance=settings.tolerance,
-        min_cases=settings.min_reference_cases,
-        spent=spent,
-    )
-    logger.info("learning step: %s", verdict.reason)
-    alpha: float | None = None
-    full, stepped = verdict, candidate
-    for alpha in settings.soften if full.candidate_dice is not None and not full.accepted else ():
-        softened = soften(active, stepped, alpha)
-        retry = judge(
-            softened,
+
+    def judged(pkg: ModelPackage) -> Verdict:
+        return judge(
+            pkg,
             active,
             reference,
             hold_case,
@@ -376,6 +364,14 @@ def guarded_step(
             min_cases=settings.min_reference_cases,
             spent=spent,
         )
+
+    verdict = judged(candidate)
+    logger.info("learning step: %s", verdict.reason)
+    alpha: float | None = None
+    full, stepped = verdict, candidate
+    for alpha in settings.soften if full.candidate_dice is not None and not full.accepted else ():
+        softened = soften(active, stepped, alpha)
+        retry = judged(softened)
         note = f"softened ×{alpha:g} after the full step was {full.reason}"
         logger.info("learning step: %s: %s", note, retry.reason)
         verdict = replace(retry, reason=f"{retry.reason}; {note}")

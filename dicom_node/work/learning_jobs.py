@@ -115,6 +115,7 @@ def learn(services: NodeServices, payload: dict[str, Any], ctx: JobContext) -> d
         if step.deferred:  # the reference set is still filling: keep the series, change no model
             with session_scope(services.engine) as s:
                 services.site_cases.record(s, model_name, role, case, case_path, series_id, limits[role])
+            fault_point("learn.after_keep", ctx)
             services.site_cases.prune(model_name)
             return _deferred(services, model_name, rev.revision, verdict.reason, role, local_dice)
 
