@@ -102,7 +102,7 @@ class NodeMetrics:
         # Learning and federation
         self.learning_runs = Counter(
             "laurel_learning_runs",
-            "Incremental learning runs by model and outcome (accepted, rejected by the guard, skipped)",
+            "Incremental learning runs by model and outcome (accepted, rejected by the guard, deferred, skipped)",
             ["model", "outcome"],
             registry=r,
         )
