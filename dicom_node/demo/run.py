@@ -152,6 +152,9 @@ def _node_config(site: Site, pacs: dict[str, Any], federation: dict[str, Any], p
             "sync_interval_seconds": 5,
         },
         "jobs": {"workers": 2, "max_attempts": 20, "backoff_base_seconds": 1, "backoff_max_seconds": 10},
+        # One approval per site: a real site's default (defer) would keep it as the first reference series and
+        # learn from the fourth; the demo learns at once, judged on held-out slices (docs/sysadmin.md).
+        "learning": {"fallback": "holdout"},
     }
     path = site.folder / "node.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
