@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from PyQt5 import sip
 from PyQt5.QtCore import QObject, QRunnable, QThreadPool, pyqtSignal
 
 log = logging.getLogger(__name__)
@@ -76,18 +77,28 @@ class TaskRunner(QObject):
         """Run ``fn(progress)`` off the UI thread; callbacks run on the UI thread."""
         task = Task(fn, name)
         if on_done is not None:
-            task.signals.done.connect(on_done)
+            task.signals.done.connect(self._alive(on_done))
         if on_failed is not None:
-            task.signals.failed.connect(on_failed)
+            task.signals.failed.connect(self._alive(on_failed))
         if on_progress is not None:
-            task.signals.progress.connect(on_progress)
-        task.signals.finished.connect(lambda: self._finished(task))
+            task.signals.progress.connect(self._alive(on_progress))
+        task.signals.finished.connect(self._alive(lambda: self._finished(task)))
         was_busy = self.busy
         self._running.add(task)
         if not was_busy:
             self.busyChanged.emit(True)
         self.pool.start(task)
         return task
+
+    def _alive(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """``callback``, skipped once this runner (and the window that owns it) is deleted: a task that ends
+        after its window closed must not touch widgets that are gone."""
+
+        def call(*args: Any) -> None:
+            if not sip.isdeleted(self):
+                callback(*args)
+
+        return call
 
     def _finished(self, task: Task) -> None:
         self._running.discard(task)
