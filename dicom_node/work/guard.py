@@ -62,7 +62,6 @@ REPLAY = "replay"
 ROLES = (REFERENCE, REPLAY)
 DEFER = "defer"  # fallback: learn nothing until the reference set is full
 HOLDOUT = "holdout"  # fallback: learn at once, judged on held-out slices of the same series
-FALLBACKS = (DEFER, HOLDOUT)
 
 
 @dataclass(frozen=True)
@@ -279,11 +278,7 @@ class StepResult:
     replayed: int  # replayed slices mixed into the step
     softened: float | None = None  # the α of the softened candidate that was judged last, if any
     plan: Plan | None = None  # the series' role and the slices kept for it
-
-    @property
-    def deferred(self) -> bool:
-        """Nothing was learned (the ``defer`` fallback): there is no new revision to record."""
-        return self.plan is not None and not self.learned and self.plan.role == REFERENCE
+    deferred: bool = False  # nothing was learned (the ``defer`` fallback): no new revision to record
 
 
 def soften(active: ModelPackage, candidate: ModelPackage, alpha: float) -> ModelPackage:
@@ -329,7 +324,7 @@ def guarded_step(
         )
         logger.info("learning step: %s", reason)
         verdict = Verdict(False, reason, None, None, len(reference), 0)
-        return StepResult(active, verdict, [], [], 0, plan=kept)
+        return StepResult(active, verdict, [], [], 0, plan=kept, deferred=True)
     step_plan = plan(labelled, len(reference), len(replay), settings)
     if not validate:  # no step is judged: nothing to keep unlearned, every labelled slice is learned
         step_plan = replace(step_plan, learn=sorted({int(z) for z in labelled}))
