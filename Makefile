@@ -23,7 +23,7 @@ typecheck: setup
 
 # Two workers (one per core): most tests wait on real peers and processes; a test file stays on one worker.
 unit: setup
-	QT_QPA_PLATFORM=offscreen $(BIN)/pytest -n 2 --dist loadfile
+	QT_QPA_PLATFORM=offscreen $(BIN)/pytest -n 2 --dist loadfile --durations=20
 
 docs: setup
 	$(BIN)/mkdocs build --strict --site-dir build/site

@@ -17,12 +17,13 @@ a significant positive slope on both groups (p < 0.001), no generation whose med
 
     nice -n 5 .venv/bin/python benchmarks/learning_curve.py          # the full experiment (~30-60 min, 2 cores)
     .venv/bin/python benchmarks/learning_curve.py --generations 3 --subjects-a 3 --subjects-b 2 --out /tmp/q.json
-    .venv/bin/python benchmarks/learning_curve.py --compare          # learning rate × epochs × replay, short runs
+    .venv/bin/python benchmarks/learning_curve.py --compare lr       # learning rate × epochs, short runs
+    .venv/bin/python benchmarks/learning_curve.py --compare bn       # batch normalisation in the step
     ... --cache-dir /tmp/phantoms --checkpoint /tmp/run.json        # keep phantoms; per-generation checkpoint
     .venv/bin/python benchmarks/learning_curve.py --from-checkpoint /tmp/run.json   # statistics of a cut run
 
-Writes ``benchmarks/results/learning_curve.json`` and ``docs/img/learning_curve.png`` (``--compare``:
-``benchmarks/results/learning_step_compare.json``).
+Writes ``benchmarks/results/learning_curve.json`` and ``docs/img/learning_curve.png`` (``--compare lr``:
+``benchmarks/results/learning_step_compare.json``; ``--compare bn``: ``learning_step_compare_bn.json``).
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ def run(
     checkpoint: Path | None = None,
     soften: tuple[float, ...] = GUARD_SOFTEN,
     guard_overrides: dict[str, Any] | None = None,
+    corrected_slices: int = CORRECTED_SLICES,
 ) -> dict[str, Any]:
     """One run of the experiment: Dice per generation on both groups, verdicts and step timings (written
     to ``checkpoint`` after every generation, so a run cut short still shows how far it got)."""
@@ -209,7 +211,7 @@ def run(
             break
         ph = group_a[gen]
         corrected = ph.labels  # the simulated radiologist's correction: the ground truth
-        labelled = spread_slices(ph, CORRECTED_SLICES)
+        labelled = spread_slices(ph, corrected_slices)
         t = time.perf_counter()
         step = guarded_step(
             pkg, ph.image, corrected, ph.spacing, labelled, reference, buffer, settings, overrides=overrides
@@ -245,20 +247,41 @@ def worst_drop(dice: np.ndarray) -> float:
     return float(max(0.0, -float(np.min(np.diff(med))))) if len(med) > 1 else 0.0
 
 
-COMPARE = (
-    ("lr 1e-3, 5 epochs (Dafne)", {"learning_rate": 1e-3, "epochs": 5}, True, False),
-    ("lr 5e-4, 5 epochs", {"learning_rate": 5e-4, "epochs": 5}, True, False),
-    ("lr 2e-3, 5 epochs", {"learning_rate": 2e-3, "epochs": 5}, True, False),
-    ("lr 1e-3, 3 epochs", {"learning_rate": 1e-3, "epochs": 3}, True, False),
-)
+COMPARE: dict[str, tuple[tuple[str, dict[str, Any], bool, bool], ...]] = {
+    "lr": (
+        ("lr 1e-3, 5 epochs (Dafne)", {"learning_rate": 1e-3, "epochs": 5}, True, False),
+        ("lr 5e-4, 5 epochs", {"learning_rate": 5e-4, "epochs": 5}, True, False),
+        ("lr 2e-3, 5 epochs", {"learning_rate": 2e-3, "epochs": 5}, True, False),
+        ("lr 1e-3, 3 epochs", {"learning_rate": 1e-3, "epochs": 3}, True, False),
+    ),
+    "bn": (
+        ("batch statistics, momentum 0.9 (the network's)", {}, True, False),
+        ("batch statistics, momentum 0.99", {"bn_momentum": 0.99}, True, False),
+        ("frozen statistics", {"freeze_bn": True}, True, False),
+    ),
+    "augment": (
+        ("frozen statistics", {"freeze_bn": True}, True, False),
+        ("frozen statistics, augmented batches", {"freeze_bn": True, "augment": True}, True, False),
+    ),
+}
 
 
-def compare(group_a: list[Any], group_b: list[Any], n_gen: int, out: Path) -> int:
-    """Short runs of the learning step's settings (no guard, so the step itself is compared)."""
+def compare(group_a: list[Any], group_b: list[Any], n_gen: int, out: Path, grid: str = "lr") -> int:
+    """Short runs of the learning step's settings (no guard, so the step itself is compared; every
+    generation learns, the first ones with held-out slices)."""
     rows = []
-    for label, overrides, replay, guard in COMPARE:
+    for label, overrides, replay, guard in COMPARE[grid]:
         t = time.perf_counter()
-        res = run(group_a, group_b, n_gen, guard=guard, replay=replay, overrides=overrides, quiet=True)
+        res = run(
+            group_a,
+            group_b,
+            n_gen,
+            guard=guard,
+            replay=replay,
+            overrides=overrides,
+            quiet=True,
+            guard_overrides={"fallback": "holdout"},
+        )
         b = res["dice_b"]
         learn = [s["learn_seconds"] for s in res["steps"] if s["learn_seconds"] is not None]
         row = {
@@ -279,7 +302,13 @@ def compare(group_a: list[Any], group_b: list[Any], n_gen: int, out: Path) -> in
             flush=True,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"generations": n_gen, "subjects_a": len(group_a), "subjects_b": len(group_b), "runs": rows}
+    summary = {
+        "grid": grid,
+        "generations": n_gen,
+        "subjects_a": len(group_a),
+        "subjects_b": len(group_b),
+        "runs": rows,
+    }
     out.write_text(json.dumps(summary, indent=2))
     print(f"wrote {out}")
     return 0
@@ -304,7 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay-slices", type=int, default=None, help="replayed slices mixed into a step")
     parser.add_argument("--tolerance", type=float, default=None, help="the guard's tolerance (Dice)")
     parser.add_argument("--fallback", choices=("defer", "holdout"), default=None, help="while the reference set fills")
-    parser.add_argument("--compare", action="store_true", help="compare learning step settings (short runs)")
+    parser.add_argument(
+        "--compare", choices=tuple(COMPARE), default=None, help="compare learning step settings (short runs)"
+    )
+    parser.add_argument(
+        "--corrected-slices", type=int, default=CORRECTED_SLICES, help="slices corrected and learned per subject"
+    )
+    parser.add_argument("--bn-momentum", type=float, default=None, help="moving statistics' momentum in a step")
+    parser.add_argument("--freeze-bn", action="store_true", help="normalise with the moving statistics in a step")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep generated phantoms here")
     parser.add_argument("--checkpoint", type=Path, default=None, help="partial results after every generation")
     parser.add_argument("--from-checkpoint", type=Path, default=None, help="summarise a checkpoint, run nothing")
@@ -323,8 +359,18 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     if args.compare:
-        return compare(group_a, group_b, n_gen, args.out or results / "learning_step_compare.json")
-    overrides = {k: v for k, v in (("learning_rate", args.learning_rate), ("epochs", args.epochs)) if v is not None}
+        name = "learning_step_compare.json" if args.compare == "lr" else f"learning_step_compare_{args.compare}.json"
+        return compare(group_a, group_b, n_gen, args.out or results / name, args.compare)
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in (
+            ("learning_rate", args.learning_rate),
+            ("epochs", args.epochs),
+            ("bn_momentum", args.bn_momentum),
+            ("freeze_bn", True if args.freeze_bn else None),
+        )
+        if v is not None
+    }
     soften = tuple(float(v) for v in args.soften.split(",") if v.strip())
     guard_overrides = {
         k: v
@@ -347,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint=args.checkpoint,
         soften=soften,
         guard_overrides=guard_overrides,
+        corrected_slices=args.corrected_slices,
     )
     learning = {
         "guard": not args.no_guard,
@@ -354,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": overrides,
         "soften": list(soften),
         "guard_overrides": guard_overrides,
-        "corrected_slices": CORRECTED_SLICES,
+        "corrected_slices": args.corrected_slices,
         "eval_slices": EVAL_SLICES,
     }
     return summarise(

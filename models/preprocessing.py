@@ -320,6 +320,9 @@ def _nearest(n_out: int, origin: int, ratio: float, n_in: int) -> np.ndarray:
     return np.where((pos >= 0) & (pos < n_in), pos, -1)
 
 
+_POST_CHUNK = 2  # slices interpolated at once by postprocess
+
+
 def postprocess(probs: np.ndarray, prepared: Prepared, n_muscles: int) -> np.ndarray:
     """Per-limb class probabilities (limbs × slices, P, P, n+1) → uint8 label volume on the input grid.
 
@@ -348,9 +351,12 @@ def postprocess(probs: np.ndarray, prepared: Prepared, n_muscles: int) -> np.nda
             continue
         ya, yb, wya, wyb = _inverse_weights(np.arange(ylo, yhi), limb.y0, ratio[0], ph)
         xa, xb, wxa, wxb = _inverse_weights(np.arange(xlo, xhi), limb.x0, ratio[1], pw)
-        rows = p[:, ya] * wya[None, :, None, None] + p[:, yb] * wyb[None, :, None, None]
-        full = rows[:, :, xa] * wxa[None, None, :, None] + rows[:, :, xb] * wxb[None, None, :, None]
-        cls = np.argmax(full, axis=-1).astype(np.uint8)
+        cls = np.empty((nz, yhi - ylo, xhi - xlo), dtype=np.uint8)
+        for c in range(0, nz, _POST_CHUNK):  # a few slices at a time: the interpolated stack stays in cache
+            q = p[c : c + _POST_CHUNK]
+            rows = q[:, ya] * wya[None, :, None, None] + q[:, yb] * wyb[None, :, None, None]
+            full = rows[:, :, xa] * wxa[None, None, :, None] + rows[:, :, xb] * wxb[None, None, :, None]
+            cls[c : c + _POST_CHUNK] = np.argmax(full, axis=-1)
         if limb.side == "left":
             cls = np.where(cls > 0, cls + n_muscles, 0).astype(np.uint8)
         sub = np.zeros((nz, h, sub_w), dtype=np.uint8)

@@ -9,7 +9,9 @@ scipy and, inside functions, TensorFlow/Keras). Entry points called by :class:`m
   overrides) → new weights + record: Dafne's incremental step (at least 5 labelled slices, 5 epochs, batch 5,
   Adam with AMSGrad, class-balanced border-weighted cross-entropy, every slice used, the last batch may be
   smaller), with *replay*: labelled slices of earlier corrections (``replay``, kept by the caller) are mixed
-  into every epoch, so the step keeps what the model knew.
+  into every epoch, so the step keeps what the model knew; batch normalisation runs on its moving statistics
+  and keeps them (``freeze_bn``: a batch of 5 patches is no estimate of a population's statistics), while its
+  scale and offset learn.
 - :func:`train` (config, weights, cases) → weights + record: full training (the zoo's pretraining).
 
 ``config`` is the package's plain dict: ``n_muscles``, ``input_spec``, ``network``, ``learning``.
@@ -39,6 +41,8 @@ DEFAULT_LEARNING: dict[str, Any] = {
     "border_weight": 3.0,
     "border_width": 1,
     "augment": False,
+    "bn_momentum": None,  # moving statistics' momentum in a step (None: the network's own, 0.9)
+    "freeze_bn": True,  # normalise with the moving statistics and keep them (measured: --compare bn)
     "seed": 0,
 }
 
@@ -49,8 +53,8 @@ class _Bundle:
     """A built Keras model with its compiled predict and train functions (one per architecture)."""
 
     def __init__(self, n_classes: int, patch: tuple[int, int], net_cfg: Mapping[str, Any]) -> None:
+        tf = network.tensorflow()
         import keras
-        import tensorflow as tf
 
         network.configure_threads()
         self.lock = threading.RLock()
@@ -58,25 +62,44 @@ class _Bundle:
         self.names = network.weight_names(self.model)
         self.optimizer = keras.optimizers.Adam(learning_rate=1e-3, amsgrad=True)
         self.optimizer.build(self.model.trainable_variables)
-        model, opt = self.model, self.optimizer
-        image = tf.TensorSpec([None, patch[0], patch[1], 1], tf.float32)
-        target = tf.TensorSpec([None, patch[0], patch[1]], tf.int32)
-        pixel_w = tf.TensorSpec([None, patch[0], patch[1]], tf.float32)
+        model = self.model
+        self._norms = [layer for layer in self.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        self._momentum = {layer.name: float(layer.momentum) for layer in self._norms}
+        self._signature = [
+            tf.TensorSpec([None, patch[0], patch[1], 1], tf.float32),
+            tf.TensorSpec([None, patch[0], patch[1]], tf.int32),
+            tf.TensorSpec([None, patch[0], patch[1]], tf.float32),
+        ]
+        self._steps: dict[tuple[float | None, bool], Any] = {}
 
-        @tf.function(input_signature=[image], autograph=False)
+        @tf.function(input_signature=self._signature[:1], autograph=False)
         def predict(x: Any) -> Any:
             return model(x, training=False)
 
-        @tf.function(input_signature=[image, target, pixel_w], autograph=False)
-        def step(x: Any, y: Any, w: Any) -> Any:
-            with tf.GradientTape() as tape:
-                probs = model(x, training=True)
-                loss = losses.weighted_cross_entropy(y, probs, w)
-            grads = tape.gradient(loss, model.trainable_variables)
-            opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-            return loss
+        self.predict = predict
 
-        self.predict, self.step = predict, step
+    def step(self, bn_momentum: float | None = None, freeze_bn: bool = False) -> Any:
+        """The compiled training step for these normalisation settings: ``bn_momentum`` replaces the
+        network's own for the moving statistics; ``freeze_bn`` normalises with the moving statistics and
+        keeps them (scale and offset still learn). One graph per setting, traced with it in place."""
+        tf = network.tensorflow()
+        key = (None if bn_momentum is None else float(bn_momentum), bool(freeze_bn))
+        if key not in self._steps:
+            model, opt = self.model, self.optimizer
+
+            @tf.function(input_signature=self._signature, autograph=False)
+            def step(x: Any, y: Any, w: Any) -> Any:
+                with tf.GradientTape() as tape:
+                    for layer in self._norms:  # read while tracing: baked into this graph only
+                        layer.momentum = self._momentum[layer.name] if key[0] is None else key[0]
+                    probs = model(x, training=not key[1])
+                    loss = losses.weighted_cross_entropy(y, probs, w)
+                grads = tape.gradient(loss, model.trainable_variables)
+                opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+                return loss
+
+            self._steps[key] = step
+        return self._steps[key]
 
     def reset_optimizer(self, learning_rate: float) -> None:
         """A fresh Adam state (moments and step count zero) at ``learning_rate``."""
@@ -106,6 +129,7 @@ def _learning(config: Mapping[str, Any], overrides: Mapping[str, Any] | None = N
 
 def initial_weights(config: Mapping[str, Any], seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
     """Weights of a freshly initialised network (deterministic for ``seed``) and their names."""
+    network.tensorflow()
     import keras
 
     network.configure_threads()
@@ -207,6 +231,8 @@ def fit(
     augment: bool = False,
     seed: int = 0,
     progress: Progress | None = None,
+    bn_momentum: float | None = None,
+    freeze_bn: bool = False,
 ) -> tuple[list[np.ndarray], list[float]]:
     """Train on (x, y) for ``epochs``: shuffled each epoch, every sample used (last batch smaller), a fresh
     Adam (AMSGrad) state; ``learning_rate`` may be a function of the epoch. Returns weights and the mean
@@ -220,6 +246,7 @@ def fit(
     n_batches = -(-len(x) // batch_size)
     history: list[float] = []
     with bundle.lock:
+        step = bundle.step(bn_momentum, freeze_bn)
         bundle.model.set_weights(list(weights))
         lr0 = learning_rate(0) if callable(learning_rate) else learning_rate
         bundle.reset_optimizer(float(lr0))
@@ -236,7 +263,7 @@ def fit(
                     wb = losses.weight_maps(yb, n_classes, border_weight, border_width)
                 else:
                     wb = wmaps[idx]  # type: ignore[index]
-                loss = bundle.step(xb.astype(np.float32), yb.astype(np.int32), wb)
+                loss = step(xb.astype(np.float32), yb.astype(np.int32), wb)
                 total += float(loss) * len(idx)
                 if progress is not None:
                     progress((epoch * n_batches + b + 1) / (epochs * n_batches))
@@ -292,6 +319,8 @@ def learn_volume(
         augment=bool(opts["augment"]),
         seed=int(opts["seed"]) + seed,
         progress=progress,
+        bn_momentum=None if opts["bn_momentum"] is None else float(opts["bn_momentum"]),
+        freeze_bn=bool(opts["freeze_bn"]),
     )
     record = {
         "kind": "incremental",

@@ -58,3 +58,51 @@ def test_weighted_cross_entropy_matches_numpy() -> None:
     expected = (w * -np.log(np.take_along_axis(probs, y[..., None], -1)[..., 0])).sum() / w.sum()
     got = float(losses.weighted_cross_entropy(y.astype(np.int32), probs, w))
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+def _moving_stats(names: list[str], weights: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([w.ravel() for n, w in zip(names, weights, strict=True) if "moving_" in n])
+
+
+def test_a_steps_normalisation_settings_decide_how_far_the_moving_statistics_move() -> None:
+    from models import training
+
+    config = {
+        "n_muscles": 3,
+        "input_spec": {"patch": [32, 32]},
+        "network": {"base_filters": 4, "levels": 3},
+    }
+    start, names = training.initial_weights(config, seed=1)
+    rng = np.random.default_rng(0)
+    x = (3.0 + 2.0 * rng.random((10, 32, 32, 1))).astype(np.float32)  # far from the initial statistics (0, 1)
+    y = rng.integers(0, 4, (10, 32, 32)).astype(np.uint8)
+
+    def moved(**norm: object) -> float:
+        new, _ = training.fit(config, start, x, y, epochs=2, batch_size=5, learning_rate=1e-3, **norm)  # type: ignore[arg-type]
+        assert not np.array_equal(new[0], start[0]), "the convolutions learned"
+        return float(np.abs(_moving_stats(names, new) - _moving_stats(names, start)).sum())
+
+    default, slow, frozen = moved(), moved(bn_momentum=0.99), moved(freeze_bn=True)
+    assert frozen == 0.0
+    assert 0.0 < slow < default / 3, (slow, default)
+    assert moved() == pytest.approx(default, rel=1e-4)  # each setting keeps its own graph
+
+
+def test_the_fused_normalisation_gives_keras_results_and_learns_its_scale() -> None:
+    import keras
+    import tensorflow as tf
+
+    layer = network.batch_norm_layer()(momentum=0.9, name="x_bn")
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 3.0, (4, 16, 16, 8)).astype(np.float32)
+    layer.build(x.shape)
+    layer.set_weights([rng.normal(1, 0.2, 8), rng.normal(0, 0.2, 8), rng.normal(2, 0.5, 8), rng.uniform(4, 12, 8)])
+    fused = np.asarray(layer(x, training=False))
+    plain = np.asarray(keras.layers.BatchNormalization.call(layer, x, training=False))
+    np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-4)
+    batch = np.asarray(layer(x, training=True))  # batch statistics: Keras' own path
+    np.testing.assert_allclose(batch.mean(axis=(0, 1, 2)), layer.beta.numpy(), atol=1e-3)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x, training=False) ** 2)
+    grads = tape.gradient(loss, [layer.gamma, layer.beta])
+    assert all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
