@@ -255,8 +255,8 @@ COMPARE: dict[str, tuple[tuple[str, dict[str, Any], bool, bool], ...]] = {
         ("lr 1e-3, 3 epochs", {"learning_rate": 1e-3, "epochs": 3}, True, False),
     ),
     "bn": (
-        ("batch statistics, momentum 0.9 (the network's)", {}, True, False),
-        ("batch statistics, momentum 0.99", {"bn_momentum": 0.99}, True, False),
+        ("batch statistics, momentum 0.9 (the network's)", {"freeze_bn": False}, True, False),
+        ("batch statistics, momentum 0.99", {"freeze_bn": False, "bn_momentum": 0.99}, True, False),
         ("frozen statistics", {"freeze_bn": True}, True, False),
     ),
     "augment": (
@@ -340,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         "--corrected-slices", type=int, default=CORRECTED_SLICES, help="slices corrected and learned per subject"
     )
     parser.add_argument("--bn-momentum", type=float, default=None, help="moving statistics' momentum in a step")
-    parser.add_argument("--freeze-bn", action="store_true", help="normalise with the moving statistics in a step")
+    parser.add_argument(
+        "--batch-statistics", action="store_true", help="normalise each batch by its own statistics (before)"
+    )
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep generated phantoms here")
     parser.add_argument("--checkpoint", type=Path, default=None, help="partial results after every generation")
     parser.add_argument("--from-checkpoint", type=Path, default=None, help="summarise a checkpoint, run nothing")
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             ("learning_rate", args.learning_rate),
             ("epochs", args.epochs),
             ("bn_momentum", args.bn_momentum),
-            ("freeze_bn", True if args.freeze_bn else None),
+            ("freeze_bn", False if args.batch_statistics else None),
         )
         if v is not None
     }
