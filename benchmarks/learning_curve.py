@@ -20,7 +20,10 @@ a significant positive slope on both groups (p < 0.001), no generation whose med
     .venv/bin/python benchmarks/learning_curve.py --compare lr       # learning rate × epochs, short runs
     .venv/bin/python benchmarks/learning_curve.py --compare bn       # batch normalisation in the step
     ... --cache-dir /tmp/phantoms --checkpoint /tmp/run.json        # keep phantoms; per-generation checkpoint
+    ... --learning class_balance=true --learning dice_weight=1       # any learning setting, for this run
+    ... --save-weights /tmp/last.npz                                # the last generation's weights
     .venv/bin/python benchmarks/learning_curve.py --from-checkpoint /tmp/run.json   # statistics of a cut run
+    .venv/bin/python benchmarks/learning_curve.py --joint 6        # all of A in one fine-tuning: the ceiling
 
 Writes ``benchmarks/results/learning_curve.json`` and ``docs/img/learning_curve.png`` (``--compare lr``:
 ``benchmarks/results/learning_step_compare.json``; ``--compare bn``: ``learning_step_compare_bn.json``).
@@ -173,9 +176,11 @@ def run(
     soften: tuple[float, ...] = GUARD_SOFTEN,
     guard_overrides: dict[str, Any] | None = None,
     corrected_slices: int = CORRECTED_SLICES,
+    save_weights: Path | None = None,
 ) -> dict[str, Any]:
     """One run of the experiment: Dice per generation on both groups, verdicts and step timings (written
-    to ``checkpoint`` after every generation, so a run cut short still shows how far it got)."""
+    to ``checkpoint`` after every generation, so a run cut short still shows how far it got); the last
+    generation's weights go to ``save_weights`` (``.npz``, for analyses of the learned model)."""
     from dicom_node.work.guard import GuardSettings, admit, guarded_step
     from models.zoo import load_default
 
@@ -208,6 +213,8 @@ def run(
         if checkpoint is not None:
             checkpoint.write_text(json.dumps({"partial": True, "dice_a": dice_a, "dice_b": dice_b, "steps": steps}))
         if gen == n_gen:
+            if save_weights is not None:
+                np.savez(save_weights, *pkg.weights)
             break
         ph = group_a[gen]
         corrected = ph.labels  # the simulated radiologist's correction: the ground truth
@@ -314,6 +321,43 @@ def compare(group_a: list[Any], group_b: list[Any], n_gen: int, out: Path, grid:
     return 0
 
 
+def joint(
+    group_a: list[Any], group_b: list[Any], epochs: int, out: Path, overrides: dict[str, Any] | None = None
+) -> int:
+    """The ceiling of what the step's settings can learn from group A: the PD model fine-tuned on all of
+    A at once (the corrected slices of every subject in one step per epoch, a fresh optimiser each), the
+    median Dice of B after every epoch. No guard, no order: what the incremental loop is measured against."""
+    from models.zoo import load_default
+
+    pkg = load_default("leg")
+    first, rest = group_a[0], group_a[1:]
+    stacks = []
+    for ph in rest:
+        zs = spread_slices(ph, CORRECTED_SLICES)
+        stacks.append((ph.image[zs], ph.labels[zs], ph.spacing))
+    eval_b = [eval_case(ph) for ph in group_b]
+    medians = [float(np.median(evaluate(pkg, eval_b)))]
+    print(f"joint fine-tuning on {len(group_a)} subjects of A: epoch 0 median B {medians[0]:.4f}", flush=True)
+    for epoch in range(epochs):
+        t = time.perf_counter()
+        step = {**(overrides or {}), "epochs": 1, "seed": epoch}
+        pkg = pkg.learn(
+            first.image,
+            first.labels,
+            first.spacing,
+            slices=spread_slices(first, CORRECTED_SLICES),
+            replay=stacks,
+            overrides=step,
+        )
+        medians.append(float(np.median(evaluate(pkg, eval_b))))
+        print(f"  epoch {epoch + 1}: median B {medians[-1]:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"overrides": overrides or {}, "subjects_a": len(group_a), "median_b_per_epoch": medians}
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generations", type=int, default=None, help="learning steps (default: size of A)")
@@ -325,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-replay", action="store_true", help="learn from the new series only")
     parser.add_argument("--learning-rate", type=float, default=None, help="override the package's setting")
     parser.add_argument("--epochs", type=int, default=None, help="override the package's setting")
+    parser.add_argument(
+        "--learning", action="append", default=[], metavar="KEY=VALUE", help="any other learning setting (JSON value)"
+    )
     parser.add_argument(
         "--soften", default="0.5,0.25", help="comma-separated softening factors of a rejected candidate ('' for none)"
     )
@@ -343,8 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-statistics", action="store_true", help="normalise each batch by its own statistics (before)"
     )
+    parser.add_argument(
+        "--joint", type=int, default=None, metavar="EPOCHS", help="fine-tune on all of A at once (the ceiling)"
+    )
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep generated phantoms here")
     parser.add_argument("--checkpoint", type=Path, default=None, help="partial results after every generation")
+    parser.add_argument("--save-weights", type=Path, default=None, help="the last generation's weights (.npz)")
     parser.add_argument("--from-checkpoint", type=Path, default=None, help="summarise a checkpoint, run nothing")
     args = parser.parse_args(argv)
     results = REPO / "benchmarks" / "results"
@@ -373,6 +424,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if v is not None
     }
+    for item in args.learning:
+        key, _, value = item.partition("=")
+        overrides[key.strip()] = json.loads(value)
+    if args.joint is not None:
+        return joint(group_a, group_b, args.joint, args.out or results / "learning_joint.json", overrides or None)
     soften = tuple(float(v) for v in args.soften.split(",") if v.strip())
     guard_overrides = {
         k: v
@@ -396,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         soften=soften,
         guard_overrides=guard_overrides,
         corrected_slices=args.corrected_slices,
+        save_weights=args.save_weights,
     )
     learning = {
         "guard": not args.no_guard,

@@ -1,4 +1,4 @@
-"""The network and its loss: shapes, softmax, named blocks, size; class balance and border weights."""
+"""The network and its loss: shapes, softmax, named blocks, size; class balance, border weights, soft Dice."""
 
 from __future__ import annotations
 
@@ -58,6 +58,33 @@ def test_weighted_cross_entropy_matches_numpy() -> None:
     expected = (w * -np.log(np.take_along_axis(probs, y[..., None], -1)[..., 0])).sum() / w.sum()
     got = float(losses.weighted_cross_entropy(y.astype(np.int32), probs, w))
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_without_class_balance_every_pixel_weighs_one_plus_its_border() -> None:
+    lab = np.zeros((1, 8, 8), np.uint8)
+    lab[0, :, :4] = 1
+    lab[0, :, 4:6] = 2
+    w = losses.weight_maps(lab, 3, border_weight=3.0, class_balance=False)
+    np.testing.assert_allclose(w, 1.0 + 3.0 * losses.border_mask(lab, 1), rtol=1e-6)
+
+
+def test_soft_dice_loss_matches_numpy_and_counts_only_the_muscles_present() -> None:
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(2, 6, 6, 4)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    y = rng.integers(0, 3, size=(2, 6, 6))  # muscle 3 is absent: it has no Dice to lose
+    onehot = np.eye(4, dtype=np.float32)[y]
+    inter = (onehot * probs).sum(axis=(0, 1, 2))[1:3]
+    total = onehot.sum(axis=(0, 1, 2))[1:3] + probs.sum(axis=(0, 1, 2))[1:3]
+    expected = float(np.mean(1.0 - (2 * inter + 1.0) / (total + 1.0)))
+    assert float(losses.soft_dice_loss(y.astype(np.int32), probs)) == pytest.approx(expected, rel=1e-5)
+    perfect = np.eye(4, dtype=np.float32)[y]
+    assert float(losses.soft_dice_loss(y.astype(np.int32), perfect)) == pytest.approx(0.0, abs=1e-6)
+    w = np.ones((2, 6, 6), np.float32)
+    ce = float(losses.weighted_cross_entropy(y.astype(np.int32), probs, w))
+    assert float(losses.segmentation_loss(y.astype(np.int32), probs, w, 0.0)) == pytest.approx(ce, rel=1e-6)
+    mixed = float(losses.segmentation_loss(y.astype(np.int32), probs, w, 0.5))
+    assert mixed == pytest.approx(ce + 0.5 * expected, rel=1e-5)
 
 
 def _moving_stats(names: list[str], weights: list[np.ndarray]) -> np.ndarray:
