@@ -19,7 +19,8 @@ Restart-safe by construction (every fact is a row; the package cache is only a c
   never becomes two revisions, whatever crashes in between.
 * The *learning lease* (:meth:`ModelRegistry.acquire_lease`) lets one job at a time change a model's
   revisions (learn, sync), whichever process or host runs it; it is a row, taken over when its holder's job
-  is no longer held by a live runner (not RUNNING, or past its job lease) or the lease expired.
+  is no longer held by a live runner (not RUNNING, or past its job lease) or the lease expired. A long
+  step renews it while it learns (:meth:`ModelRegistry.renew_lease`) and records nothing once it lost it.
 
 Packages are code, so a revision file is loaded only when it is trusted, by its source: zoo packages by
 their shipped sha256, federation packages by the server's signature (never by the zoo list), local
@@ -478,6 +479,18 @@ class ModelRegistry:
                 return None
             holder = s.scalar(select(ModelState.lease_job_id).where(ModelState.name == name))
         return int(holder) if holder is not None else -1
+
+    def renew_lease(self, name: str, job_id: int, seconds: float) -> bool:
+        """Extend the lease ``job_id`` holds by ``seconds`` from now; ``False`` when it no longer holds it
+        (it expired and another job took it): the caller's step must not be recorded."""
+        with session_scope(self.engine) as s:
+            renewed = s.execute(
+                update(ModelState)
+                .where(ModelState.name == name, ModelState.lease_job_id == job_id)
+                .values(lease_until=utcnow() + timedelta(seconds=seconds))
+                .execution_options(synchronize_session=False)
+            )
+            return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]
 
     def release_lease(self, name: str, job_id: int) -> None:
         """Give the lease back (only its holder can)."""

@@ -106,10 +106,14 @@ def learn(services: NodeServices, payload: dict[str, Any], ctx: JobContext) -> d
         before = pkg.apply(volume.array, volume.spacing)
         values = sorted(int(lab["value"]) for lab in pkg.labels)
         local_dice = dice_scores(labels, before, values)["overall"] or 0.0
-        step, role, case, case_path = _guarded_step(services, model_name, pkg, volume, labels, labelled, source_key)
+        lease = LeaseKeeper(services, model_name, ctx.job_id)
+        step, role, case, case_path = _guarded_step(
+            services, model_name, pkg, volume, labels, labelled, source_key, lease
+        )
         elapsed = time.perf_counter() - started
         verdict = step.verdict
         fault_point("learn.before_record", ctx)
+        lease.check()  # still ours: nobody else changed the model while this step learned and was judged
         upload_job: list[int] = []
         limits = {REFERENCE: services.config.learning.reference_cases, REPLAY: services.config.learning.replay_cases}
         if step.deferred:  # the reference set is still filling: keep the series, change no model
@@ -182,6 +186,28 @@ def guard_settings(services: NodeServices) -> GuardSettings:
     )
 
 
+class LeaseKeeper:
+    """Renews a job's model lease while its step runs (at most every ``LEASE_SECONDS / 6``), as the
+    learning step's progress callback; :meth:`check` renews now. Either raises :class:`JobDeferred` when
+    the lease was lost (it expired and another job changes the model): the step is redone later, on the
+    model as that job left it, and nothing of this one is recorded."""
+
+    def __init__(self, services: NodeServices, model_name: str, job_id: int, seconds: float = LEASE_SECONDS) -> None:
+        self.registry = services.registry
+        self.model_name, self.job_id, self.seconds = model_name, job_id, seconds
+        self._last = time.monotonic()
+
+    def check(self) -> None:
+        """Renew the lease now, or raise :class:`JobDeferred` if it is not ours any more."""
+        self._last = time.monotonic()
+        if not self.registry.renew_lease(self.model_name, self.job_id, self.seconds):
+            raise JobDeferred(f"model {self.model_name}: this job's learning lease was lost; learning again", 2.0)
+
+    def __call__(self, _fraction: float) -> None:
+        if time.monotonic() - self._last >= self.seconds / 6:
+            self.check()
+
+
 def _guarded_step(
     services: NodeServices,
     model_name: str,
@@ -190,6 +216,7 @@ def _guarded_step(
     labels: np.ndarray,
     labelled: list[int],
     source_key: str,
+    lease: LeaseKeeper | None = None,
 ) -> tuple[StepResult, str, SiteCase, str]:
     """Learn a candidate (with replay), judge it on the reference set, and keep the approval's slices."""
     settings = guard_settings(services)
@@ -206,6 +233,7 @@ def _guarded_step(
         replay,
         settings,
         validate=services.config.learning.guard,
+        progress=lease,
     )
     role, case = admit(source_key, volume.array, labels, volume.spacing, step)
     return step, role, case, store.write(model_name, case)
@@ -331,6 +359,7 @@ def sync(services: NodeServices, payload: dict[str, Any], ctx: JobContext) -> di
                 refused[name] = str(exc)
                 continue
             fault_point("sync.before_record", ctx)
+            LeaseKeeper(services, name, ctx.job_id).check()  # the download may have outlived the lease
             services.registry.add(
                 pkg,
                 source="federation",

@@ -176,3 +176,41 @@ def test_the_lease_of_a_job_past_its_job_lease_is_free(registry: ModelRegistry) 
     with session_scope(registry.engine) as s:
         s.get(Job, a_id).lease_until = utcnow() - timedelta(seconds=1)  # type: ignore[union-attr]
     assert registry.acquire_lease("leg", b_id, 600) is None
+
+
+def test_a_long_step_renews_its_lease_and_records_nothing_once_it_lost_it(registry: ModelRegistry) -> None:
+    """The learning lease expires (LEASE_SECONDS) unless renewed: the step renews it as it learns; a step
+    whose lease expired and was taken must not record its candidate over the new holder's work."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from dicom_node.core.db import session_scope, utcnow
+    from dicom_node.core.jobs import JobDeferred, enqueue
+    from dicom_node.core.model_tables import ModelState
+    from dicom_node.work.learning_jobs import LeaseKeeper
+
+    with session_scope(registry.engine) as s:
+        a = enqueue(s, "learn", {"series_id": 1})
+        b = enqueue(s, "learn", {"series_id": 2})
+        a.state = b.state = "RUNNING"
+        a.lease_until = b.lease_until = utcnow() + timedelta(seconds=60)  # both runners alive
+        a_id, b_id = a.id, b.id
+
+    def lease_until() -> object:
+        with session_scope(registry.engine) as s:
+            return s.get(ModelState, "leg").lease_until  # type: ignore[union-attr]
+
+    assert registry.acquire_lease("leg", a_id, 1) is None
+    first = lease_until()
+    keeper = LeaseKeeper(SimpleNamespace(registry=registry), "leg", a_id, seconds=600)  # type: ignore[arg-type]
+    keeper(0.5)  # throttled: renewed at most every seconds / 6
+    assert lease_until() == first
+    keeper.check()  # renewed now: another live job cannot take it when the first second is over
+    assert lease_until() > first  # type: ignore[operator]
+    with session_scope(registry.engine) as s:
+        s.get(ModelState, "leg").lease_until = utcnow() - timedelta(seconds=1)  # type: ignore[union-attr]
+    assert registry.acquire_lease("leg", b_id, 600) is None  # a did not renew in time: b takes the model
+    assert registry.renew_lease("leg", a_id, 600) is False
+    with pytest.raises(JobDeferred, match="learning lease was lost"):
+        keeper.check()
+    assert registry.renew_lease("leg", b_id, 600) is True
