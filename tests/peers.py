@@ -45,11 +45,20 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+_ISSUED: set[int] = set()  # ports this process handed out already
+
+
 def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on the loopback interface right now, and never one this process handed out before:
+    the kernel may give a just-released port again, and a peer asked for two ports (Orthanc's DICOM and
+    HTTP) then got the same one twice and failed to start (seen in CI)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _ISSUED:
+            _ISSUED.add(port)
+            return port
 
 
 def wait_until(
